@@ -1,0 +1,102 @@
+//! Accounts: who owes (payers) and who is owed (payees).
+//!
+//! A payer is identified by an account id and authenticates with one or more
+//! Ed25519 public keys; each key belongs to exactly one payer. Its credit
+//! limit is per asset: the unsettled amount it may owe. A payer without a
+//! limit for an asset may owe nothing in it. A payee is an account id with a
+//! payout destination that settlement fills in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::iou::PublicKeyBytes;
+
+/// Longest account id (payer or payee), in bytes.
+pub const ACCOUNT_ID_LEN_MAX: usize = 64;
+/// Longest display name, in bytes.
+pub const DISPLAY_NAME_LEN_MAX: usize = 128;
+/// Most keys one payer may register. Bounds the key directory and the
+/// payer record.
+pub const PAYER_KEYS_MAX: usize = 16;
+/// Longest payout destination, in bytes (an IBAN, an EVM address, or a
+/// routing/account pair all fit with room to spare).
+pub const PAYOUT_DESTINATION_LEN_MAX: usize = 256;
+
+/// Checks the syntax of an account id: 1..=64 bytes of `A-Z a-z 0-9 . _ -`.
+pub fn is_valid_account_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= ACCOUNT_ID_LEN_MAX
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether a payer may currently sign new IOUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayerStatus {
+    Active,
+    /// Suspended payers' new IOUs are refused; what they owe stays owed.
+    Suspended,
+}
+
+/// A registered payer (a crawler or agent operator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payer {
+    pub id: String,
+    pub display_name: String,
+    pub status: PayerStatus,
+    pub keys: Vec<PublicKeyBytes>,
+    /// `(asset code, limit in smallest units)`, sorted by asset code.
+    pub credit_limits: Vec<(String, u128)>,
+}
+
+impl Payer {
+    /// The credit limit in `asset`, zero when none was set.
+    pub fn credit_limit(&self, asset: &str) -> u128 {
+        self.credit_limits.iter().find(|(code, _)| code == asset).map_or(0, |(_, limit)| *limit)
+    }
+
+    /// Sets (or replaces) the limit for `asset`, keeping the list sorted.
+    pub fn set_credit_limit(&mut self, asset: &str, limit: u128) {
+        match self.credit_limits.binary_search_by(|(code, _)| code.as_str().cmp(asset)) {
+            Ok(i) => self.credit_limits[i].1 = limit,
+            Err(i) => self.credit_limits.insert(i, (asset.to_owned(), limit)),
+        }
+    }
+}
+
+/// A registered payee (a publisher or API owner).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payee {
+    pub id: String,
+    pub display_name: String,
+    /// Where settlement pays this payee. An open field until the settlement
+    /// rails define their formats; empty means "not yet provided".
+    pub payout_destination: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids() {
+        assert!(is_valid_account_id("crawler-1.example_org"));
+        assert!(!is_valid_account_id(""));
+        assert!(!is_valid_account_id("has space"));
+        assert!(!is_valid_account_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn limits_default_to_zero_and_stay_sorted() {
+        let mut payer = Payer {
+            id: "p".into(),
+            display_name: "P".into(),
+            status: PayerStatus::Active,
+            keys: vec![],
+            credit_limits: vec![],
+        };
+        assert_eq!(payer.credit_limit("USD"), 0);
+        payer.set_credit_limit("USD", 10);
+        payer.set_credit_limit("EUR", 5);
+        payer.set_credit_limit("USD", 7);
+        assert_eq!(payer.credit_limits, vec![("EUR".into(), 5), ("USD".into(), 7)]);
+    }
+}

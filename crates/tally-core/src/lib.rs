@@ -1,0 +1,32 @@
+//! # tally-core: the vocabulary every other Tally crate speaks
+//!
+//! This crate is the bottom of the dependency graph and performs no I/O. It
+//! defines:
+//!
+//! - [`iou`]: the IOU (a payer's signed promise to pay a payee), its bounds,
+//!   and its **canonical signing bytes** (documented byte by byte in
+//!   `docs/iou-format.md`);
+//! - [`verify`]: Ed25519 verification, single and batched, plus the key
+//!   hygiene checks done at registration;
+//! - [`amount`]: assets, scales and decimal formatting of integer amounts
+//!   (no floats anywhere near money);
+//! - [`account`]: payers, payees and their statuses;
+//! - [`outcome`]: the per-IOU result codes the engine answers with;
+//! - [`chain`]: the ledger's hash-chain link and the commitment identifier
+//!   returned to clients.
+//!
+//! Everything above (ledger, ingest, CLI) builds on these types; nothing here
+//! may depend on them.
+
+pub mod account;
+pub mod amount;
+pub mod chain;
+pub mod iou;
+pub mod outcome;
+pub mod verify;
+
+pub use account::{Payee, Payer, PayerStatus};
+pub use amount::{Asset, format_amount, parse_amount};
+pub use chain::{CommitmentId, GENESIS_HASH, RecordHash, link_hash};
+pub use iou::{Iou, IouError, Nonce, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
+pub use outcome::Outcome;

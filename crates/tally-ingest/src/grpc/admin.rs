@@ -1,0 +1,202 @@
+//! The admin service: accounts and epochs, through the ledger's writer.
+//!
+//! Mutations are commands to the single writer, so they are ordered with
+//! ingest and durable before they are answered. Listings read the ledger.
+
+use tally_core::{Asset, Payee, PayerStatus};
+use tally_ledger::{AdminCommand, AdminError, AdminReply, Ledger, WriterHandle};
+use tonic::{Request, Response, Status};
+
+use crate::proto::admin_server::Admin;
+use crate::proto::{self, *};
+
+pub struct AdminService {
+    ledger: Ledger,
+    writer: WriterHandle,
+}
+
+impl AdminService {
+    pub fn new(ledger: Ledger, writer: WriterHandle) -> AdminService {
+        AdminService { ledger, writer }
+    }
+
+    async fn command(&self, command: AdminCommand) -> Result<AdminReply, Status> {
+        self.writer.admin(command).await.map_err(admin_status)
+    }
+
+    async fn done(&self, command: AdminCommand) -> Result<Response<AdminResponse>, Status> {
+        self.command(command).await.map(|_| Response::new(AdminResponse {}))
+    }
+}
+
+fn admin_status(error: AdminError) -> Status {
+    match &error {
+        AdminError::NotFound(_) => Status::not_found(error.to_string()),
+        AdminError::AlreadyExists(_) => Status::already_exists(error.to_string()),
+        AdminError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        AdminError::Storage(_) | AdminError::WriterStopped => Status::unavailable(error.to_string()),
+    }
+}
+
+fn key_bytes(key: &[u8]) -> Result<[u8; 32], Status> {
+    key.try_into().map_err(|_| Status::invalid_argument("a public key is 32 bytes"))
+}
+
+fn limit_from_proto(limit: &CreditLimit) -> Result<(String, u128), Status> {
+    let units = limit.limit.parse::<u128>().map_err(|_| {
+        Status::invalid_argument(format!("limit {:?} is not a whole number of smallest units", limit.limit))
+    })?;
+    Ok((limit.asset.clone(), units))
+}
+
+fn status_from_proto(status: i32) -> Result<PayerStatus, Status> {
+    match proto::PayerStatus::try_from(status) {
+        Ok(proto::PayerStatus::Active) => Ok(PayerStatus::Active),
+        Ok(proto::PayerStatus::Suspended) => Ok(PayerStatus::Suspended),
+        _ => Err(Status::invalid_argument("status must be ACTIVE or SUSPENDED")),
+    }
+}
+
+fn status_to_proto(status: PayerStatus) -> proto::PayerStatus {
+    match status {
+        PayerStatus::Active => proto::PayerStatus::Active,
+        PayerStatus::Suspended => proto::PayerStatus::Suspended,
+    }
+}
+
+async fn read<T: Send + 'static>(
+    ledger: &Ledger,
+    work: impl FnOnce(Ledger) -> Result<T, tally_ledger::LedgerError> + Send + 'static,
+) -> Result<T, Status> {
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || work(ledger))
+        .await
+        .map_err(|e| Status::internal(format!("admin read failed: {e}")))?
+        .map_err(super::ledger_status)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn upsert_asset(&self, request: Request<UpsertAssetRequest>) -> Result<Response<AdminResponse>, Status> {
+        let asset = request.into_inner().asset.ok_or_else(|| Status::invalid_argument("asset is required"))?;
+        let scale = u8::try_from(asset.scale).map_err(|_| Status::invalid_argument("scale is too large"))?;
+        let asset =
+            Asset::new(&asset.code, scale, asset.enabled).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.done(AdminCommand::UpsertAsset(asset)).await
+    }
+
+    async fn list_assets(&self, _request: Request<ListRequest>) -> Result<Response<ListAssetsResponse>, Status> {
+        let assets = read(&self.ledger, |l| l.assets()).await?;
+        Ok(Response::new(ListAssetsResponse {
+            assets: assets
+                .into_iter()
+                .map(|a| proto::Asset { code: a.code, scale: u32::from(a.scale), enabled: a.enabled })
+                .collect(),
+        }))
+    }
+
+    async fn register_payer(&self, request: Request<RegisterPayerRequest>) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let keys = request.keys.iter().map(|k| key_bytes(k)).collect::<Result<Vec<_>, _>>()?;
+        let credit_limits = request.credit_limits.iter().map(limit_from_proto).collect::<Result<Vec<_>, _>>()?;
+        self.done(AdminCommand::RegisterPayer {
+            id: request.id,
+            display_name: request.display_name,
+            keys,
+            credit_limits,
+        })
+        .await
+    }
+
+    async fn add_payer_key(&self, request: Request<AddPayerKeyRequest>) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let key = key_bytes(&request.key)?;
+        self.done(AdminCommand::AddPayerKey { payer_id: request.payer_id, key }).await
+    }
+
+    async fn set_payer_status(
+        &self,
+        request: Request<SetPayerStatusRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let status = status_from_proto(request.status)?;
+        self.done(AdminCommand::SetPayerStatus { payer_id: request.payer_id, status }).await
+    }
+
+    async fn set_credit_limit(
+        &self,
+        request: Request<SetCreditLimitRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let limit = request.limit.ok_or_else(|| Status::invalid_argument("limit is required"))?;
+        let (asset, limit) = limit_from_proto(&limit)?;
+        self.done(AdminCommand::SetCreditLimit { payer_id: request.payer_id, asset, limit }).await
+    }
+
+    async fn list_payers(&self, _request: Request<ListRequest>) -> Result<Response<ListPayersResponse>, Status> {
+        let payers = read(&self.ledger, |l| l.payers()).await?;
+        Ok(Response::new(ListPayersResponse {
+            payers: payers
+                .into_iter()
+                .map(|p| proto::Payer {
+                    id: p.id,
+                    display_name: p.display_name,
+                    status: status_to_proto(p.status) as i32,
+                    keys: p.keys.iter().map(|k| k.to_vec()).collect(),
+                    credit_limits: p
+                        .credit_limits
+                        .into_iter()
+                        .map(|(asset, limit)| CreditLimit { asset, limit: limit.to_string() })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn register_payee(&self, request: Request<RegisterPayeeRequest>) -> Result<Response<AdminResponse>, Status> {
+        let payee = request.into_inner().payee.ok_or_else(|| Status::invalid_argument("payee is required"))?;
+        self.done(AdminCommand::RegisterPayee(Payee {
+            id: payee.id,
+            display_name: payee.display_name,
+            payout_destination: payee.payout_destination,
+        }))
+        .await
+    }
+
+    async fn set_payee_payout(
+        &self,
+        request: Request<SetPayeePayoutRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        self.done(AdminCommand::SetPayeePayout {
+            payee_id: request.payee_id,
+            payout_destination: request.payout_destination,
+        })
+        .await
+    }
+
+    async fn list_payees(&self, _request: Request<ListRequest>) -> Result<Response<ListPayeesResponse>, Status> {
+        let payees = read(&self.ledger, |l| l.payees()).await?;
+        Ok(Response::new(ListPayeesResponse {
+            payees: payees
+                .into_iter()
+                .map(|p| proto::Payee {
+                    id: p.id,
+                    display_name: p.display_name,
+                    payout_destination: p.payout_destination,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn seal_epoch(&self, _request: Request<SealEpochRequest>) -> Result<Response<SealEpochResponse>, Status> {
+        match self.command(AdminCommand::SealEpoch).await? {
+            AdminReply::Sealed { sealed, opened } => Ok(Response::new(SealEpochResponse {
+                sealed_epoch: sealed.epoch,
+                sealed_seq_last: sealed.seq_last.unwrap_or(0),
+                opened_epoch: opened.epoch,
+            })),
+            AdminReply::Done => Err(Status::internal("seal answered without epochs")),
+        }
+    }
+}

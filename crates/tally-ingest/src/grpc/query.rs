@@ -1,0 +1,162 @@
+//! The query service: read-only views of the ledger.
+//!
+//! Reads are RocksDB iterations, so they run on tokio's blocking pool and
+//! never stall the async workers that carry ingest. Every listing is capped
+//! ([`BALANCE_ROWS_MAX`]).
+
+use std::collections::HashMap;
+
+use tally_core::format_amount;
+use tally_ledger::{BalanceFilter, EpochStatus, Ledger, LedgerError};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{commitment_to_proto, iou_to_proto};
+use crate::proto::query_server::Query;
+use crate::proto::*;
+
+/// Most rows one balance query returns.
+pub const BALANCE_ROWS_MAX: usize = 10_000;
+
+pub struct QueryService {
+    ledger: Ledger,
+}
+
+impl QueryService {
+    pub fn new(ledger: Ledger) -> QueryService {
+        QueryService { ledger }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || work(ledger))
+            .await
+            .map_err(|e| Status::internal(format!("query task failed: {e}")))?
+            .map_err(super::ledger_status)
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+fn scales(ledger: &Ledger) -> Result<HashMap<String, u8>, LedgerError> {
+    Ok(ledger.assets()?.into_iter().map(|a| (a.code, a.scale)).collect())
+}
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    async fn balances(&self, request: Request<BalancesRequest>) -> Result<Response<BalancesResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => BALANCE_ROWS_MAX,
+            n => n.min(BALANCE_ROWS_MAX),
+        };
+        let filter = BalanceFilter {
+            epoch: if request.epoch == 0 { None } else { Some(request.epoch) },
+            payer: non_empty(request.payer),
+            payee: non_empty(request.payee),
+            asset: non_empty(request.asset),
+        };
+        let (rows, scales) = self
+            .read(move |ledger| {
+                // One row more than asked tells whether the result was cut.
+                Ok((ledger.balances(&filter, limit + 1)?, scales(&ledger)?))
+            })
+            .await?;
+        let truncated = rows.len() > limit;
+        let rows = rows
+            .into_iter()
+            .take(limit)
+            .map(|row| BalanceRow {
+                scale: u32::from(scales.get(&row.asset).copied().unwrap_or(0)),
+                epoch: row.epoch,
+                payer: row.payer,
+                payee: row.payee,
+                asset: row.asset,
+                amount: row.sum.to_string(),
+                count: row.count,
+            })
+            .collect();
+        Ok(Response::new(BalancesResponse { rows, truncated }))
+    }
+
+    async fn epochs(&self, _request: Request<EpochsRequest>) -> Result<Response<EpochsResponse>, Status> {
+        let epochs = self.read(|ledger| ledger.epochs()).await?;
+        let epochs = epochs
+            .into_iter()
+            .map(|e| Epoch {
+                epoch: e.epoch,
+                status: match e.status {
+                    EpochStatus::Open => "open".into(),
+                    EpochStatus::Sealed => "sealed".into(),
+                },
+                opened_at_ms: e.opened_at_ms,
+                sealed_at_ms: e.sealed_at_ms.unwrap_or(0),
+                seq_first: e.seq_first,
+                seq_last: e.seq_last.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(EpochsResponse { epochs }))
+    }
+
+    async fn exposure(&self, request: Request<ExposureRequest>) -> Result<Response<ExposureResponse>, Status> {
+        let payer_id = request.into_inner().payer;
+        let lookup = payer_id.clone();
+        let (payer, owed, scales) = self
+            .read(move |ledger| {
+                let payer = ledger.payers()?.into_iter().find(|p| p.id == lookup);
+                Ok((payer, ledger.owed(Some(&lookup))?, scales(&ledger)?))
+            })
+            .await?;
+        let payer = payer.ok_or_else(|| Status::not_found(format!("payer {payer_id}")))?;
+        let mut assets: Vec<String> = payer.credit_limits.iter().map(|(a, _)| a.clone()).collect();
+        assets.extend(owed.keys().map(|(_, asset)| asset.clone()));
+        assets.sort();
+        assets.dedup();
+        let rows = assets
+            .into_iter()
+            .map(|asset| ExposureRow {
+                owed: owed.get(&(payer_id.clone(), asset.clone())).copied().unwrap_or(0).to_string(),
+                limit: payer.credit_limit(&asset).to_string(),
+                scale: u32::from(scales.get(&asset).copied().unwrap_or(0)),
+                asset,
+            })
+            .collect();
+        Ok(Response::new(ExposureResponse { rows }))
+    }
+
+    async fn get_iou(&self, request: Request<GetIouRequest>) -> Result<Response<GetIouResponse>, Status> {
+        let request = request.into_inner();
+        let payer_key: [u8; 32] = request
+            .payer_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("payer_key must be 32 bytes"))?;
+        let nonce: [u8; 16] =
+            request.nonce.as_slice().try_into().map_err(|_| Status::invalid_argument("nonce must be 16 bytes"))?;
+        let found = self.read(move |ledger| ledger.lookup_iou(&payer_key, &nonce)).await?;
+        let Some(record) = found else {
+            return Ok(Response::new(GetIouResponse::default()));
+        };
+        let iou = record.iou().map_err(super::ledger_status)?;
+        let signed = tally_core::SignedIou { iou, signature: record.signature };
+        Ok(Response::new(GetIouResponse {
+            found: true,
+            iou: Some(iou_to_proto(&signed)),
+            commitment: Some(commitment_to_proto(&tally_core::CommitmentId { seq: record.seq, hash: record.hash })),
+            epoch: record.epoch,
+            accepted_at_ms: record.accepted_at_ms,
+        }))
+    }
+}
+
+/// Formats a decimal amount string from a query with its scale, for tools.
+pub fn display_amount(units: &str, scale: u32) -> String {
+    match units.parse::<u128>() {
+        Ok(units) => format_amount(units, scale.min(u32::from(tally_core::amount::SCALE_MAX)) as u8),
+        Err(_) => units.to_owned(),
+    }
+}

@@ -1,0 +1,287 @@
+//! The data path every front door shares: validate → verify → commit → ack.
+//!
+//! [`Pipeline::submit`] takes one batch and answers one result per IOU:
+//!
+//! 1. **Stateless checks** (cheap, on the caller's task): shape, network,
+//!    validity window, non-zero amount.
+//! 2. **Key lookup** in the writer's [`KeyDirectory`](tally_ledger::KeyDirectory)
+//!    (already-decompressed keys, no disk).
+//! 3. **Signature verification** on the [`VerifierPool`]: the batch is cut
+//!    into chunks that run on all cores at once, each chunk one batched
+//!    multiscalar verification (see `tally_core::verify`).
+//! 4. **Commit**: survivors go to the ledger's single writer, which applies
+//!    replay, account and credit rules and answers after the fsync.
+//!
+//! Every stage is bounded: batches by [`PipelineConfig::batch_ious_max`],
+//! verification jobs in flight by a semaphore, the writer by its queue.
+//! When a stage is full, callers wait; that wait is the back-pressure a
+//! streaming client feels as its in-flight window filling up.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::VerifyingKey;
+use futures::future::join_all;
+use tally_core::verify::{VerifyItem, verify_many};
+use tally_core::{Outcome, SignedIou, ValidityPolicy};
+use tally_ledger::{AppendItem, AppendResult, Clock, LedgerError, WriterHandle};
+use tokio::sync::{Semaphore, oneshot};
+
+/// Bounds and policy of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// The Tally network id IOUs must name.
+    pub network: String,
+    pub validity: ValidityPolicy,
+    /// Most IOUs in one submitted batch.
+    pub batch_ious_max: usize,
+    /// Verification threads (default: one per core).
+    pub verify_threads: usize,
+    /// Verification chunks queued or running at once, across all callers.
+    pub verify_jobs_max: usize,
+    /// A batch is split into chunks of at least this many IOUs: big enough
+    /// for batched verification to pay off, small enough to use all cores.
+    pub verify_chunk_ious_min: usize,
+}
+
+impl PipelineConfig {
+    pub fn new(network: &str) -> PipelineConfig {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PipelineConfig {
+            network: network.to_owned(),
+            validity: ValidityPolicy::default(),
+            batch_ious_max: 4_096,
+            verify_threads: cores,
+            verify_jobs_max: cores * 4,
+            verify_chunk_ious_min: 128,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("batch of {len} IOUs exceeds the limit of {max}")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the verifier pool has stopped")]
+    VerifierStopped,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for CPU-bound verification, fed through a
+/// semaphore-bounded queue so async callers wait instead of piling up work.
+pub struct VerifierPool {
+    sender: Mutex<Option<std_mpsc::Sender<Job>>>,
+    permits: Arc<Semaphore>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl VerifierPool {
+    pub fn start(threads: usize, jobs_max: usize) -> VerifierPool {
+        assert!(threads > 0 && jobs_max > 0);
+        let (sender, receiver) = std_mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let handles = (0..threads)
+            .map(|i| {
+                let receiver = receiver.clone();
+                std::thread::Builder::new()
+                    .name(format!("tally-verify-{i}"))
+                    .spawn(move || {
+                        loop {
+                            let job = receiver.lock().expect("verifier queue lock").recv();
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => return,
+                            }
+                        }
+                    })
+                    .expect("spawning a verifier thread")
+            })
+            .collect();
+        VerifierPool {
+            sender: Mutex::new(Some(sender)),
+            permits: Arc::new(Semaphore::new(jobs_max)),
+            threads: Mutex::new(handles),
+        }
+    }
+
+    /// Runs `work` on a pool thread, waiting for a free slot first.
+    pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PipelineError> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| PipelineError::VerifierStopped)?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(work());
+            drop(permit);
+        });
+        {
+            let sender = self.sender.lock().expect("verifier sender lock");
+            sender
+                .as_ref()
+                .ok_or(PipelineError::VerifierStopped)?
+                .send(job)
+                .map_err(|_| PipelineError::VerifierStopped)?;
+        }
+        answer.await.map_err(|_| PipelineError::VerifierStopped)
+    }
+
+    /// Stops accepting work and joins the threads after queued jobs finish.
+    pub fn shutdown(&self) {
+        self.sender.lock().expect("verifier sender lock").take();
+        self.permits.close();
+        for handle in self.threads.lock().expect("verifier threads lock").drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for VerifierPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// An IOU that passed the cheap checks, on its way to verification.
+struct Candidate {
+    index: usize,
+    signed: SignedIou,
+    signing_bytes: Vec<u8>,
+    key: VerifyingKey,
+}
+
+pub struct Pipeline {
+    config: PipelineConfig,
+    writer: WriterHandle,
+    verifier: VerifierPool,
+    clock: Clock,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, writer: WriterHandle, clock: Clock) -> Pipeline {
+        let verifier = VerifierPool::start(config.verify_threads, config.verify_jobs_max);
+        Pipeline { config, writer, verifier, clock }
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    /// Submits one batch. `Err(outcome)` entries are IOUs the transport could
+    /// not even decode; they are answered in place. The reply arrives after
+    /// every accepted IOU in it is durable; `Err` means none of it was
+    /// written.
+    pub async fn submit(&self, batch: Vec<Result<SignedIou, Outcome>>) -> Result<Vec<AppendResult>, PipelineError> {
+        let len = batch.len();
+        if len > self.config.batch_ious_max {
+            return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
+        }
+        let mut results: Vec<Option<AppendResult>> = vec![None; len];
+        let now_s = (self.clock)() / 1000;
+
+        // 1. Stateless checks.
+        let mut checked = Vec::with_capacity(len);
+        for (index, item) in batch.into_iter().enumerate() {
+            match item.and_then(|signed| self.check(&signed, now_s).map(|()| signed)) {
+                Ok(signed) => checked.push((index, signed)),
+                Err(outcome) => results[index] = Some(AppendResult::rejected(outcome)),
+            }
+        }
+
+        // 2. Key lookup, one read lock for the batch.
+        let keys = self.writer.directory().lookup_many(checked.iter().map(|(_, s)| &s.iou.payer_key));
+        let mut candidates = Vec::with_capacity(checked.len());
+        for ((index, signed), key) in checked.into_iter().zip(keys) {
+            match key {
+                Some(key) => {
+                    let signing_bytes = signed.iou.signing_bytes();
+                    candidates.push(Candidate { index, signed, signing_bytes, key });
+                }
+                None => results[index] = Some(AppendResult::rejected(Outcome::UnknownPayer)),
+            }
+        }
+
+        // 3. Verification, in parallel chunks.
+        let verified = self.verify(candidates).await?;
+        let mut indices = Vec::with_capacity(verified.len());
+        let mut items = Vec::with_capacity(verified.len());
+        for (candidate, valid) in verified {
+            if valid {
+                indices.push(candidate.index);
+                items.push(AppendItem { signed: candidate.signed, signing_bytes: candidate.signing_bytes });
+            } else {
+                results[candidate.index] = Some(AppendResult::rejected(Outcome::BadSignature));
+            }
+        }
+
+        // 4. Commit; the writer answers after the fsync.
+        if !items.is_empty() {
+            let committed = self.writer.append(items).await?;
+            assert_eq!(committed.len(), indices.len(), "the writer answers every item");
+            for (index, result) in indices.into_iter().zip(committed) {
+                results[index] = Some(result);
+            }
+        }
+
+        let results: Vec<AppendResult> =
+            results.into_iter().map(|r| r.expect("every IOU gets exactly one result")).collect();
+        for result in &results {
+            metrics::counter!("tally_ious_total", "outcome" => result.outcome.as_str()).increment(1);
+        }
+        metrics::histogram!("tally_batch_ious").record(len as f64);
+        Ok(results)
+    }
+
+    fn check(&self, signed: &SignedIou, now_s: u64) -> Result<(), Outcome> {
+        let iou = &signed.iou;
+        iou.check_shape().map_err(|_| Outcome::Malformed)?;
+        if iou.network != self.config.network {
+            return Err(Outcome::WrongNetwork);
+        }
+        self.config.validity.check(iou, now_s)?;
+        if iou.amount == 0 {
+            return Err(Outcome::InvalidAmount);
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, candidates: Vec<Candidate>) -> Result<Vec<(Candidate, bool)>, PipelineError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chunk_len = candidates.len().div_ceil(self.config.verify_threads).max(self.config.verify_chunk_ious_min);
+        let mut chunks = Vec::new();
+        let mut rest = candidates;
+        while rest.len() > chunk_len {
+            let tail = rest.split_off(chunk_len);
+            chunks.push(rest);
+            rest = tail;
+        }
+        chunks.push(rest);
+        let jobs = chunks.into_iter().map(|chunk| {
+            self.verifier.run(move || {
+                let items: Vec<VerifyItem> = chunk
+                    .iter()
+                    .map(|c| VerifyItem { key: &c.key, message: &c.signing_bytes, signature: &c.signed.signature })
+                    .collect();
+                let valid = verify_many(&items);
+                drop(items);
+                chunk.into_iter().zip(valid).collect::<Vec<_>>()
+            })
+        });
+        let mut out = Vec::new();
+        for chunk in join_all(jobs).await {
+            out.extend(chunk?);
+        }
+        Ok(out)
+    }
+
+    /// Stops the verifier threads.
+    pub fn shutdown(&self) {
+        self.verifier.shutdown();
+    }
+}

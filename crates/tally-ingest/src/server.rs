@@ -1,0 +1,188 @@
+//! Assembling and serving an engine.
+//!
+//! An [`Engine`] is the ledger, its writer thread and the pipeline in front
+//! of it: everything that holds state. [`serve`] puts the gRPC services,
+//! health and reflection on one TCP listener in front of an engine and
+//! returns once the listener is bound, reporting the real address (so tests
+//! and tools can bind port 0).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tally_ledger::{Clock, Ledger, LedgerError, LedgerOptions, Writer, WriterConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::grpc::admin::AdminService;
+use crate::grpc::auth::AdminAuth;
+use crate::grpc::ingest::IngestService;
+use crate::grpc::query::QueryService;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::proto::admin_server::AdminServer;
+use crate::proto::ingest_server::IngestServer;
+use crate::proto::query_server::QueryServer;
+
+/// Everything needed to open an engine.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub pipeline: PipelineConfig,
+    pub writer_queue_depth_max: usize,
+    pub writer_group_ious_max: usize,
+    pub nonce_retention_margin_s: u64,
+    pub clock: Clock,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf, network: &str) -> EngineConfig {
+        let writer = WriterConfig::default();
+        EngineConfig {
+            data_dir,
+            pipeline: PipelineConfig::new(network),
+            writer_queue_depth_max: writer.queue_depth_max,
+            writer_group_ious_max: writer.group_ious_max,
+            nonce_retention_margin_s: LedgerOptions::default().nonce_retention_margin_s,
+            clock: tally_ledger::system_clock(),
+        }
+    }
+}
+
+/// The stateful core: ledger, writer, pipeline.
+pub struct Engine {
+    pub ledger: Ledger,
+    pub pipeline: Arc<Pipeline>,
+    writer: Writer,
+}
+
+impl Engine {
+    /// Opens the ledger (recovering from its WAL after a crash), rebuilds the
+    /// writer's state from disk, and starts the verifier threads.
+    pub fn open(config: EngineConfig) -> Result<Engine, LedgerError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| LedgerError::Corruption(format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let ledger = Ledger::open(
+            &config.data_dir,
+            LedgerOptions {
+                nonce_retention_margin_s: config.nonce_retention_margin_s,
+                clock: config.clock.clone(),
+                read_only: false,
+            },
+        )?;
+        let writer = Writer::start(
+            ledger.clone(),
+            WriterConfig {
+                queue_depth_max: config.writer_queue_depth_max,
+                group_ious_max: config.writer_group_ious_max,
+                clock: config.clock.clone(),
+            },
+        )?;
+        let pipeline = Arc::new(Pipeline::new(config.pipeline, writer.handle(), config.clock));
+        Ok(Engine { ledger, pipeline, writer })
+    }
+
+    /// Stops the verifier threads and the writer (after queued commands),
+    /// then flushes memtables so the next start replays no WAL.
+    pub fn shutdown(self) {
+        self.pipeline.shutdown();
+        self.writer.shutdown();
+        if let Err(error) = self.ledger.flush() {
+            tracing::warn!(%error, "flush on shutdown failed; the WAL still holds everything");
+        }
+    }
+}
+
+/// Transport limits of the gRPC listener.
+#[derive(Clone, Debug)]
+pub struct GrpcLimits {
+    /// Largest decoded request message. 4,096 IOUs of ~300 bytes fit in 2 MiB.
+    pub message_bytes_max: usize,
+    /// HTTP/2 streams one connection may open at once.
+    pub streams_per_connection_max: u32,
+    /// Batches of one `StreamBatches` stream inside the pipeline at once.
+    pub stream_batches_inflight_max: usize,
+    /// Requests being served at once per connection.
+    pub requests_per_connection_max: usize,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits {
+            message_bytes_max: 8 * 1024 * 1024,
+            streams_per_connection_max: 256,
+            stream_batches_inflight_max: 8,
+            requests_per_connection_max: 256,
+        }
+    }
+}
+
+/// A running gRPC listener.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight calls finish, and waits.
+    pub async fn stop(self) -> Result<(), tonic::transport::Error> {
+        let _ = self.shutdown.send(());
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Binds `addr` and serves ingest, query, admin (behind `admin_token`),
+/// health and reflection for `engine`.
+pub async fn serve(
+    engine: &Engine,
+    addr: SocketAddr,
+    admin_token: &str,
+    limits: &GrpcLimits,
+) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+
+    let ingest = IngestServer::new(IngestService::new(engine.pipeline.clone(), limits.stream_batches_inflight_max))
+        .max_decoding_message_size(limits.message_bytes_max);
+    let query = QueryServer::new(QueryService::new(engine.ledger.clone()));
+    let admin = AdminServer::with_interceptor(
+        AdminService::new(engine.ledger.clone(), engine.pipeline.writer().clone()),
+        AdminAuth::new(admin_token),
+    );
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<IngestServer<IngestService>>().await;
+    reporter.set_serving::<QueryServer<QueryService>>().await;
+    reporter.set_serving::<AdminServer<AdminService>>().await;
+    // The empty name stands for the server as a whole.
+    reporter.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(limits.streams_per_connection_max)
+        .concurrency_limit_per_connection(limits.requests_per_connection_max)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ingest)
+        .add_service(query)
+        .add_service(admin);
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%local_addr, "gRPC listening");
+    Ok(RunningServer { local_addr, shutdown, task })
+}

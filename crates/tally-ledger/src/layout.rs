@@ -1,0 +1,361 @@
+//! Column families, key encodings and value encodings.
+//!
+//! All integers on disk are big-endian, so that keys sort numerically.
+//! Variable-length strings inside keys are length-prefixed with one byte
+//! (`lp(s) = len(s) as u8 || s`); ids are at most 64 bytes, so one byte
+//! always suffices, and the prefix keeps `"ab"` from being a key prefix of
+//! `"abc"` in a scan. The table in `ARCHITECTURE.md` mirrors this file.
+
+use serde::{Deserialize, Serialize};
+use tally_core::{Iou, RecordHash, SignatureBytes};
+
+use crate::LedgerError;
+
+/// `seq (u64 BE)` → log record (see [`encode_log_record`]). Append-only.
+pub const CF_LOG: &str = "log";
+/// `payer key (32) || nonce (16)` → `seq (8) || hash (32) || expires_at_s (8)`.
+pub const CF_NONCES: &str = "nonces";
+/// `epoch (8) || lp(payer) || lp(payee) || lp(asset)` → aggregate (merge).
+pub const CF_AGG_BY_PAYER: &str = "agg_by_payer";
+/// `epoch (8) || lp(payee) || lp(payer) || lp(asset)` → aggregate (merge).
+pub const CF_AGG_BY_PAYEE: &str = "agg_by_payee";
+/// `"asset/" code | "payer/" id | "payee/" id | "key/" pubkey` → bincode record.
+pub const CF_ACCOUNTS: &str = "accounts";
+/// `epoch (u64 BE)` → bincode [`EpochRecord`].
+pub const CF_EPOCHS: &str = "epochs";
+
+/// Every column family, in creation order.
+pub const COLUMN_FAMILIES: [&str; 6] = [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS];
+
+pub const ACCOUNT_ASSET_PREFIX: &[u8] = b"asset/";
+pub const ACCOUNT_PAYER_PREFIX: &[u8] = b"payer/";
+pub const ACCOUNT_PAYEE_PREFIX: &[u8] = b"payee/";
+pub const ACCOUNT_KEY_PREFIX: &[u8] = b"key/";
+
+/// Appends `len(s) as u8 || s`.
+fn push_lp(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() <= usize::from(u8::MAX), "ids are validated to at most 64 bytes");
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads one length-prefixed string from the front of `bytes`.
+fn pop_lp(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = bytes.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (s, rest) = rest.split_at(len);
+    Some((std::str::from_utf8(s).ok()?, rest))
+}
+
+pub fn log_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn nonce_key(payer_key: &[u8; 32], nonce: &[u8; 16]) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..32].copy_from_slice(payer_key);
+    key[32..].copy_from_slice(nonce);
+    key
+}
+
+/// What the replay index remembers of an accepted IOU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonceEntry {
+    pub seq: u64,
+    pub hash: RecordHash,
+    pub expires_at_s: u64,
+}
+
+pub const NONCE_ENTRY_LEN: usize = 48;
+
+pub fn encode_nonce_entry(entry: &NonceEntry) -> [u8; NONCE_ENTRY_LEN] {
+    let mut value = [0u8; NONCE_ENTRY_LEN];
+    value[..8].copy_from_slice(&entry.seq.to_be_bytes());
+    value[8..40].copy_from_slice(&entry.hash);
+    value[40..].copy_from_slice(&entry.expires_at_s.to_be_bytes());
+    value
+}
+
+pub fn decode_nonce_entry(value: &[u8]) -> Result<NonceEntry, LedgerError> {
+    if value.len() != NONCE_ENTRY_LEN {
+        return Err(LedgerError::Corruption(format!("nonce entry of {} bytes", value.len())));
+    }
+    Ok(NonceEntry {
+        seq: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
+        hash: value[8..40].try_into().expect("32 bytes"),
+        expires_at_s: u64::from_be_bytes(value[40..].try_into().expect("8 bytes")),
+    })
+}
+
+/// The expiry stored in a nonce entry, for the pruning compaction filter.
+pub fn nonce_entry_expiry(value: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = value.get(40..48)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// One aggregate key, in either order. `first` is the payer in
+/// [`CF_AGG_BY_PAYER`] and the payee in [`CF_AGG_BY_PAYEE`].
+pub fn aggregate_key(epoch: u64, first: &str, second: &str, asset: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + 3 + first.len() + second.len() + asset.len());
+    key.extend_from_slice(&epoch.to_be_bytes());
+    push_lp(&mut key, first);
+    push_lp(&mut key, second);
+    push_lp(&mut key, asset);
+    key
+}
+
+/// The scan prefix for one epoch, optionally narrowed to one leading id.
+pub fn aggregate_prefix(epoch: u64, first: Option<&str>) -> Vec<u8> {
+    let mut key = epoch.to_be_bytes().to_vec();
+    if let Some(first) = first {
+        push_lp(&mut key, first);
+    }
+    key
+}
+
+/// The inverse of [`aggregate_key`]: `(epoch, first, second, asset)`.
+pub fn decode_aggregate_key(key: &[u8]) -> Result<(u64, &str, &str, &str), LedgerError> {
+    let corrupt = || LedgerError::Corruption(format!("aggregate key {}", hex::encode(key)));
+    let epoch = u64::from_be_bytes(key.get(..8).ok_or_else(corrupt)?.try_into().expect("8 bytes"));
+    let (first, rest) = pop_lp(&key[8..]).ok_or_else(corrupt)?;
+    let (second, rest) = pop_lp(rest).ok_or_else(corrupt)?;
+    let (asset, rest) = pop_lp(rest).ok_or_else(corrupt)?;
+    if !rest.is_empty() {
+        return Err(corrupt());
+    }
+    Ok((epoch, first, second, asset))
+}
+
+/// Sum and count of the IOUs behind one aggregate key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggregateValue {
+    pub sum: u128,
+    pub count: u64,
+}
+
+pub const AGGREGATE_VALUE_LEN: usize = 24;
+
+impl AggregateValue {
+    pub fn encode(&self) -> [u8; AGGREGATE_VALUE_LEN] {
+        let mut value = [0u8; AGGREGATE_VALUE_LEN];
+        value[..16].copy_from_slice(&self.sum.to_be_bytes());
+        value[16..].copy_from_slice(&self.count.to_be_bytes());
+        value
+    }
+
+    pub fn decode(value: &[u8]) -> Option<AggregateValue> {
+        if value.len() != AGGREGATE_VALUE_LEN {
+            return None;
+        }
+        Some(AggregateValue {
+            sum: u128::from_be_bytes(value[..16].try_into().ok()?),
+            count: u64::from_be_bytes(value[16..].try_into().ok()?),
+        })
+    }
+
+    /// Adds another aggregate; `None` on overflow. A `u128` sum of `u64`
+    /// amounts cannot overflow before 2^64 IOUs, but overflow is still an
+    /// error, never a wrap.
+    pub fn checked_add(self, other: AggregateValue) -> Option<AggregateValue> {
+        Some(AggregateValue { sum: self.sum.checked_add(other.sum)?, count: self.count.checked_add(other.count)? })
+    }
+}
+
+/// The merge operator of both aggregate column families: operands are
+/// [`AggregateValue`]s and merging adds them. Associative, so RocksDB may
+/// combine operands in any grouping. A malformed operand or an overflow
+/// returns `None`, which RocksDB surfaces as a corruption error on read
+/// rather than a silently wrong balance.
+pub fn merge_aggregates(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let mut total = match existing {
+        Some(bytes) => AggregateValue::decode(bytes)?,
+        None => AggregateValue::default(),
+    };
+    for operand in operands {
+        total = total.checked_add(AggregateValue::decode(operand)?)?;
+    }
+    Some(total.encode().to_vec())
+}
+
+/// Offsets inside a log record value.
+///
+/// ```text
+///   0   8  epoch, u64 BE
+///   8   8  accepted_at_ms, u64 BE
+///  16  32  prev_hash
+///  48  32  hash (see tally_core::chain)
+///  80  64  signature
+/// 144   .  the IOU's canonical signing bytes
+/// ```
+pub const LOG_HEADER_LEN: usize = 144;
+
+/// One IOU as the log holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredIou {
+    pub seq: u64,
+    pub epoch: u64,
+    pub accepted_at_ms: u64,
+    pub prev_hash: RecordHash,
+    pub hash: RecordHash,
+    pub signature: SignatureBytes,
+    pub signing_bytes: Vec<u8>,
+}
+
+impl StoredIou {
+    /// Parses the IOU out of the stored signing bytes.
+    pub fn iou(&self) -> Result<Iou, LedgerError> {
+        Iou::from_signing_bytes(&self.signing_bytes)
+            .map_err(|e| LedgerError::Corruption(format!("log record {}: {e}", self.seq)))
+    }
+
+    /// Recomputes this record's hash from its content and `prev_hash`.
+    pub fn computed_hash(&self) -> RecordHash {
+        tally_core::link_hash(
+            &self.prev_hash,
+            self.seq,
+            self.epoch,
+            self.accepted_at_ms,
+            &self.signature,
+            &self.signing_bytes,
+        )
+    }
+}
+
+/// Encodes a log record value. The signing bytes are stored verbatim: what
+/// was signed and hashed is exactly what is kept.
+pub fn encode_log_record(record: &StoredIou, out: &mut Vec<u8>) {
+    out.extend_from_slice(&record.epoch.to_be_bytes());
+    out.extend_from_slice(&record.accepted_at_ms.to_be_bytes());
+    out.extend_from_slice(&record.prev_hash);
+    out.extend_from_slice(&record.hash);
+    out.extend_from_slice(&record.signature);
+    out.extend_from_slice(&record.signing_bytes);
+}
+
+pub fn decode_log_record(key: &[u8], value: &[u8]) -> Result<StoredIou, LedgerError> {
+    let seq = u64::from_be_bytes(
+        key.try_into().map_err(|_| LedgerError::Corruption(format!("log key {}", hex::encode(key))))?,
+    );
+    if value.len() < LOG_HEADER_LEN {
+        return Err(LedgerError::Corruption(format!("log record {seq} is {} bytes", value.len())));
+    }
+    Ok(StoredIou {
+        seq,
+        epoch: u64::from_be_bytes(value[0..8].try_into().expect("8 bytes")),
+        accepted_at_ms: u64::from_be_bytes(value[8..16].try_into().expect("8 bytes")),
+        prev_hash: value[16..48].try_into().expect("32 bytes"),
+        hash: value[48..80].try_into().expect("32 bytes"),
+        signature: value[80..144].try_into().expect("64 bytes"),
+        signing_bytes: value[144..].to_vec(),
+    })
+}
+
+/// Where an epoch is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EpochStatus {
+    /// Accepting IOUs. Exactly one epoch is open at any time: the last.
+    Open,
+    /// Closed to new IOUs; its aggregates are final and await settlement.
+    Sealed,
+}
+
+/// An epoch's bookkeeping. Epochs cover contiguous ranges of the log:
+/// `seq_first ..= seq_last` (empty when `seq_last < seq_first`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub status: EpochStatus,
+    pub opened_at_ms: u64,
+    pub sealed_at_ms: Option<u64>,
+    /// The first sequence number that belongs (or would belong) to it.
+    pub seq_first: u64,
+    /// The last sequence number in it; set when sealed.
+    pub seq_last: Option<u64>,
+}
+
+pub fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode_bincode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode_config()).expect("in-memory encoding cannot fail")
+}
+
+pub fn decode_bincode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, LedgerError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| LedgerError::Corruption(format!("{what}: {e}")))?;
+    if read != bytes.len() {
+        return Err(LedgerError::Corruption(format!("{what}: {} trailing bytes", bytes.len() - read)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn aggregate_keys_round_trip(
+            epoch in any::<u64>(),
+            a in "[A-Za-z0-9._-]{1,64}",
+            b in "[A-Za-z0-9._-]{1,64}",
+            asset in "[A-Z0-9]{1,12}",
+        ) {
+            let key = aggregate_key(epoch, &a, &b, &asset);
+            prop_assert_eq!(decode_aggregate_key(&key).unwrap(), (epoch, a.as_str(), b.as_str(), asset.as_str()));
+            prop_assert!(key.starts_with(&aggregate_prefix(epoch, Some(&a))));
+        }
+
+        #[test]
+        fn aggregate_values_round_trip(sum in any::<u128>(), count in any::<u64>()) {
+            let value = AggregateValue { sum, count };
+            prop_assert_eq!(AggregateValue::decode(&value.encode()), Some(value));
+        }
+
+        #[test]
+        fn nonce_entries_round_trip(seq in any::<u64>(), hash in any::<[u8; 32]>(), expires in any::<u64>()) {
+            let entry = NonceEntry { seq, hash, expires_at_s: expires };
+            let bytes = encode_nonce_entry(&entry);
+            prop_assert_eq!(decode_nonce_entry(&bytes).unwrap(), entry);
+            prop_assert_eq!(nonce_entry_expiry(&bytes), Some(expires));
+        }
+
+        #[test]
+        fn log_records_round_trip(
+            seq in 1u64.., epoch in any::<u64>(), at in any::<u64>(),
+            prev in any::<[u8; 32]>(), hash in any::<[u8; 32]>(),
+            sig in proptest::collection::vec(any::<u8>(), 64), body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let record = StoredIou {
+                seq, epoch, accepted_at_ms: at, prev_hash: prev, hash,
+                signature: sig.try_into().unwrap(), signing_bytes: body,
+            };
+            let mut value = Vec::new();
+            encode_log_record(&record, &mut value);
+            prop_assert_eq!(decode_log_record(&log_key(seq), &value).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn prefixes_do_not_confuse_ids() {
+        let key = aggregate_key(1, "abc", "x", "USD");
+        assert!(!key.starts_with(&aggregate_prefix(1, Some("ab"))));
+        assert!(key.starts_with(&aggregate_prefix(1, None)));
+        assert!(!key.starts_with(&aggregate_prefix(2, None)));
+    }
+
+    #[test]
+    fn damaged_values_are_corruption_not_panics() {
+        assert!(decode_log_record(&[0; 8], &[0; 10]).is_err());
+        assert!(decode_log_record(&[0; 7], &[0; 200]).is_err());
+        assert!(decode_nonce_entry(&[0; 47]).is_err());
+        assert!(decode_aggregate_key(&[0; 9]).is_err());
+        assert!(AggregateValue::decode(&[0; 23]).is_none());
+        assert!(decode_bincode::<EpochRecord>("epoch", &[0xff; 3]).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! # tally-ledger: the append-only, hash-chained RocksDB ledger
+//!
+//! This crate owns everything Tally keeps on disk. It knows nothing of gRPC
+//! or HTTP: front doors hand it IOUs whose signatures they have already
+//! verified, and it answers with per-IOU outcomes once they are durable.
+//!
+//! How the pieces meet:
+//!
+//! - [`layout`] names the column families and encodes every key and value
+//!   (documented in `ARCHITECTURE.md`).
+//! - [`store::Ledger`] opens the database and serves reads: balances,
+//!   epochs, accounts, single IOUs. Reads go straight to RocksDB from any
+//!   thread.
+//! - [`writer`] runs the **single writer**: one thread that takes commands
+//!   from a bounded queue, applies replay, account and credit checks against
+//!   its in-memory [`state::State`], and commits whole groups of commands as
+//!   one fsynced `WriteBatch` (group commit). Because exactly one thread
+//!   decides and writes, credit limits and replay rules hold exactly under
+//!   any number of concurrent clients, with no locks on the data path.
+//! - [`directory::KeyDirectory`] is the writer's published list of payer
+//!   keys, which verification stages read to find (and cache decompressed)
+//!   public keys without touching the disk.
+//! - [`audit`] recomputes every aggregate from the log, walks the hash
+//!   chain and re-verifies signatures: `tally ledger verify`.
+//!
+//! The durability contract: a reply from the writer that says "accepted"
+//! is sent only after the batch holding that IOU was written with
+//! `sync = true`.
+
+pub mod audit;
+pub mod directory;
+pub mod layout;
+pub mod state;
+pub mod store;
+pub mod writer;
+
+pub use audit::{AuditOptions, AuditReport, audit};
+pub use directory::KeyDirectory;
+pub use layout::{AggregateValue, EpochRecord, EpochStatus, StoredIou};
+pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions};
+pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, Writer, WriterConfig, WriterHandle};
+
+/// Errors from the storage layer. Any of these fails a whole group commit:
+/// nothing in it is acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("ledger corruption: {0}")]
+    Corruption(String),
+    #[error("the ledger writer has stopped")]
+    WriterStopped,
+    #[error("the group commit failed, nothing in it was written: {0}")]
+    WriteFailed(String),
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A source of wall-clock time in Unix milliseconds. Production uses
+/// [`unix_now_ms`]; tests substitute a controlled clock.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(unix_now_ms)
+}

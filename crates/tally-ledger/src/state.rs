@@ -1,0 +1,76 @@
+//! The writer's in-memory state, and how it is rebuilt from disk.
+//!
+//! Everything here is derived from the database: the head of the hash chain
+//! (the last log record), the open epoch (the last epoch record), accounts,
+//! and each payer's unsettled total per asset (the sum of its aggregates in
+//! epochs not yet settled). Nothing is persisted twice. After a crash, or
+//! after a failed write, the writer throws its state away and calls
+//! [`State::load`] again, so memory can never drift from what is durable.
+
+use std::collections::HashMap;
+
+use tally_core::{Asset, Payee, Payer, PublicKeyBytes, RecordHash};
+
+use crate::LedgerError;
+use crate::layout::{EpochRecord, EpochStatus};
+use crate::store::Ledger;
+
+pub struct State {
+    pub head_seq: u64,
+    pub head_hash: RecordHash,
+    /// The open epoch; `None` only on a brand-new ledger, before the writer
+    /// opens epoch 1.
+    pub open_epoch: Option<EpochRecord>,
+    pub assets: HashMap<String, Asset>,
+    pub payers: HashMap<String, Payer>,
+    pub key_owner: HashMap<PublicKeyBytes, String>,
+    pub payees: HashMap<String, Payee>,
+    /// payer id → asset → unsettled amount owed.
+    pub exposure: HashMap<String, HashMap<String, u128>>,
+}
+
+impl State {
+    pub fn load(ledger: &Ledger) -> Result<State, LedgerError> {
+        let (head_seq, head_hash) = ledger.head()?;
+        let epochs = ledger.epochs()?;
+        let open_epoch = epochs.last().cloned();
+        if let Some(open) = &open_epoch
+            && open.status != EpochStatus::Open
+        {
+            return Err(LedgerError::Corruption(format!("the last epoch ({}) is not open", open.epoch)));
+        }
+        let mut state = State {
+            head_seq,
+            head_hash,
+            open_epoch,
+            assets: ledger.assets()?.into_iter().map(|a| (a.code.clone(), a)).collect(),
+            payers: ledger.payers()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            key_owner: ledger.key_owners()?.into_iter().collect(),
+            payees: ledger.payees()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            exposure: HashMap::new(),
+        };
+        for ((payer, asset), owed) in ledger.owed(None)? {
+            state.set_exposure(&payer, &asset, owed);
+        }
+        Ok(state)
+    }
+
+    /// What `payer` owes in `asset`, unsettled.
+    pub fn exposure(&self, payer: &str, asset: &str) -> u128 {
+        self.exposure.get(payer).and_then(|by_asset| by_asset.get(asset)).copied().unwrap_or(0)
+    }
+
+    pub fn set_exposure(&mut self, payer: &str, asset: &str, owed: u128) {
+        match self.exposure.get_mut(payer) {
+            Some(by_asset) => match by_asset.get_mut(asset) {
+                Some(slot) => *slot = owed,
+                None => {
+                    by_asset.insert(asset.to_owned(), owed);
+                }
+            },
+            None => {
+                self.exposure.insert(payer.to_owned(), HashMap::from([(asset.to_owned(), owed)]));
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Opening the database, and every read.
+//!
+//! [`Ledger`] is cheap to clone (an `Arc` around the RocksDB handle) and safe
+//! to read from any thread. It never writes IOUs itself: all writes go
+//! through the single [`crate::writer`] thread, which holds a clone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    compaction_filter::Decision,
+};
+use tally_core::{Asset, Payee, Payer, PublicKeyBytes};
+
+use crate::LedgerError;
+use crate::layout::*;
+
+/// Knobs fixed when the ledger is opened.
+#[derive(Clone)]
+pub struct LedgerOptions {
+    /// Nonces are forgotten this long after their IOU expired. An expired IOU
+    /// is refused before the replay index is consulted, so any margin is
+    /// safe while clocks are honest; the margin absorbs a clock stepping
+    /// backwards.
+    pub nonce_retention_margin_s: u64,
+    /// Wall clock used by the pruning compaction filter.
+    pub clock: crate::Clock,
+    /// Open without taking the write lock (for `tally ledger verify` beside a
+    /// running server). Read-only ledgers refuse to start a writer.
+    pub read_only: bool,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions { nonce_retention_margin_s: 3_600, clock: crate::system_clock(), read_only: false }
+    }
+}
+
+/// The ledger database.
+#[derive(Clone)]
+pub struct Ledger {
+    pub(crate) db: Arc<DB>,
+    path: PathBuf,
+    read_only: bool,
+}
+
+/// Which aggregates a balance query wants. Every field narrows the result.
+#[derive(Clone, Debug, Default)]
+pub struct BalanceFilter {
+    pub epoch: Option<u64>,
+    pub payer: Option<String>,
+    pub payee: Option<String>,
+    pub asset: Option<String>,
+}
+
+/// One aggregate: what `payer` owes `payee` in `asset` for `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceRow {
+    pub epoch: u64,
+    pub payer: String,
+    pub payee: String,
+    pub asset: String,
+    pub sum: u128,
+    pub count: u64,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub fn open(path: &Path, options: LedgerOptions) -> Result<Ledger, LedgerError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_paranoid_checks(true);
+        // Every acknowledged write was fsynced, so the only WAL damage a
+        // crash can leave is an incomplete last record (a write that was
+        // never acknowledged). Tolerate exactly that; refuse to open on any
+        // other corruption instead of silently dropping history after it.
+        db_options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        // Bound what RocksDB keeps open and in memory: the log grows without
+        // bound on disk, never in RAM.
+        db_options.set_max_open_files(512);
+        db_options.set_keep_log_file_num(8);
+        db_options.increase_parallelism(2);
+
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf.set_block_based_table_factory(&table);
+            match *name {
+                CF_AGG_BY_PAYER | CF_AGG_BY_PAYEE => {
+                    cf.set_merge_operator_associative("tally_aggregate_add", merge_aggregates);
+                }
+                CF_NONCES => {
+                    let margin = options.nonce_retention_margin_s;
+                    let clock = options.clock.clone();
+                    cf.set_compaction_filter("tally_prune_expired_nonces", move |_level, _key, value| {
+                        let now_s = clock() / 1000;
+                        match nonce_entry_expiry(value) {
+                            Some(expires) if expires.saturating_add(margin) < now_s => Decision::Remove,
+                            _ => Decision::Keep,
+                        }
+                    });
+                }
+                _ => {}
+            }
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+
+        // Read-only opens register the same merge operators: reads resolve
+        // merge operands through them.
+        let db = if options.read_only {
+            DB::open_cf_descriptors_read_only(&db_options, path, descriptors, false)?
+        } else {
+            DB::open_cf_descriptors(&db_options, path, descriptors)?
+        };
+        Ok(Ledger { db: Arc::new(db), path: path.to_owned(), read_only: options.read_only })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// The last record in the log: `(seq, hash)`, or `(0, GENESIS_HASH)`.
+    pub fn head(&self) -> Result<(u64, tally_core::RecordHash), LedgerError> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok((0, tally_core::GENESIS_HASH)),
+            Some(item) => {
+                let (key, value) = item?;
+                let record = decode_log_record(&key, &value)?;
+                Ok((record.seq, record.hash))
+            }
+        }
+    }
+
+    /// One log record by sequence number.
+    pub fn record(&self, seq: u64) -> Result<Option<StoredIou>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_LOG), log_key(seq))? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_log_record(&log_key(seq), &value)?)),
+        }
+    }
+
+    /// Up to `limit` log records starting at `seq_from`, in order.
+    pub fn records(&self, seq_from: u64, limit: usize) -> Result<Vec<StoredIou>, LedgerError> {
+        let start = log_key(seq_from);
+        let iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item?;
+            out.push(decode_log_record(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Finds an accepted IOU by payer key and nonce.
+    pub fn lookup_iou(&self, payer_key: &PublicKeyBytes, nonce: &[u8; 16]) -> Result<Option<StoredIou>, LedgerError> {
+        let Some(value) = self.db.get_cf(self.cf(CF_NONCES), nonce_key(payer_key, nonce))? else {
+            return Ok(None);
+        };
+        let entry = decode_nonce_entry(&value)?;
+        let record = self
+            .record(entry.seq)?
+            .ok_or_else(|| LedgerError::Corruption(format!("nonce points at missing record {}", entry.seq)))?;
+        Ok(Some(record))
+    }
+
+    /// Every epoch, oldest first.
+    pub fn epochs(&self) -> Result<Vec<EpochRecord>, LedgerError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_EPOCHS), IteratorMode::Start) {
+            let (_, value) = item?;
+            out.push(decode_bincode("epoch record", &value)?);
+        }
+        Ok(out)
+    }
+
+    pub fn epoch(&self, epoch: u64) -> Result<Option<EpochRecord>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_EPOCHS), epoch.to_be_bytes())? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_bincode("epoch record", &value)?)),
+        }
+    }
+
+    fn accounts_with_prefix<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &str,
+    ) -> Result<Vec<T>, LedgerError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(decode_bincode(what, &value)?);
+        }
+        Ok(out)
+    }
+
+    pub fn assets(&self) -> Result<Vec<Asset>, LedgerError> {
+        self.accounts_with_prefix(ACCOUNT_ASSET_PREFIX, "asset record")
+    }
+
+    pub fn payers(&self) -> Result<Vec<Payer>, LedgerError> {
+        self.accounts_with_prefix(ACCOUNT_PAYER_PREFIX, "payer record")
+    }
+
+    pub fn payees(&self) -> Result<Vec<Payee>, LedgerError> {
+        self.accounts_with_prefix(ACCOUNT_PAYEE_PREFIX, "payee record")
+    }
+
+    /// Which payer owns each registered key.
+    pub fn key_owners(&self) -> Result<Vec<(PublicKeyBytes, String)>, LedgerError> {
+        let mut out = Vec::new();
+        let prefix = ACCOUNT_KEY_PREFIX;
+        let iter = self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let public_key: PublicKeyBytes = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| LedgerError::Corruption("key record of the wrong length".into()))?;
+            let owner = String::from_utf8(value.to_vec())
+                .map_err(|_| LedgerError::Corruption("key owner is not UTF-8".into()))?;
+            out.push((public_key, owner));
+        }
+        Ok(out)
+    }
+
+    /// Aggregates matching `filter`, at most `limit` rows, sorted by
+    /// `(epoch, payer, payee, asset)` or `(epoch, payee, payer, asset)`.
+    ///
+    /// Reads only the key ranges the filter names: one epoch prefix (further
+    /// narrowed by payer or payee) per epoch, never a scan of the log.
+    pub fn balances(&self, filter: &BalanceFilter, limit: usize) -> Result<Vec<BalanceRow>, LedgerError> {
+        let by_payee = filter.payee.is_some() && filter.payer.is_none();
+        let (cf_name, leading) = if by_payee {
+            (CF_AGG_BY_PAYEE, filter.payee.as_deref())
+        } else {
+            (CF_AGG_BY_PAYER, filter.payer.as_deref())
+        };
+        let epochs: Vec<u64> = match filter.epoch {
+            Some(epoch) => vec![epoch],
+            None => self.epochs()?.iter().map(|e| e.epoch).collect(),
+        };
+        let mut rows = Vec::new();
+        'epochs: for epoch in epochs {
+            let prefix = aggregate_prefix(epoch, leading);
+            let mut read = ReadOptions::default();
+            read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+            let iter = self.db.iterator_cf_opt(self.cf(cf_name), read, IteratorMode::From(&prefix, Direction::Forward));
+            for item in iter {
+                let (key, value) = item?;
+                let (epoch, first, second, asset) = decode_aggregate_key(&key)?;
+                let (payer, payee) = if by_payee { (second, first) } else { (first, second) };
+                if filter.payee.as_deref().is_some_and(|p| p != payee)
+                    || filter.asset.as_deref().is_some_and(|a| a != asset)
+                {
+                    continue;
+                }
+                let aggregate = AggregateValue::decode(&value)
+                    .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
+                if rows.len() == limit {
+                    break 'epochs;
+                }
+                rows.push(BalanceRow {
+                    epoch,
+                    payer: payer.to_owned(),
+                    payee: payee.to_owned(),
+                    asset: asset.to_owned(),
+                    sum: aggregate.sum,
+                    count: aggregate.count,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// What each payer owes per asset, unsettled: the sum of its aggregates
+    /// over every epoch (settlement will exclude settled epochs here). With
+    /// `payer`, only that payer's prefix of each epoch is read.
+    pub fn owed(&self, payer: Option<&str>) -> Result<HashMap<(String, String), u128>, LedgerError> {
+        let mut owed: HashMap<(String, String), u128> = HashMap::new();
+        for epoch in self.epochs()? {
+            let prefix = aggregate_prefix(epoch.epoch, payer);
+            let mut read = ReadOptions::default();
+            read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+            let iter = self.db.iterator_cf_opt(
+                self.cf(CF_AGG_BY_PAYER),
+                read,
+                IteratorMode::From(&prefix, Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item?;
+                let (_, payer, _, asset) = decode_aggregate_key(&key)?;
+                let aggregate = AggregateValue::decode(&value)
+                    .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
+                let total = owed.entry((payer.to_owned(), asset.to_owned())).or_default();
+                *total = total
+                    .checked_add(aggregate.sum)
+                    .ok_or_else(|| LedgerError::Corruption(format!("what {payer} owes overflows")))?;
+            }
+        }
+        Ok(owed)
+    }
+
+    /// Flushes memtables to SST files, so the next open replays no WAL.
+    /// Called on clean shutdown; durability never depends on it.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        let handles: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
+    /// Forces a full compaction of every column family (runs the nonce
+    /// pruning filter). Operators rarely need it; tests do.
+    pub fn compact(&self) {
+        for name in COLUMN_FAMILIES {
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Whether the replay index still holds `(payer_key, nonce)`.
+    pub fn nonce_known(&self, payer_key: &PublicKeyBytes, nonce: &[u8; 16]) -> Result<bool, LedgerError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_NONCES), nonce_key(payer_key, nonce))?.is_some())
+    }
+}

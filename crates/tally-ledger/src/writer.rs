@@ -1,0 +1,713 @@
+//! The single writer: group commit, replay, credit, accounts, epochs.
+//!
+//! One OS thread owns every decision that depends on ledger state. Front
+//! doors send it [`Command`]s through a bounded queue (capacity
+//! [`WriterConfig::queue_depth_max`]); a full queue makes senders wait, which
+//! is the back-pressure that reaches clients. The thread takes the first
+//! waiting command, then drains whatever else is already queued, up to
+//! [`WriterConfig::group_ious_max`] IOUs, and commits the whole group as one
+//! `WriteBatch` with `sync = true`: one fsync for thousands of IOUs from many
+//! streams (group commit). Only after that write returns does any reply
+//! leave the thread, so **no acknowledgement ever precedes durability**.
+//!
+//! Inside a group, commands apply in queue order against the in-memory
+//! [`State`], so an IOU queued after a seal lands in the new epoch, and an
+//! IOU after a suspension is refused. Aggregates are summed per
+//! `(epoch, payer, payee, asset)` inside the group before being merged, so
+//! RocksDB sees one merge operand per pair per group, not one per IOU.
+//!
+//! If the write fails (disk full, I/O error), every command in the group is
+//! answered with an error, the in-memory state is rebuilt from disk, and the
+//! writer carries on: nothing partial is ever visible or acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use ed25519_dalek::VerifyingKey;
+use rocksdb::{WriteBatch, WriteOptions};
+use tally_core::account::{DISPLAY_NAME_LEN_MAX, PAYER_KEYS_MAX, PAYOUT_DESTINATION_LEN_MAX, is_valid_account_id};
+use tally_core::verify::parse_registration_key;
+use tally_core::{Asset, CommitmentId, Nonce, Outcome, Payee, Payer, PayerStatus, PublicKeyBytes, SignedIou};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::directory::KeyDirectory;
+use crate::layout::*;
+use crate::state::State;
+use crate::store::Ledger;
+use crate::{Clock, LedgerError};
+
+/// Bounds of the writer.
+#[derive(Clone)]
+pub struct WriterConfig {
+    /// Commands waiting in the queue before senders block.
+    pub queue_depth_max: usize,
+    /// Most IOUs in one group commit. A single append command larger than
+    /// this still commits whole (front doors bound their batches well below).
+    pub group_ious_max: usize,
+    /// Wall clock for `accepted_at` and the last expiry check.
+    pub clock: Clock,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { queue_depth_max: 256, group_ious_max: 16_384, clock: crate::system_clock() }
+    }
+}
+
+/// An IOU whose signature the caller has verified, with its signing bytes.
+pub struct AppendItem {
+    pub signed: SignedIou,
+    pub signing_bytes: Vec<u8>,
+}
+
+/// The writer's verdict on one IOU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    pub outcome: Outcome,
+    /// Set for `Accepted` and `Duplicate`.
+    pub commitment: Option<CommitmentId>,
+    /// The epoch the IOU is in (for `Accepted` and `Duplicate`), else 0.
+    pub epoch: u64,
+}
+
+impl AppendResult {
+    pub fn rejected(outcome: Outcome) -> AppendResult {
+        debug_assert!(!outcome.is_success());
+        AppendResult { outcome, commitment: None, epoch: 0 }
+    }
+}
+
+/// Control-plane commands: accounts and epochs.
+#[derive(Clone, Debug)]
+pub enum AdminCommand {
+    /// Registers an asset, or updates whether it is enabled. A registered
+    /// asset's scale never changes: it gives meaning to every stored amount.
+    UpsertAsset(Asset),
+    RegisterPayer {
+        id: String,
+        display_name: String,
+        keys: Vec<PublicKeyBytes>,
+        credit_limits: Vec<(String, u128)>,
+    },
+    AddPayerKey {
+        payer_id: String,
+        key: PublicKeyBytes,
+    },
+    SetPayerStatus {
+        payer_id: String,
+        status: PayerStatus,
+    },
+    SetCreditLimit {
+        payer_id: String,
+        asset: String,
+        limit: u128,
+    },
+    RegisterPayee(Payee),
+    SetPayeePayout {
+        payee_id: String,
+        payout_destination: String,
+    },
+    /// Seals the open epoch and opens the next, atomically.
+    SealEpoch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminReply {
+    Done,
+    Sealed { sealed: EpochRecord, opened: EpochRecord },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("storage failure, nothing was changed: {0}")]
+    Storage(String),
+    #[error("the ledger writer has stopped")]
+    WriterStopped,
+}
+
+enum Command {
+    Append { items: Vec<AppendItem>, reply: oneshot::Sender<Result<Vec<AppendResult>, LedgerError>> },
+    Admin { command: AdminCommand, reply: oneshot::Sender<Result<AdminReply, AdminError>> },
+    Stop,
+}
+
+impl Command {
+    fn iou_count(&self) -> usize {
+        match self {
+            Command::Append { items, .. } => items.len(),
+            Command::Admin { .. } | Command::Stop => 1,
+        }
+    }
+}
+
+/// A cheap, cloneable way to talk to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    sender: mpsc::Sender<Command>,
+    directory: Arc<KeyDirectory>,
+}
+
+impl WriterHandle {
+    /// Appends verified IOUs; the reply arrives after the group holding them
+    /// is fsynced. `Err` means nothing of this call was written.
+    pub async fn append(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Command::Append { items, reply }).await.map_err(|_| LedgerError::WriterStopped)?;
+        answer.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    pub async fn admin(&self, command: AdminCommand) -> Result<AdminReply, AdminError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Command::Admin { command, reply }).await.map_err(|_| AdminError::WriterStopped)?;
+        answer.await.map_err(|_| AdminError::WriterStopped)?
+    }
+
+    /// The blocking twin of [`WriterHandle::admin`], for callers outside an
+    /// async runtime (tests, tools).
+    pub fn admin_blocking(&self, command: AdminCommand) -> Result<AdminReply, AdminError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.blocking_send(Command::Admin { command, reply }).map_err(|_| AdminError::WriterStopped)?;
+        answer.blocking_recv().map_err(|_| AdminError::WriterStopped)?
+    }
+
+    /// The blocking twin of [`WriterHandle::append`].
+    pub fn append_blocking(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.blocking_send(Command::Append { items, reply }).map_err(|_| LedgerError::WriterStopped)?;
+        answer.blocking_recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    pub fn directory(&self) -> &Arc<KeyDirectory> {
+        &self.directory
+    }
+
+    /// Commands waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+}
+
+/// The running writer thread.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Loads state, opens epoch 1 on a new ledger, publishes the key
+    /// directory, and starts the thread.
+    pub fn start(ledger: Ledger, config: WriterConfig) -> Result<Writer, LedgerError> {
+        assert!(config.queue_depth_max > 0 && config.group_ious_max > 0);
+        if ledger.is_read_only() {
+            return Err(LedgerError::Corruption("a read-only ledger cannot be written".into()));
+        }
+        let directory = Arc::new(KeyDirectory::default());
+        let mut core =
+            WriterCore { state: State::load(&ledger)?, ledger, config: config.clone(), directory: directory.clone() };
+        core.open_first_epoch()?;
+        core.publish_all_keys()?;
+        let (sender, receiver) = mpsc::channel(config.queue_depth_max);
+        let thread = std::thread::Builder::new()
+            .name("tally-ledger-writer".into())
+            .spawn(move || core.run(receiver))
+            .map_err(|e| LedgerError::Corruption(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { handle: WriterHandle { sender, directory }, thread: Some(thread) })
+    }
+
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the thread after the commands queued before this call, and
+    /// waits for it. Commands sent afterwards fail with `WriterStopped`.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.sender.blocking_send(Command::Stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+type NonceKey = (PublicKeyBytes, Nonce);
+
+/// What a group has accepted so far: replay answers for IOUs that repeat
+/// inside the same group, before any of it is on disk.
+struct Staged {
+    commitment: CommitmentId,
+    epoch: u64,
+    signing_bytes: Vec<u8>,
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<AppendResult>, LedgerError>>, Vec<AppendResult>),
+    Admin(oneshot::Sender<Result<AdminReply, AdminError>>, Result<AdminReply, AdminError>),
+}
+
+struct WriterCore {
+    ledger: Ledger,
+    state: State,
+    config: WriterConfig,
+    directory: Arc<KeyDirectory>,
+}
+
+/// One group commit under construction.
+struct Group {
+    batch: WriteBatch,
+    staged: HashMap<NonceKey, Staged>,
+    aggregates: HashMap<(u64, String, String, String), AggregateValue>,
+    new_keys: Vec<VerifyingKey>,
+    now_ms: u64,
+}
+
+impl WriterCore {
+    fn open_first_epoch(&mut self) -> Result<(), LedgerError> {
+        if self.state.open_epoch.is_some() {
+            return Ok(());
+        }
+        let epoch = EpochRecord {
+            epoch: 1,
+            status: EpochStatus::Open,
+            opened_at_ms: (self.config.clock)(),
+            sealed_at_ms: None,
+            seq_first: self.state.head_seq + 1,
+            seq_last: None,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.ledger.cf(CF_EPOCHS), epoch.epoch.to_be_bytes(), encode_bincode(&epoch));
+        self.write(batch)?;
+        self.state.open_epoch = Some(epoch);
+        Ok(())
+    }
+
+    fn publish_all_keys(&self) -> Result<(), LedgerError> {
+        let keys = self
+            .state
+            .key_owner
+            .keys()
+            .map(|bytes| {
+                parse_registration_key(bytes)
+                    .map_err(|e| LedgerError::Corruption(format!("stored key {}: {e}", hex::encode(bytes))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.directory.publish(keys.into_iter());
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), LedgerError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.ledger.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut ious = first.iou_count();
+            let mut commands = vec![first];
+            while ious < self.config.group_ious_max {
+                match receiver.try_recv() {
+                    Ok(command) => {
+                        ious += command.iou_count();
+                        commands.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let stop = commands.iter().position(|c| matches!(c, Command::Stop));
+            if let Some(stop) = stop {
+                commands.truncate(stop);
+            }
+            self.commit_group(commands);
+            if stop.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn commit_group(&mut self, commands: Vec<Command>) {
+        if commands.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut group = Group {
+            batch: WriteBatch::default(),
+            staged: HashMap::new(),
+            aggregates: HashMap::new(),
+            new_keys: Vec::new(),
+            now_ms: (self.config.clock)(),
+        };
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut failure: Option<LedgerError> = None;
+        let mut appended: u64 = 0;
+        for command in commands {
+            match command {
+                Command::Append { items, reply } => {
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items {
+                        match self.append_one(&mut group, item) {
+                            Ok(result) => {
+                                appended += u64::from(result.outcome == Outcome::Accepted);
+                                results.push(result);
+                            }
+                            Err(error) => {
+                                failure.get_or_insert(error);
+                                break;
+                            }
+                        }
+                    }
+                    replies.push(Reply::Append(reply, results));
+                }
+                Command::Admin { command, reply } => {
+                    let result = self.apply_admin(&mut group, command);
+                    replies.push(Reply::Admin(reply, result));
+                }
+                Command::Stop => unreachable!("run() truncates at Stop"),
+            }
+        }
+        if failure.is_none() {
+            for ((epoch, payer, payee, asset), value) in &group.aggregates {
+                let encoded = value.encode();
+                group.batch.merge_cf(
+                    self.ledger.cf(CF_AGG_BY_PAYER),
+                    aggregate_key(*epoch, payer, payee, asset),
+                    encoded,
+                );
+                group.batch.merge_cf(
+                    self.ledger.cf(CF_AGG_BY_PAYEE),
+                    aggregate_key(*epoch, payee, payer, asset),
+                    encoded,
+                );
+            }
+            let batch = std::mem::take(&mut group.batch);
+            if let Err(error) = self.write(batch) {
+                failure = Some(error);
+            }
+        }
+        if let Some(error) = failure {
+            self.fail_group(replies, &error);
+            return;
+        }
+        // Durable: now, and only now, publish keys and answer.
+        self.directory.publish(group.new_keys.into_iter());
+        metrics::histogram!("tally_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tally_commit_group_ious").record(appended as f64);
+        metrics::counter!("tally_commit_groups_total").increment(1);
+        for reply in replies {
+            match reply {
+                Reply::Append(sender, results) => {
+                    let _ = sender.send(Ok(results));
+                }
+                Reply::Admin(sender, result) => {
+                    let _ = sender.send(result);
+                }
+            }
+        }
+    }
+
+    /// Answers every command of a failed group with an error and rebuilds
+    /// the in-memory state from disk, discarding what the group staged.
+    fn fail_group(&mut self, replies: Vec<Reply>, error: &LedgerError) {
+        tracing::error!(%error, "group commit failed; nothing in it was acknowledged");
+        metrics::counter!("tally_commit_failures_total").increment(1);
+        let message = error.to_string();
+        for reply in replies {
+            match reply {
+                Reply::Append(sender, _) => {
+                    let _ = sender.send(Err(LedgerError::WriteFailed(message.clone())));
+                }
+                Reply::Admin(sender, _) => {
+                    let _ = sender.send(Err(AdminError::Storage(message.clone())));
+                }
+            }
+        }
+        match State::load(&self.ledger) {
+            Ok(state) => self.state = state,
+            Err(reload) => {
+                // The disk no longer yields a consistent state: refusing all
+                // further work is the only safe answer.
+                tracing::error!(%reload, "cannot reload ledger state; the writer stops");
+                panic!("ledger state cannot be reloaded after a failed write: {reload}");
+            }
+        }
+    }
+
+    fn append_one(&mut self, group: &mut Group, item: AppendItem) -> Result<AppendResult, LedgerError> {
+        let iou = &item.signed.iou;
+        debug_assert_eq!(item.signing_bytes, iou.signing_bytes(), "caller passes the IOU's own bytes");
+        let nonce_key_bytes = nonce_key(&iou.payer_key, &iou.nonce);
+
+        // Replay first: a resubmission of an accepted IOU is answered with its
+        // original acceptance, whatever has changed since.
+        if let Some(staged) = group.staged.get(&(iou.payer_key, iou.nonce)) {
+            return Ok(replay_answer(staged.commitment, staged.epoch, &staged.signing_bytes, &item.signing_bytes));
+        }
+        if let Some(value) = self.ledger.db.get_pinned_cf(self.ledger.cf(CF_NONCES), nonce_key_bytes)? {
+            let entry = decode_nonce_entry(&value)?;
+            let original = self
+                .ledger
+                .record(entry.seq)?
+                .ok_or_else(|| LedgerError::Corruption(format!("nonce points at missing record {}", entry.seq)))?;
+            let commitment = CommitmentId { seq: entry.seq, hash: entry.hash };
+            return Ok(replay_answer(commitment, original.epoch, &original.signing_bytes, &item.signing_bytes));
+        }
+
+        // The replay index forgets nonces some time after expiry; refusing
+        // expired IOUs here, at the single point of decision, is what makes
+        // that forgetting safe whatever the front door checked earlier.
+        if iou.expires_at_s <= group.now_ms / 1000 {
+            return Ok(AppendResult::rejected(Outcome::Expired));
+        }
+        if iou.amount == 0 {
+            return Ok(AppendResult::rejected(Outcome::InvalidAmount));
+        }
+        let Some(payer_id) = self.state.key_owner.get(&iou.payer_key) else {
+            return Ok(AppendResult::rejected(Outcome::UnknownPayer));
+        };
+        let payer = &self.state.payers[payer_id];
+        if payer.status == PayerStatus::Suspended {
+            return Ok(AppendResult::rejected(Outcome::SuspendedPayer));
+        }
+        match self.state.assets.get(&iou.asset) {
+            None => return Ok(AppendResult::rejected(Outcome::UnknownAsset)),
+            Some(asset) if !asset.enabled => return Ok(AppendResult::rejected(Outcome::AssetDisabled)),
+            Some(_) => {}
+        }
+        if !self.state.payees.contains_key(&iou.payee) {
+            return Ok(AppendResult::rejected(Outcome::UnknownPayee));
+        }
+        let owed = self.state.exposure(payer_id, &iou.asset);
+        let owed_after = match owed.checked_add(u128::from(iou.amount)) {
+            Some(total) if total <= payer.credit_limit(&iou.asset) => total,
+            _ => return Ok(AppendResult::rejected(Outcome::CreditLimitExceeded)),
+        };
+
+        let epoch = self.state.open_epoch.as_ref().expect("an epoch is always open").epoch;
+        let seq = self.state.head_seq + 1;
+        let record = StoredIou {
+            seq,
+            epoch,
+            accepted_at_ms: group.now_ms,
+            prev_hash: self.state.head_hash,
+            hash: [0; 32],
+            signature: item.signed.signature,
+            signing_bytes: item.signing_bytes,
+        };
+        let record = StoredIou { hash: record.computed_hash(), ..record };
+        let mut value = Vec::with_capacity(LOG_HEADER_LEN + record.signing_bytes.len());
+        encode_log_record(&record, &mut value);
+        group.batch.put_cf(self.ledger.cf(CF_LOG), log_key(seq), value);
+        let entry = NonceEntry { seq, hash: record.hash, expires_at_s: iou.expires_at_s };
+        group.batch.put_cf(self.ledger.cf(CF_NONCES), nonce_key_bytes, encode_nonce_entry(&entry));
+
+        let payer_id = payer_id.clone();
+        let aggregate =
+            group.aggregates.entry((epoch, payer_id.clone(), iou.payee.clone(), iou.asset.clone())).or_default();
+        *aggregate = aggregate
+            .checked_add(AggregateValue { sum: u128::from(iou.amount), count: 1 })
+            .ok_or_else(|| LedgerError::Corruption("aggregate overflow".into()))?;
+        self.state.set_exposure(&payer_id, &iou.asset, owed_after);
+        self.state.head_seq = seq;
+        self.state.head_hash = record.hash;
+
+        let commitment = CommitmentId { seq, hash: record.hash };
+        group
+            .staged
+            .insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, signing_bytes: record.signing_bytes });
+        Ok(AppendResult { outcome: Outcome::Accepted, commitment: Some(commitment), epoch })
+    }
+
+    fn put_account<T: serde::Serialize>(&self, group: &mut Group, prefix: &[u8], id: &[u8], record: &T) {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(id);
+        group.batch.put_cf(self.ledger.cf(CF_ACCOUNTS), key, encode_bincode(record));
+    }
+
+    fn payer_mut(&mut self, payer_id: &str) -> Result<&mut Payer, AdminError> {
+        self.state.payers.get_mut(payer_id).ok_or_else(|| AdminError::NotFound(format!("payer {payer_id}")))
+    }
+
+    fn check_new_key(&self, group: &Group, key: &PublicKeyBytes) -> Result<VerifyingKey, AdminError> {
+        let parsed =
+            parse_registration_key(key).map_err(|e| AdminError::Invalid(format!("key {}: {e}", hex::encode(key))))?;
+        if let Some(owner) = self.state.key_owner.get(key) {
+            return Err(AdminError::AlreadyExists(format!("key {} belongs to payer {owner}", hex::encode(key))));
+        }
+        debug_assert!(!group.new_keys.iter().any(|k| k.as_bytes() == key));
+        Ok(parsed)
+    }
+
+    fn apply_admin(&mut self, group: &mut Group, command: AdminCommand) -> Result<AdminReply, AdminError> {
+        match command {
+            AdminCommand::UpsertAsset(asset) => {
+                Asset::new(&asset.code, asset.scale, asset.enabled).map_err(|e| AdminError::Invalid(e.to_string()))?;
+                if let Some(existing) = self.state.assets.get(&asset.code)
+                    && existing.scale != asset.scale
+                {
+                    return Err(AdminError::Invalid(format!(
+                        "asset {} has scale {}; a scale never changes once registered",
+                        asset.code, existing.scale
+                    )));
+                }
+                self.put_account(group, ACCOUNT_ASSET_PREFIX, asset.code.as_bytes(), &asset);
+                self.state.assets.insert(asset.code.clone(), asset);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::RegisterPayer { id, display_name, keys, credit_limits } => {
+                check_id_and_name("payer", &id, &display_name)?;
+                if self.state.payers.contains_key(&id) {
+                    return Err(AdminError::AlreadyExists(format!("payer {id}")));
+                }
+                if keys.is_empty() || keys.len() > PAYER_KEYS_MAX {
+                    return Err(AdminError::Invalid(format!("a payer has 1..={PAYER_KEYS_MAX} keys")));
+                }
+                let mut parsed = Vec::with_capacity(keys.len());
+                for (i, key) in keys.iter().enumerate() {
+                    if keys[..i].contains(key) {
+                        return Err(AdminError::Invalid(format!("key {} listed twice", hex::encode(key))));
+                    }
+                    parsed.push(self.check_new_key(group, key)?);
+                }
+                let mut payer =
+                    Payer { id: id.clone(), display_name, status: PayerStatus::Active, keys, credit_limits: vec![] };
+                for (asset, limit) in credit_limits {
+                    if !self.state.assets.contains_key(&asset) {
+                        return Err(AdminError::NotFound(format!("asset {asset}")));
+                    }
+                    payer.set_credit_limit(&asset, limit);
+                }
+                for key in &payer.keys {
+                    self.put_raw_key(group, key, &id);
+                    self.state.key_owner.insert(*key, id.clone());
+                }
+                group.new_keys.extend(parsed);
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, id.as_bytes(), &payer);
+                self.state.payers.insert(id, payer);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::AddPayerKey { payer_id, key } => {
+                let parsed = self.check_new_key(group, &key)?;
+                let payer = self.payer_mut(&payer_id)?;
+                if payer.keys.len() >= PAYER_KEYS_MAX {
+                    return Err(AdminError::Invalid(format!("payer {payer_id} already has {PAYER_KEYS_MAX} keys")));
+                }
+                payer.keys.push(key);
+                let payer = payer.clone();
+                self.put_raw_key(group, &key, &payer_id);
+                self.state.key_owner.insert(key, payer_id.clone());
+                group.new_keys.push(parsed);
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::SetPayerStatus { payer_id, status } => {
+                let payer = self.payer_mut(&payer_id)?;
+                payer.status = status;
+                let payer = payer.clone();
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::SetCreditLimit { payer_id, asset, limit } => {
+                if !self.state.assets.contains_key(&asset) {
+                    return Err(AdminError::NotFound(format!("asset {asset}")));
+                }
+                let payer = self.payer_mut(&payer_id)?;
+                payer.set_credit_limit(&asset, limit);
+                let payer = payer.clone();
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::RegisterPayee(payee) => {
+                check_id_and_name("payee", &payee.id, &payee.display_name)?;
+                check_payout(&payee.payout_destination)?;
+                if self.state.payees.contains_key(&payee.id) {
+                    return Err(AdminError::AlreadyExists(format!("payee {}", payee.id)));
+                }
+                self.put_account(group, ACCOUNT_PAYEE_PREFIX, payee.id.as_bytes(), &payee);
+                self.state.payees.insert(payee.id.clone(), payee);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::SetPayeePayout { payee_id, payout_destination } => {
+                check_payout(&payout_destination)?;
+                let payee = self
+                    .state
+                    .payees
+                    .get_mut(&payee_id)
+                    .ok_or_else(|| AdminError::NotFound(format!("payee {payee_id}")))?;
+                payee.payout_destination = payout_destination;
+                let payee = payee.clone();
+                self.put_account(group, ACCOUNT_PAYEE_PREFIX, payee_id.as_bytes(), &payee);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::SealEpoch => {
+                let open = self.state.open_epoch.take().expect("an epoch is always open");
+                let sealed = EpochRecord {
+                    status: EpochStatus::Sealed,
+                    sealed_at_ms: Some(group.now_ms),
+                    seq_last: Some(self.state.head_seq),
+                    ..open
+                };
+                let opened = EpochRecord {
+                    epoch: sealed.epoch + 1,
+                    status: EpochStatus::Open,
+                    opened_at_ms: group.now_ms,
+                    sealed_at_ms: None,
+                    seq_first: self.state.head_seq + 1,
+                    seq_last: None,
+                };
+                let cf = self.ledger.cf(CF_EPOCHS);
+                group.batch.put_cf(cf, sealed.epoch.to_be_bytes(), encode_bincode(&sealed));
+                group.batch.put_cf(cf, opened.epoch.to_be_bytes(), encode_bincode(&opened));
+                self.state.open_epoch = Some(opened.clone());
+                Ok(AdminReply::Sealed { sealed, opened })
+            }
+        }
+    }
+
+    fn put_raw_key(&self, group: &mut Group, key: &PublicKeyBytes, payer_id: &str) {
+        let mut record_key = ACCOUNT_KEY_PREFIX.to_vec();
+        record_key.extend_from_slice(key);
+        group.batch.put_cf(self.ledger.cf(CF_ACCOUNTS), record_key, payer_id.as_bytes());
+    }
+}
+
+fn replay_answer(commitment: CommitmentId, epoch: u64, original: &[u8], resubmitted: &[u8]) -> AppendResult {
+    if original == resubmitted {
+        AppendResult { outcome: Outcome::Duplicate, commitment: Some(commitment), epoch }
+    } else {
+        AppendResult::rejected(Outcome::Conflict)
+    }
+}
+
+fn check_id_and_name(kind: &str, id: &str, display_name: &str) -> Result<(), AdminError> {
+    if !is_valid_account_id(id) {
+        return Err(AdminError::Invalid(format!("{kind} id must be 1..=64 characters of A-Z a-z 0-9 . _ -")));
+    }
+    if display_name.len() > DISPLAY_NAME_LEN_MAX {
+        return Err(AdminError::Invalid(format!("display name longer than {DISPLAY_NAME_LEN_MAX} bytes")));
+    }
+    Ok(())
+}
+
+fn check_payout(destination: &str) -> Result<(), AdminError> {
+    if destination.len() > PAYOUT_DESTINATION_LEN_MAX {
+        return Err(AdminError::Invalid(format!("payout destination longer than {PAYOUT_DESTINATION_LEN_MAX} bytes")));
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Connecting to a running engine: the shared `--server` / `--admin-token`
+//! flags and typed clients.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tally_ingest::proto::admin_client::AdminClient;
+use tally_ingest::proto::query_client::QueryClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR, DEFAULT_GRPC_ADDR};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The engine's gRPC address.
+    #[arg(long, env = "TALLY_SERVER", default_value_t = format!("http://{DEFAULT_GRPC_ADDR}"))]
+    pub server: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Admin bearer token. Default: `<data-dir>/admin-token`.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Where to look for the admin token file.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+pub async fn channel(server: &ServerArgs) -> anyhow::Result<Channel> {
+    let endpoint =
+        Endpoint::from_shared(server.server.clone()).with_context(|| format!("server address {:?}", server.server))?;
+    endpoint
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {} (is `tally serve` running?)", server.server))
+}
+
+pub async fn query(server: &ServerArgs) -> anyhow::Result<QueryClient<Channel>> {
+    Ok(QueryClient::new(channel(server).await?))
+}
+
+/// Adds `authorization: Bearer <token>` to every admin call.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl BearerToken {
+    pub fn new(token: &str) -> anyhow::Result<BearerToken> {
+        let value = format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("the admin token must be ASCII"))?;
+        Ok(BearerToken(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+pub async fn admin(args: &AdminArgs) -> anyhow::Result<Admin> {
+    let token = match &args.admin_token {
+        Some(token) => token.clone(),
+        None => {
+            let path = args.data_dir.join(ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no --admin-token given and {} is unreadable", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    admin_with_token(channel(&args.server).await?, &token)
+}
+
+pub fn admin_with_token(channel: Channel, token: &str) -> anyhow::Result<Admin> {
+    Ok(AdminClient::with_interceptor(channel, BearerToken::new(token)?))
+}
+
+/// Maps the assets' scales, for converting decimal amounts.
+pub async fn asset_scales(admin: &mut Admin) -> anyhow::Result<std::collections::HashMap<String, u8>> {
+    let assets = admin.list_assets(tally_ingest::proto::ListRequest {}).await?.into_inner().assets;
+    Ok(assets.into_iter().map(|a| (a.code, a.scale as u8)).collect())
+}

@@ -1,0 +1,156 @@
+//! `tally serve` configuration: flags, environment, a TOML file, defaults.
+//!
+//! Precedence, highest first: command-line flag, `TALLY_*` environment
+//! variable, the file given by `--config`, the embedded default. The
+//! defaults run a complete engine on loopback with data in `./tally-data`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "tally-data";
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const DEFAULT_NETWORK: &str = "tally:local";
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the ledger lives.
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (ingest, query, admin, health, reflection).
+    #[arg(long, env = "TALLY_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Prometheus metrics listen address; "off" disables it.
+    #[arg(long, env = "TALLY_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// The Tally network id IOUs must name.
+    #[arg(long, env = "TALLY_NETWORK")]
+    pub network: Option<String>,
+    /// Admin API bearer token. Default: read `<data-dir>/admin-token`,
+    /// creating it with a random token (mode 0600) on first start.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Once listening, write `{"grpc_addr":…,"metrics_addr":…,"pid":…}` here.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The file form: every key optional.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<String>,
+    pub network: Option<String>,
+    pub admin_token: Option<String>,
+    pub limits: Option<FileLimits>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub batch_ious_max: Option<usize>,
+    pub message_bytes_max: Option<usize>,
+    pub streams_per_connection_max: Option<u32>,
+    pub stream_batches_inflight_max: Option<usize>,
+    pub writer_queue_depth_max: Option<usize>,
+    pub writer_group_ious_max: Option<usize>,
+    pub clock_skew_max_s: Option<u64>,
+    pub validity_max_s: Option<u64>,
+    pub verify_threads: Option<usize>,
+}
+
+/// The resolved configuration.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub network: String,
+    pub admin_token: AdminToken,
+    pub limits: FileLimits,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The admin token, kept out of `Debug` output so it never reaches a log.
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let grpc_addr =
+            self.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default"));
+        let metrics_addr = match self.metrics_addr.or(file.metrics_addr).as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().with_context(|| format!("metrics address {addr:?}"))?),
+            None => Some(DEFAULT_METRICS_ADDR.parse().expect("valid default")),
+        };
+        let network = self.network.or(file.network).unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
+        let admin_token = match self.admin_token.or(file.admin_token) {
+            Some(token) if token.is_empty() => anyhow::bail!("the admin token must not be empty"),
+            Some(token) => token,
+            None => load_or_create_token(&data_dir)?,
+        };
+        Ok(ServeConfig {
+            data_dir,
+            grpc_addr,
+            metrics_addr,
+            network,
+            admin_token: AdminToken(admin_token),
+            limits: file.limits.unwrap_or_default(),
+            ready_file: self.ready_file,
+        })
+    }
+}
+
+/// Reads `<data_dir>/admin-token`, creating it (0600) with 32 random bytes
+/// in hex when absent.
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let token = hex::encode(bytes);
+    write_private_file(&path, token.as_bytes())?;
+    tracing::info!(path = %path.display(), "created a new admin token file");
+    Ok(token)
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! `tally loadgen`: simulated crawlers streaming pre-signed IOUs.
+//!
+//! Signing costs about as much as verifying, so every IOU is signed before
+//! the clock starts (on all cores), or the load generator would measure its
+//! own signing. Then `--streams` bidirectional streams, spread over
+//! `--connections` HTTP/2 connections, each keep up to `--window` batches in
+//! flight. Latency is per batch: from handing the batch to the stream to
+//! receiving its per-IOU results, which the server sends only after the
+//! fsync. Optionally `--measure-verify` measures, in the same run, the raw
+//! batch-verification rate of all cores: the ceiling ingest is judged by.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ed25519_dalek::{Signer, SigningKey};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tally_core::verify::{VerifyItem, verify_many};
+use tally_core::{Iou, Outcome};
+use tally_ingest::convert::code_from_proto;
+use tally_ingest::proto::ingest_client::IngestClient;
+use tally_ingest::proto::{self, *};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::{self, AdminArgs};
+use crate::output::table;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadgenArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Total IOUs to send.
+    #[arg(long, default_value_t = 500_000)]
+    pub ious: u64,
+    /// IOUs per batch (the server's default limit is 4096).
+    #[arg(long, default_value_t = 1024)]
+    pub batch: usize,
+    /// Concurrent bidirectional streams.
+    #[arg(long, default_value_t = 8)]
+    pub streams: usize,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Batches in flight per stream.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Simulated crawlers (payers).
+    #[arg(long, default_value_t = 64)]
+    pub payers: usize,
+    /// Simulated sites (payees).
+    #[arg(long, default_value_t = 256)]
+    pub payees: usize,
+    /// Price per request: uniform in 1..=this, in smallest units.
+    #[arg(long, default_value_t = 2_000)]
+    pub amount_max: u64,
+    /// Asset of the IOUs (registered with scale 6 by --register).
+    #[arg(long, default_value = "USD")]
+    pub asset: String,
+    /// Network id the server expects.
+    #[arg(long, default_value = crate::config::DEFAULT_NETWORK)]
+    pub network: String,
+    /// Seed for keys and amounts (runs are reproducible).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Target IOUs per second across all streams (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Register the asset, payers and payees first (idempotent).
+    #[arg(long)]
+    pub register: bool,
+    /// Credit limit per payer, smallest units, when registering.
+    #[arg(long, default_value_t = 1_000_000_000_000_000)]
+    pub credit_limit: u128,
+    /// Also measure the raw batch-verification rate of all cores.
+    #[arg(long)]
+    pub measure_verify: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadgenReport {
+    pub ious: u64,
+    pub elapsed_s: f64,
+    pub ious_per_s: f64,
+    pub outcomes: BTreeMap<String, u64>,
+    pub batch_latency_us_p50: u64,
+    pub batch_latency_us_p99: u64,
+    pub batch_latency_us_p999: u64,
+    pub batch_latency_us_max: u64,
+    pub verify_batch_rate_all_cores: Option<f64>,
+    pub cores: usize,
+}
+
+/// SplitMix64: a tiny deterministic generator for keys and amounts, so a
+/// seed reproduces a run exactly.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn bytes32(&mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next().to_le_bytes());
+        }
+        out
+    }
+}
+
+pub fn payer_id(i: usize) -> String {
+    format!("crawler-{i:03}")
+}
+
+pub fn payee_id(j: usize) -> String {
+    format!("site-{j:03}.example")
+}
+
+/// The simulated crawlers' signing keys, derived from the seed.
+pub fn payer_keys(seed: u64, payers: usize) -> Vec<SigningKey> {
+    let mut rng = SplitMix64(seed ^ 0x7A11_7A11);
+    (0..payers).map(|_| SigningKey::from_bytes(&rng.bytes32())).collect()
+}
+
+/// Registers the asset (scale 6), payers and payees; existing ones are kept.
+pub async fn register(args: &LoadgenArgs, admin: &mut client::Admin) -> anyhow::Result<()> {
+    let ignore_exists = |result: Result<tonic::Response<AdminResponse>, tonic::Status>| match result {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(status) => Err(status),
+    };
+    let asset = proto::Asset { code: args.asset.clone(), scale: 6, enabled: true };
+    admin.upsert_asset(UpsertAssetRequest { asset: Some(asset) }).await?;
+    for (i, key) in payer_keys(args.seed, args.payers).iter().enumerate() {
+        ignore_exists(
+            admin
+                .register_payer(RegisterPayerRequest {
+                    id: payer_id(i),
+                    display_name: format!("Simulated crawler {i}"),
+                    keys: vec![key.verifying_key().to_bytes().to_vec()],
+                    credit_limits: vec![CreditLimit {
+                        asset: args.asset.clone(),
+                        limit: args.credit_limit.to_string(),
+                    }],
+                })
+                .await,
+        )?;
+    }
+    for j in 0..args.payees {
+        ignore_exists(
+            admin
+                .register_payee(RegisterPayeeRequest {
+                    payee: Some(proto::Payee {
+                        id: payee_id(j),
+                        display_name: format!("Simulated site {j}"),
+                        payout_destination: String::new(),
+                    }),
+                })
+                .await,
+        )?;
+    }
+    Ok(())
+}
+
+/// Signs every IOU of the run on all cores, already cut into batches.
+fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<SubmitBatchRequest>> {
+    let mut run_id = [0u8; 8];
+    getrandom::fill(&mut run_id).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let now_s = tally_ledger::unix_now_ms() / 1000;
+    let batches = args.ious.div_ceil(args.batch as u64) as usize;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_thread = batches.div_ceil(threads);
+    let mut out: Vec<SubmitBatchRequest> = Vec::with_capacity(batches);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let first = t * per_thread;
+                let last = ((t + 1) * per_thread).min(batches);
+                scope.spawn(move || {
+                    let mut rng = SplitMix64(args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64));
+                    (first..last)
+                        .map(|b| {
+                            let start = b as u64 * args.batch as u64;
+                            let end = (start + args.batch as u64).min(args.ious);
+                            let ious = (start..end)
+                                .map(|n| {
+                                    let key = &keys[(rng.next() % keys.len() as u64) as usize];
+                                    let mut nonce = [0u8; 16];
+                                    nonce[..8].copy_from_slice(&run_id);
+                                    nonce[8..].copy_from_slice(&n.to_be_bytes());
+                                    let payee = (rng.next() % args.payees as u64) as usize;
+                                    let iou = Iou {
+                                        network: args.network.clone(),
+                                        payer_key: key.verifying_key().to_bytes(),
+                                        payee: payee_id(payee),
+                                        asset: args.asset.clone(),
+                                        amount: 1 + rng.next() % args.amount_max,
+                                        nonce,
+                                        issued_at_s: now_s,
+                                        expires_at_s: now_s + 3_600,
+                                        resource: format!("https://{}/page/{n}", payee_id(payee)),
+                                    };
+                                    let signature = key.sign(&iou.signing_bytes()).to_bytes();
+                                    tally_ingest::convert::iou_to_proto(&tally_core::SignedIou { iou, signature })
+                                })
+                                .collect();
+                            SubmitBatchRequest { batch_id: b as u64, ious }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            out.extend(handle.join().expect("a signing thread panicked"));
+        }
+    });
+    Ok(out)
+}
+
+/// Raw batch verification (batches of 1024) on every core at once, for
+/// `duration`: signatures per second, all cores together.
+pub fn measure_verify_rate(duration: Duration) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let keys = payer_keys(99, 16);
+    let verifying: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+    let messages: Vec<Vec<u8>> = (0..1024u32)
+        .map(|i| {
+            format!("tally-iou-v1 a typical {i:08} IOU of about one hundred bytes, https://example.com/x").into_bytes()
+        })
+        .collect();
+    let signatures: Vec<[u8; 64]> = messages.iter().enumerate().map(|(i, m)| keys[i % 16].sign(m).to_bytes()).collect();
+    let verified: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let items: Vec<VerifyItem> = messages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| VerifyItem { key: &verifying[i % 16], message: m, signature: &signatures[i] })
+                        .collect();
+                    let started = Instant::now();
+                    let mut count = 0u64;
+                    while started.elapsed() < duration {
+                        assert!(verify_many(&items).iter().all(|ok| *ok));
+                        count += items.len() as u64;
+                    }
+                    count
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("verify thread")).sum()
+    });
+    verified as f64 / duration.as_secs_f64()
+}
+
+struct StreamStats {
+    latency_us: Histogram<u64>,
+    outcomes: BTreeMap<String, u64>,
+}
+
+async fn drive_stream(
+    mut client: IngestClient<tonic::transport::Channel>,
+    batches: Vec<SubmitBatchRequest>,
+    window: usize,
+    pace: Option<Duration>,
+    progress: ProgressBar,
+) -> anyhow::Result<StreamStats> {
+    let total = batches.len();
+    let (sender, receiver) = mpsc::channel(window);
+    let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::with_capacity(window)));
+    let permits = Arc::new(Semaphore::new(window));
+    let feeder = {
+        let sent_at = sent_at.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut ticker = pace.map(tokio::time::interval);
+            for batch in batches {
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
+                let Ok(permit) = permits.acquire().await else { return };
+                permit.forget();
+                sent_at.lock().expect("latency queue").push_back(Instant::now());
+                if sender.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut responses = client.stream_batches(ReceiverStream::new(receiver)).await?.into_inner();
+    let mut stats = StreamStats {
+        latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+        outcomes: BTreeMap::new(),
+    };
+    let mut received = 0;
+    while received < total {
+        let response = responses.message().await?.context("the server closed the stream early")?;
+        let started = sent_at.lock().expect("latency queue").pop_front().context("a response without a request")?;
+        permits.add_permits(1);
+        stats.latency_us.saturating_record(started.elapsed().as_micros() as u64);
+        for result in &response.results {
+            let name = code_from_proto(result.code).map_or("unknown", Outcome::as_str);
+            *stats.outcomes.entry(name.to_owned()).or_default() += 1;
+        }
+        progress.inc(response.results.len() as u64);
+        received += 1;
+    }
+    feeder.abort();
+    Ok(stats)
+}
+
+/// Runs the load and returns the report (also printed unless `quiet`).
+pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<LoadgenReport> {
+    anyhow::ensure!(
+        args.batch > 0 && args.streams > 0 && args.connections > 0 && args.window > 0,
+        "sizes must be positive"
+    );
+    anyhow::ensure!(
+        args.payers > 0 && args.payees > 0 && args.amount_max > 0,
+        "payers, payees and amount must be positive"
+    );
+    if args.register {
+        register(args, &mut client::admin(&args.admin).await?).await?;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let verify_rate = if args.measure_verify {
+        if !quiet {
+            eprintln!("measuring raw batch verification on {cores} cores ...");
+        }
+        Some(tokio::task::spawn_blocking(|| measure_verify_rate(Duration::from_secs(3))).await?)
+    } else {
+        None
+    };
+    let keys = payer_keys(args.seed, args.payers);
+    if !quiet {
+        eprintln!("pre-signing {} IOUs on {cores} cores ...", args.ious);
+    }
+    let args_for_signing = args.clone();
+    let batches = tokio::task::spawn_blocking(move || presign(&args_for_signing, &keys)).await??;
+
+    let connections = args.connections.min(args.streams);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(client::channel(&args.admin.server).await?);
+    }
+    let mut per_stream: Vec<Vec<SubmitBatchRequest>> = (0..args.streams).map(|_| Vec::new()).collect();
+    for (i, batch) in batches.into_iter().enumerate() {
+        per_stream[i % args.streams].push(batch);
+    }
+    let pace = args.rate.map(|rate| {
+        let batches_per_s_per_stream = rate as f64 / args.batch as f64 / args.streams as f64;
+        Duration::from_secs_f64(1.0 / batches_per_s_per_stream.max(1e-3))
+    });
+    let progress = if quiet { ProgressBar::hidden() } else { ProgressBar::new(args.ious) };
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} IOUs ({per_sec})")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = per_stream
+        .into_iter()
+        .enumerate()
+        .map(|(s, batches)| {
+            let client = IngestClient::new(channels[s % connections].clone())
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+            tokio::spawn(drive_stream(client, batches, args.window, pace, progress.clone()))
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    let mut outcomes = BTreeMap::new();
+    for task in tasks {
+        let stats = task.await??;
+        latency_us.add(&stats.latency_us).expect("same bounds");
+        for (name, count) in stats.outcomes {
+            *outcomes.entry(name).or_default() += count;
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let answered: u64 = outcomes.values().sum();
+    let report = LoadgenReport {
+        ious: answered,
+        elapsed_s,
+        ious_per_s: answered as f64 / elapsed_s,
+        outcomes,
+        batch_latency_us_p50: latency_us.value_at_quantile(0.50),
+        batch_latency_us_p99: latency_us.value_at_quantile(0.99),
+        batch_latency_us_p999: latency_us.value_at_quantile(0.999),
+        batch_latency_us_max: latency_us.max(),
+        verify_batch_rate_all_cores: verify_rate,
+        cores,
+    };
+    Ok(report)
+}
+
+pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let mut rows = vec![
+        vec!["IOUs answered".into(), report.ious.to_string()],
+        vec!["elapsed".into(), format!("{:.2} s", report.elapsed_s)],
+        vec!["throughput".into(), format!("{:.0} IOUs/s", report.ious_per_s)],
+        vec![
+            "shape".into(),
+            format!(
+                "{} streams x {} batches in flight x {} IOUs, {} connections",
+                args.streams,
+                args.window,
+                args.batch,
+                args.connections.min(args.streams)
+            ),
+        ],
+        vec!["batch ack latency p50".into(), ms(report.batch_latency_us_p50)],
+        vec!["batch ack latency p99".into(), ms(report.batch_latency_us_p99)],
+        vec!["batch ack latency p99.9".into(), ms(report.batch_latency_us_p999)],
+        vec!["batch ack latency max".into(), ms(report.batch_latency_us_max)],
+    ];
+    for (name, count) in &report.outcomes {
+        rows.push(vec![format!("outcome {name}"), count.to_string()]);
+    }
+    if let Some(rate) = report.verify_batch_rate_all_cores {
+        rows.push(vec![format!("raw batch verify, {} cores", report.cores), format!("{rate:.0} signatures/s")]);
+        rows.push(vec!["ingest / raw verify".into(), format!("{:.1} %", 100.0 * report.ious_per_s / rate)]);
+    }
+    println!("{}", table(&["loadgen", "value"], &["value"], rows));
+}
+
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<LoadgenReport> {
+    let report = run_load(&args, args.json).await?;
+    if args.json {
+        crate::output::print_json(&serde_json::to_value(&report)?);
+    } else {
+        print_report(&report, &args);
+    }
+    Ok(report)
+}

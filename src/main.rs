@@ -1,0 +1,98 @@
+//! `tally`: the command line of the Tally settlement engine.
+//!
+//! One binary for every role: `serve` runs the engine; `keygen`, `payer`,
+//! `payee`, `asset` manage accounts over the admin API; `balance`, `epochs`
+//! and `epoch seal` serve finance; `ledger verify` audits a data directory;
+//! `loadgen` simulates crawlers; `demo` does all of it on embedded defaults.
+//! Each subcommand lives in its own module; this file only parses and
+//! dispatches.
+
+mod accounts;
+mod client;
+mod config;
+mod demo;
+mod finance;
+mod ledger_cmd;
+mod loadgen;
+mod output;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Tally: deferred settlement for x402 payments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: gRPC ingest, query and admin, plus Prometheus metrics.
+    Serve(config::ServeArgs),
+    /// Create an Ed25519 key pair for a payer.
+    Keygen(accounts::KeygenArgs),
+    /// Manage payers (crawler and agent operators).
+    #[command(subcommand)]
+    Payer(accounts::PayerCommand),
+    /// Manage payees (publishers and API owners).
+    #[command(subcommand)]
+    Payee(accounts::PayeeCommand),
+    /// Manage assets.
+    #[command(subcommand)]
+    Asset(accounts::AssetCommand),
+    /// Show what payers owe payees, by payer, payee, pair or epoch.
+    Balance(finance::BalanceArgs),
+    /// List settlement epochs.
+    Epochs(finance::EpochsArgs),
+    /// Operate on epochs.
+    #[command(subcommand)]
+    Epoch(finance::EpochCommand),
+    /// Inspect the ledger on disk.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
+    /// Simulate crawlers streaming pre-signed IOUs; print throughput and latency.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Run everything on embedded defaults: engine, crawlers, balances.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Keygen(args) => accounts::keygen(args),
+            Command::Payer(command) => accounts::payer(command).await,
+            Command::Payee(command) => accounts::payee(command).await,
+            Command::Asset(command) => accounts::asset(command).await,
+            Command::Balance(args) => finance::balance(args).await,
+            Command::Epochs(args) => finance::epochs(args).await,
+            Command::Epoch(command) => finance::epoch(command).await,
+            Command::Ledger(command) => ledger_cmd::run(command),
+            Command::Loadgen(args) => loadgen::run(args).await.map(|_| ()),
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

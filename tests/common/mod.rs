@@ -1,0 +1,231 @@
+//! Shared test helpers: real servers on 127.0.0.1:0, real RocksDB in
+//! temporary directories, signed IOUs from fixed seeds.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use tally_core::Iou;
+use tally_ingest::proto::admin_client::AdminClient;
+use tally_ingest::proto::ingest_client::IngestClient;
+use tally_ingest::proto::query_client::QueryClient;
+use tally_ingest::proto::{self, *};
+use tally_ingest::{Engine, EngineConfig, GrpcLimits, RunningServer};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const NETWORK: &str = "tally:test";
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn now_s() -> u64 {
+    tally_ledger::unix_now_ms() / 1000
+}
+
+pub fn signer(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A signed IOU as the wire carries it.
+pub fn signed_iou(key: &SigningKey, payee: &str, amount: u64, nonce: [u8; 16]) -> proto::Iou {
+    let now = now_s();
+    signed_with(
+        key,
+        Iou {
+            network: NETWORK.into(),
+            payer_key: key.verifying_key().to_bytes(),
+            payee: payee.into(),
+            asset: "USD".into(),
+            amount,
+            nonce,
+            issued_at_s: now,
+            expires_at_s: now + 600,
+            resource: format!("https://{payee}/article"),
+        },
+    )
+}
+
+pub fn signed_with(key: &SigningKey, iou: Iou) -> proto::Iou {
+    let signature = key.sign(&iou.signing_bytes()).to_bytes();
+    tally_ingest::convert::iou_to_proto(&tally_core::SignedIou { iou, signature })
+}
+
+pub fn nonce(tag: u64, n: u64) -> [u8; 16] {
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&tag.to_be_bytes());
+    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    nonce
+}
+
+pub type Admin = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
+
+#[derive(Clone)]
+pub struct TokenInterceptor(pub String);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0).parse().expect("ASCII token");
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+pub async fn connect(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+pub struct Clients {
+    pub ingest: IngestClient<Channel>,
+    pub query: QueryClient<Channel>,
+    pub admin: Admin,
+}
+
+pub async fn clients(addr: &str) -> Clients {
+    let channel = connect(addr).await;
+    Clients {
+        ingest: IngestClient::new(channel.clone()),
+        query: QueryClient::new(channel.clone()),
+        admin: AdminClient::with_interceptor(channel, TokenInterceptor(TOKEN.into())),
+    }
+}
+
+/// USD (scale 6), payers `crawler-1..=n` with keys `signer(1..=n)` and the
+/// given limit, payees `site-a.example` and `site-b.example`.
+pub async fn register_basics(admin: &mut Admin, payers: u8, limit: u128) {
+    let usd = proto::Asset { code: "USD".into(), scale: 6, enabled: true };
+    admin.upsert_asset(UpsertAssetRequest { asset: Some(usd) }).await.unwrap();
+    for i in 1..=payers {
+        admin
+            .register_payer(RegisterPayerRequest {
+                id: format!("crawler-{i}"),
+                display_name: format!("Crawler {i}"),
+                keys: vec![signer(i).verifying_key().to_bytes().to_vec()],
+                credit_limits: vec![CreditLimit { asset: "USD".into(), limit: limit.to_string() }],
+            })
+            .await
+            .unwrap();
+    }
+    for payee in ["site-a.example", "site-b.example"] {
+        admin
+            .register_payee(RegisterPayeeRequest {
+                payee: Some(proto::Payee {
+                    id: payee.into(),
+                    display_name: payee.into(),
+                    payout_destination: String::new(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// An engine and its gRPC server inside the test process.
+pub struct InProcess {
+    pub dir: tempfile::TempDir,
+    pub engine: Option<Engine>,
+    pub server: Option<RunningServer>,
+    pub addr: String,
+}
+
+impl InProcess {
+    pub async fn start() -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path().join("ledger"), NETWORK)).unwrap();
+        let server =
+            tally_ingest::serve(&engine, "127.0.0.1:0".parse().unwrap(), TOKEN, &GrpcLimits::default()).await.unwrap();
+        let addr = server.local_addr.to_string();
+        InProcess { dir, engine: Some(engine), server: Some(server), addr }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
+        }
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it yields a value, at most `limit` long.
+pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(started.elapsed() < limit, "condition not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn tally_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tally")
+}
+
+/// `tally serve` as a separate process, so it can be SIGKILLed.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub metrics_addr: String,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path) -> ServerProcess {
+        let ready: PathBuf = data_dir.with_extension(format!("ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new(tally_binary())
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("TALLY_ADMIN_TOKEN", TOKEN)
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting tally serve");
+        let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
+        let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let _ = std::fs::remove_file(data_dir.with_extension(format!("ready-{}", std::process::id())));
+        ServerProcess {
+            child,
+            addr: ready["grpc_addr"].as_str().unwrap().to_owned(),
+            metrics_addr: ready["metrics_addr"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing is flushed.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed server");
+    }
+
+    /// SIGTERM and wait: the clean shutdown path.
+    pub fn terminate(mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "clean shutdown exits 0, got {exit:?}");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tally` with arguments; returns (success, stdout, stderr).
+pub fn run_tally(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(tally_binary()).args(args).env("TALLY_LOG", "warn").output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

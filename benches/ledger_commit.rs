@@ -20,16 +20,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tally_core::{Asset, Iou, Outcome, Payee, SignedIou};
-use tally_ledger::{
-    AdminCommand, AppendItem, Ledger, LedgerOptions, Writer, WriterConfig, WriterHandle,
-};
+use tally_ledger::{AdminCommand, AppendItem, Ledger, LedgerOptions, Writer, WriterConfig, WriterHandle};
 
 const PAYERS: usize = 64;
 const PAYEES: usize = 256;
@@ -48,11 +44,7 @@ fn setup(payers: &[SigningKey], payees: &[String]) -> Fixture {
     let ledger = Ledger::open(dir.path(), LedgerOptions::default()).expect("open ledger");
     let writer = Writer::start(ledger.clone(), WriterConfig::default()).expect("start writer");
     let admin = writer.handle();
-    admin
-        .admin_blocking(AdminCommand::UpsertAsset(
-            Asset::new("USD", 6, true).unwrap(),
-        ))
-        .unwrap();
+    admin.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
     for (i, key) in payers.iter().enumerate() {
         let id = format!("crawler-{i:02}");
         admin
@@ -73,11 +65,7 @@ fn setup(payers: &[SigningKey], payees: &[String]) -> Fixture {
             }))
             .unwrap();
     }
-    Fixture {
-        writer,
-        _ledger: ledger,
-        _dir: dir,
-    }
+    Fixture { writer, _ledger: ledger, _dir: dir }
 }
 
 /// Builds signed IOUs with never-repeating nonces.
@@ -91,25 +79,13 @@ struct Generator {
 impl Generator {
     fn new() -> Generator {
         let mut rng = ChaCha20Rng::seed_from_u64(0x1ed9_e7c0);
-        let payers = (0..PAYERS)
-            .map(|_| SigningKey::from_bytes(&rng.random::<[u8; 32]>()))
-            .collect();
-        let payees = (0..PAYEES)
-            .map(|i| format!("site-{i:03}.example"))
-            .collect();
-        Generator {
-            rng,
-            payers,
-            payees,
-            next_nonce: 1,
-        }
+        let payers = (0..PAYERS).map(|_| SigningKey::from_bytes(&rng.random::<[u8; 32]>())).collect();
+        let payees = (0..PAYEES).map(|i| format!("site-{i:03}.example")).collect();
+        Generator { rng, payers, payees, next_nonce: 1 }
     }
 
     fn batch(&mut self, len: usize) -> Vec<AppendItem> {
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs();
+        let now_s = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
         (0..len)
             .map(|_| {
                 let key = &self.payers[self.rng.random_range(0..PAYERS)];
@@ -130,32 +106,21 @@ impl Generator {
                 };
                 let signing_bytes = iou.signing_bytes();
                 let signature = key.sign(&signing_bytes).to_bytes();
-                AppendItem {
-                    signed: SignedIou { iou, signature },
-                    signing_bytes,
-                }
+                AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
             })
             .collect()
     }
 }
 
 /// Appends `iters` fresh batches of `len` IOUs, timing only the appends.
-fn timed_appends(
-    writer: &WriterHandle,
-    generator: &mut Generator,
-    len: usize,
-    iters: u64,
-) -> Duration {
+fn timed_appends(writer: &WriterHandle, generator: &mut Generator, len: usize, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let items = generator.batch(len);
         let started = Instant::now();
         let results = writer.append_blocking(items).expect("group commit");
         total += started.elapsed();
-        assert!(
-            results.iter().all(|r| r.outcome == Outcome::Accepted),
-            "every IOU with a fresh nonce is accepted"
-        );
+        assert!(results.iter().all(|r| r.outcome == Outcome::Accepted), "every IOU with a fresh nonce is accepted");
     }
     total
 }

@@ -1,11 +1,14 @@
 //! `tally serve`: open the engine, serve gRPC and metrics until a signal.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tally_ingest::{Engine, EngineConfig, GrpcLimits};
 
 use crate::config::{ServeArgs, ServeConfig};
+
+/// How long in-flight calls may run after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
@@ -37,12 +40,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
-    server.stop().await?;
-    let engine = Arc::new(engine);
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => tokio::task::spawn_blocking(move || engine.shutdown()).await?,
-        Err(_) => unreachable!("the server has stopped; nothing else holds the engine"),
-    }
+    server.stop_within(SHUTDOWN_GRACE).await?;
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
 }
 

@@ -132,6 +132,23 @@ impl RunningServer {
         let _ = self.shutdown.send(());
         self.task.await.unwrap_or(Ok(()))
     }
+
+    /// Like [`RunningServer::stop`], but gives in-flight calls at most
+    /// `grace`: a client that keeps a stream open cannot hold shutdown
+    /// hostage. Calls cut off here lose only their answers, never data:
+    /// whatever the writer committed stays committed, and a client's retry
+    /// is answered as a duplicate.
+    pub async fn stop_within(mut self, grace: std::time::Duration) -> Result<(), tonic::transport::Error> {
+        let _ = self.shutdown.send(());
+        match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(result) => result.unwrap_or(Ok(())),
+            Err(_) => {
+                tracing::warn!(?grace, "in-flight calls outlived the grace period; closing them");
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Binds `addr` and serves ingest, query, admin (behind `admin_token`),

@@ -61,6 +61,7 @@ pub struct FileLimits {
     pub message_bytes_max: Option<usize>,
     pub streams_per_connection_max: Option<u32>,
     pub stream_batches_inflight_max: Option<usize>,
+    pub requests_max: Option<usize>,
     pub writer_queue_depth_max: Option<usize>,
     pub writer_group_ious_max: Option<usize>,
     pub clock_skew_max_s: Option<u64>,

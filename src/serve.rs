@@ -66,6 +66,7 @@ fn grpc_limits(config: &ServeConfig) -> GrpcLimits {
         streams_per_connection_max: l.streams_per_connection_max.unwrap_or(defaults.streams_per_connection_max),
         stream_batches_inflight_max: l.stream_batches_inflight_max.unwrap_or(defaults.stream_batches_inflight_max),
         requests_per_connection_max: defaults.requests_per_connection_max,
+        requests_max: l.requests_max.unwrap_or(defaults.requests_max),
     }
 }
 

@@ -106,6 +106,11 @@ pub struct GrpcLimits {
     pub stream_batches_inflight_max: usize,
     /// Requests being served at once per connection.
     pub requests_per_connection_max: usize,
+    /// Requests (a stream counts as one for its whole life) being served at
+    /// once across all connections; more wait for a slot. With the limits
+    /// above this bounds decoded request memory at
+    /// `requests_max × (stream_batches_inflight_max + 1) × message_bytes_max`.
+    pub requests_max: usize,
 }
 
 impl Default for GrpcLimits {
@@ -115,6 +120,7 @@ impl Default for GrpcLimits {
             streams_per_connection_max: 256,
             stream_batches_inflight_max: 8,
             requests_per_connection_max: 256,
+            requests_max: 256,
         }
     }
 }
@@ -188,6 +194,7 @@ pub async fn serve(
 
     let (shutdown, stopped) = oneshot::channel::<()>();
     let router = Server::builder()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.requests_max))
         .tcp_nodelay(true)
         .max_concurrent_streams(limits.streams_per_connection_max)
         .concurrency_limit_per_connection(limits.requests_per_connection_max)

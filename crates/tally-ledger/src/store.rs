@@ -218,6 +218,16 @@ impl Ledger {
         self.accounts_with_prefix(ACCOUNT_PAYER_PREFIX, "payer record")
     }
 
+    /// One payer by id.
+    pub fn payer(&self, id: &str) -> Result<Option<Payer>, LedgerError> {
+        let mut key = ACCOUNT_PAYER_PREFIX.to_vec();
+        key.extend_from_slice(id.as_bytes());
+        match self.db.get_cf(self.cf(CF_ACCOUNTS), key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_bincode("payer record", &value)?)),
+        }
+    }
+
     pub fn payees(&self) -> Result<Vec<Payee>, LedgerError> {
         self.accounts_with_prefix(ACCOUNT_PAYEE_PREFIX, "payee record")
     }

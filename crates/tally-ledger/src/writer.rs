@@ -481,7 +481,11 @@ impl WriterCore {
         let Some(payer_id) = self.state.key_owner.get(&iou.payer_key) else {
             return Ok(AppendResult::rejected(Outcome::UnknownPayer));
         };
-        let payer = &self.state.payers[payer_id];
+        let payer = self
+            .state
+            .payers
+            .get(payer_id)
+            .ok_or_else(|| LedgerError::Corruption(format!("key owner {payer_id} has no payer record")))?;
         if payer.status == PayerStatus::Suspended {
             return Ok(AppendResult::rejected(Outcome::SuspendedPayer));
         }

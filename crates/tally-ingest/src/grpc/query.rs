@@ -107,7 +107,7 @@ impl Query for QueryService {
         let lookup = payer_id.clone();
         let (payer, owed, scales) = self
             .read(move |ledger| {
-                let payer = ledger.payers()?.into_iter().find(|p| p.id == lookup);
+                let payer = ledger.payer(&lookup)?;
                 Ok((payer, ledger.owed(Some(&lookup))?, scales(&ledger)?))
             })
             .await?;

@@ -9,7 +9,7 @@ use tally_core::{format_amount, parse_amount};
 use tally_ingest::proto::{self, *};
 
 use crate::client::{self, AdminArgs};
-use crate::output::{print_json, table};
+use crate::output::{print_json, print_listing};
 
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {
@@ -141,30 +141,32 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
                 let units = l.limit.parse::<u128>().unwrap_or(0);
                 format!("{} {}", format_amount(units, scale), l.asset)
             };
-            if json {
-                print_json(&serde_json::json!(payers.iter().map(|p| serde_json::json!({
-                    "id": p.id, "display_name": p.display_name,
-                    "status": proto::PayerStatus::try_from(p.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
-                    "keys": p.keys.iter().map(hex::encode).collect::<Vec<_>>(),
-                    "credit_limits": p.credit_limits.iter().map(|l| serde_json::json!({"asset": l.asset, "limit": l.limit})).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>()));
-            } else {
-                let rows = payers
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.id.clone(),
-                            p.display_name.clone(),
-                            proto::PayerStatus::try_from(p.status)
-                                .map(|s| s.as_str_name().trim_start_matches("PAYER_STATUS_").to_lowercase())
-                                .unwrap_or_default(),
-                            p.keys.len().to_string(),
-                            p.credit_limits.iter().map(show_limit).collect::<Vec<_>>().join(", "),
-                        ]
+            print_listing(
+                json,
+                &payers,
+                |p| {
+                    serde_json::json!({
+                        "id": p.id,
+                        "display_name": p.display_name,
+                        "status": status_name(p.status),
+                        "keys": p.keys.iter().map(hex::encode).collect::<Vec<_>>(),
+                        "credit_limits": p.credit_limits.iter()
+                            .map(|l| serde_json::json!({"asset": l.asset, "limit": l.limit}))
+                            .collect::<Vec<_>>(),
                     })
-                    .collect();
-                println!("{}", table(&["payer", "name", "status", "keys", "credit limits"], &["keys"], rows));
-            }
+                },
+                &["payer", "name", "status", "keys", "credit limits"],
+                &["keys"],
+                |p| {
+                    vec![
+                        p.id.clone(),
+                        p.display_name.clone(),
+                        status_name(p.status),
+                        p.keys.len().to_string(),
+                        p.credit_limits.iter().map(show_limit).collect::<Vec<_>>().join(", "),
+                    ]
+                },
+            );
         }
     }
     Ok(())
@@ -175,8 +177,15 @@ async fn set_status(admin: AdminArgs, id: String, status: proto::PayerStatus) ->
         .await?
         .set_payer_status(SetPayerStatusRequest { payer_id: id.clone(), status: status as i32 })
         .await?;
-    println!("payer {id} is now {}", status.as_str_name().trim_start_matches("PAYER_STATUS_").to_lowercase());
+    println!("payer {id} is now {}", status_name(status as i32));
     Ok(())
+}
+
+/// `"active"` / `"suspended"`, from the wire enum.
+fn status_name(status: i32) -> String {
+    proto::PayerStatus::try_from(status)
+        .map(|s| s.as_str_name().trim_start_matches("PAYER_STATUS_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,19 +237,14 @@ pub async fn payee(command: PayeeCommand) -> anyhow::Result<()> {
         }
         PayeeCommand::List { json, admin } => {
             let payees = client::admin(&admin).await?.list_payees(ListRequest {}).await?.into_inner().payees;
-            if json {
-                print_json(&serde_json::json!(
-                    payees
-                        .iter()
-                        .map(|p| serde_json::json!({
-                            "id": p.id, "display_name": p.display_name, "payout_destination": p.payout_destination,
-                        }))
-                        .collect::<Vec<_>>()
-                ));
-            } else {
-                let rows = payees.into_iter().map(|p| vec![p.id, p.display_name, p.payout_destination]).collect();
-                println!("{}", table(&["payee", "name", "payout destination"], &[], rows));
-            }
+            print_listing(
+                json,
+                &payees,
+                |p| serde_json::json!({"id": p.id, "display_name": p.display_name, "payout_destination": p.payout_destination}),
+                &["payee", "name", "payout destination"],
+                &[],
+                |p| vec![p.id.clone(), p.display_name.clone(), p.payout_destination.clone()],
+            );
         }
     }
     Ok(())
@@ -289,22 +293,14 @@ pub async fn asset(command: AssetCommand) -> anyhow::Result<()> {
         }
         AssetCommand::List { json, admin } => {
             let assets = client::admin(&admin).await?.list_assets(ListRequest {}).await?.into_inner().assets;
-            if json {
-                print_json(&serde_json::json!(
-                    assets
-                        .iter()
-                        .map(|a| serde_json::json!({
-                            "code": a.code, "scale": a.scale, "enabled": a.enabled,
-                        }))
-                        .collect::<Vec<_>>()
-                ));
-            } else {
-                let rows = assets
-                    .into_iter()
-                    .map(|a| vec![a.code, a.scale.to_string(), if a.enabled { "yes" } else { "no" }.into()])
-                    .collect();
-                println!("{}", table(&["asset", "scale", "enabled"], &["scale"], rows));
-            }
+            print_listing(
+                json,
+                &assets,
+                |a| serde_json::json!({"code": a.code, "scale": a.scale, "enabled": a.enabled}),
+                &["asset", "scale", "enabled"],
+                &["scale"],
+                |a| vec![a.code.clone(), a.scale.to_string(), if a.enabled { "yes" } else { "no" }.into()],
+            );
         }
     }
     Ok(())

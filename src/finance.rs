@@ -7,7 +7,7 @@ use tally_core::format_amount;
 use tally_ingest::proto::*;
 
 use crate::client::{self, AdminArgs, ServerArgs};
-use crate::output::{print_json, table};
+use crate::output::{print_json, print_listing, table};
 
 #[derive(clap::Args, Debug)]
 pub struct BalanceArgs {
@@ -105,32 +105,28 @@ pub struct EpochsArgs {
 
 pub async fn epochs(args: EpochsArgs) -> anyhow::Result<()> {
     let epochs = client::query(&args.server).await?.epochs(EpochsRequest {}).await?.into_inner().epochs;
-    if args.json {
-        print_json(&serde_json::json!(
-            epochs
-                .iter()
-                .map(|e| serde_json::json!({
-                    "epoch": e.epoch, "status": e.status, "opened_at_ms": e.opened_at_ms,
-                    "sealed_at_ms": e.sealed_at_ms, "seq_first": e.seq_first, "seq_last": e.seq_last,
-                }))
-                .collect::<Vec<_>>()
-        ));
-    } else {
-        let rows = epochs
-            .iter()
-            .map(|e| {
-                let range = if e.status == "open" {
-                    format!("{}..", e.seq_first)
-                } else if e.seq_last < e.seq_first {
-                    "empty".into()
-                } else {
-                    format!("{}..={}", e.seq_first, e.seq_last)
-                };
-                vec![e.epoch.to_string(), e.status.clone(), range]
+    print_listing(
+        args.json,
+        &epochs,
+        |e| {
+            serde_json::json!({
+                "epoch": e.epoch, "status": e.status, "opened_at_ms": e.opened_at_ms,
+                "sealed_at_ms": e.sealed_at_ms, "seq_first": e.seq_first, "seq_last": e.seq_last,
             })
-            .collect();
-        println!("{}", table(&["epoch", "status", "log range"], &["epoch"], rows));
-    }
+        },
+        &["epoch", "status", "log range"],
+        &["epoch"],
+        |e| {
+            let range = if e.status == "open" {
+                format!("{}..", e.seq_first)
+            } else if e.seq_last < e.seq_first {
+                "empty".into()
+            } else {
+                format!("{}..={}", e.seq_first, e.seq_last)
+            };
+            vec![e.epoch.to_string(), e.status.clone(), range]
+        },
+    );
     Ok(())
 }
 

@@ -24,3 +24,20 @@ pub fn table(header: &[&str], right: &[&str], rows: Vec<Vec<String>>) -> Table {
 pub fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("JSON values always serialize"));
 }
+
+/// Prints a listing either as a JSON array (one object per item) or as a
+/// table (one row per item): the shape every `list` command shares.
+pub fn print_listing<T>(
+    json: bool,
+    items: &[T],
+    to_json: impl Fn(&T) -> serde_json::Value,
+    header: &[&str],
+    right: &[&str],
+    to_row: impl Fn(&T) -> Vec<String>,
+) {
+    if json {
+        print_json(&serde_json::Value::Array(items.iter().map(to_json).collect()));
+    } else {
+        println!("{}", table(header, right, items.iter().map(to_row).collect()));
+    }
+}

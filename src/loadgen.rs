@@ -320,7 +320,15 @@ async fn drive_stream(
 }
 
 /// Runs the load and returns the report (also printed unless `quiet`).
+/// Most IOUs one run pre-signs: they are held in memory (~450 bytes each)
+/// before the clock starts.
+pub const LOADGEN_IOUS_MAX: u64 = 20_000_000;
+
 pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<LoadgenReport> {
+    anyhow::ensure!(
+        args.ious <= LOADGEN_IOUS_MAX,
+        "--ious is at most {LOADGEN_IOUS_MAX} (pre-signed IOUs are held in memory)"
+    );
     anyhow::ensure!(
         args.batch > 0 && args.streams > 0 && args.connections > 0 && args.window > 0,
         "sizes must be positive"

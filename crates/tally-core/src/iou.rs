@@ -102,8 +102,8 @@ pub enum IouError {
     BadDomainTag,
     #[error("signing bytes have {0} trailing bytes")]
     TrailingBytes(usize),
-    #[error("field {0} has the wrong length")]
-    BadLength(&'static str),
+    #[error("field {0} is not valid UTF-8")]
+    NotUtf8(&'static str),
 }
 
 fn is_valid_network(network: &str) -> bool {
@@ -208,7 +208,7 @@ impl<'a> Reader<'a> {
     fn short_string(&mut self, field: &'static str) -> Result<String, IouError> {
         let len = usize::from(self.take(1)?[0]);
         let raw = self.take(len)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| IouError::BadLength(field))
+        String::from_utf8(raw.to_vec()).map_err(|_| IouError::NotUtf8(field))
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tally_ledger::{Clock, Ledger, LedgerError, LedgerOptions, Writer, WriterConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -193,9 +194,20 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let (shutdown, stopped) = oneshot::channel::<()>();
+    // The builder's `tcp_nodelay` applies only to listeners tonic binds
+    // itself; ours is bound above (to report port 0's real port), so set
+    // TCP_NODELAY on every accepted socket here. Without it, small responses
+    // wait on Nagle and delayed ACKs: ~40 ms stalls.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+        accepted
+    });
     let router = Server::builder()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.requests_max))
-        .tcp_nodelay(true)
         .max_concurrent_streams(limits.streams_per_connection_max)
         .concurrency_limit_per_connection(limits.requests_per_connection_max)
         .add_service(health)
@@ -204,7 +216,7 @@ pub async fn serve(
         .add_service(ingest)
         .add_service(query)
         .add_service(admin);
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));
     tracing::info!(%local_addr, "gRPC listening");

@@ -268,11 +268,20 @@ struct StreamStats {
     outcomes: BTreeMap<String, u64>,
 }
 
+/// Paced sending: one batch every `period`, first at `phase` after start.
+/// Streams get evenly spread phases, so a paced run offers a smooth load
+/// instead of every stream's batch arriving at the same instant.
+#[derive(Clone, Copy)]
+struct Pace {
+    period: Duration,
+    phase: Duration,
+}
+
 async fn drive_stream(
     mut client: IngestClient<tonic::transport::Channel>,
     batches: Vec<SubmitBatchRequest>,
     window: usize,
-    pace: Option<Duration>,
+    pace: Option<Pace>,
     progress: ProgressBar,
 ) -> anyhow::Result<StreamStats> {
     let total = batches.len();
@@ -283,7 +292,12 @@ async fn drive_stream(
         let sent_at = sent_at.clone();
         let permits = permits.clone();
         tokio::spawn(async move {
-            let mut ticker = pace.map(tokio::time::interval);
+            let mut ticker = pace.map(|p| {
+                let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + p.phase, p.period);
+                // A late tick is not made up for with a burst.
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker
+            });
             for batch in batches {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
@@ -365,7 +379,7 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     for (i, batch) in batches.into_iter().enumerate() {
         per_stream[i % args.streams].push(batch);
     }
-    let pace = args.rate.map(|rate| {
+    let period = args.rate.map(|rate| {
         let batches_per_s_per_stream = rate as f64 / args.batch as f64 / args.streams as f64;
         Duration::from_secs_f64(1.0 / batches_per_s_per_stream.max(1e-3))
     });
@@ -382,6 +396,7 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
             let client = IngestClient::new(channels[s % connections].clone())
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);
+            let pace = period.map(|period| Pace { period, phase: period.mul_f64(s as f64 / args.streams as f64) });
             tokio::spawn(drive_stream(client, batches, args.window, pace, progress.clone()))
         })
         .collect();

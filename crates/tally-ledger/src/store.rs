@@ -269,24 +269,16 @@ impl Ledger {
             None => self.epochs()?.iter().map(|e| e.epoch).collect(),
         };
         let mut rows = Vec::new();
-        'epochs: for epoch in epochs {
-            let prefix = aggregate_prefix(epoch, leading);
-            let mut read = ReadOptions::default();
-            read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
-            let iter = self.db.iterator_cf_opt(self.cf(cf_name), read, IteratorMode::From(&prefix, Direction::Forward));
-            for item in iter {
-                let (key, value) = item?;
-                let (epoch, first, second, asset) = decode_aggregate_key(&key)?;
+        for epoch in epochs {
+            let complete = self.scan_aggregates(cf_name, epoch, leading, |first, second, asset, aggregate| {
                 let (payer, payee) = if by_payee { (second, first) } else { (first, second) };
                 if filter.payee.as_deref().is_some_and(|p| p != payee)
                     || filter.asset.as_deref().is_some_and(|a| a != asset)
                 {
-                    continue;
+                    return true;
                 }
-                let aggregate = AggregateValue::decode(&value)
-                    .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
                 if rows.len() == limit {
-                    break 'epochs;
+                    return false;
                 }
                 rows.push(BalanceRow {
                     epoch,
@@ -296,6 +288,10 @@ impl Ledger {
                     sum: aggregate.sum,
                     count: aggregate.count,
                 });
+                true
+            })?;
+            if !complete {
+                break;
             }
         }
         Ok(rows)
@@ -306,24 +302,18 @@ impl Ledger {
     /// `payer`, only that payer's prefix of each epoch is read.
     pub fn owed(&self, payer: Option<&str>) -> Result<HashMap<(String, String), u128>, LedgerError> {
         let mut owed: HashMap<(String, String), u128> = HashMap::new();
+        let mut overflow = None;
         for epoch in self.epochs()? {
-            let prefix = aggregate_prefix(epoch.epoch, payer);
-            let mut read = ReadOptions::default();
-            read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
-            let iter = self.db.iterator_cf_opt(
-                self.cf(CF_AGG_BY_PAYER),
-                read,
-                IteratorMode::From(&prefix, Direction::Forward),
-            );
-            for item in iter {
-                let (key, value) = item?;
-                let (_, payer, _, asset) = decode_aggregate_key(&key)?;
-                let aggregate = AggregateValue::decode(&value)
-                    .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
+            self.scan_aggregates(CF_AGG_BY_PAYER, epoch.epoch, payer, |payer, _, asset, aggregate| {
                 let total = owed.entry((payer.to_owned(), asset.to_owned())).or_default();
-                *total = total
-                    .checked_add(aggregate.sum)
-                    .ok_or_else(|| LedgerError::Corruption(format!("what {payer} owes overflows")))?;
+                match total.checked_add(aggregate.sum) {
+                    Some(sum) => *total = sum,
+                    None => overflow = Some(format!("what {payer} owes in {asset} overflows")),
+                }
+                overflow.is_none()
+            })?;
+            if let Some(message) = overflow {
+                return Err(LedgerError::Corruption(message));
             }
         }
         Ok(owed)
@@ -335,6 +325,33 @@ impl Ledger {
         let handles: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|name| self.cf(name)).collect();
         self.db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())?;
         Ok(())
+    }
+
+    /// Visits the aggregates of one epoch in `cf_name` (optionally only
+    /// those whose leading id is `leading`) in key order, as
+    /// `visit(first id, second id, asset, value)`; `visit` returns whether to
+    /// go on. Returns `false` when `visit` stopped the scan.
+    fn scan_aggregates(
+        &self,
+        cf_name: &str,
+        epoch: u64,
+        leading: Option<&str>,
+        mut visit: impl FnMut(&str, &str, &str, AggregateValue) -> bool,
+    ) -> Result<bool, LedgerError> {
+        let prefix = aggregate_prefix(epoch, leading);
+        let mut read = ReadOptions::default();
+        read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+        let iter = self.db.iterator_cf_opt(self.cf(cf_name), read, IteratorMode::From(&prefix, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            let (_, first, second, asset) = decode_aggregate_key(&key)?;
+            let aggregate = AggregateValue::decode(&value)
+                .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
+            if !visit(first, second, asset, aggregate) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Forces a full compaction of every column family (runs the nonce

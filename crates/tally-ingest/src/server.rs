@@ -64,7 +64,7 @@ impl Engine {
     /// writer's state from disk, and starts the verifier threads.
     pub fn open(config: EngineConfig) -> Result<Engine, LedgerError> {
         std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| LedgerError::Corruption(format!("cannot create {}: {e}", config.data_dir.display())))?;
+            .map_err(|e| LedgerError::Unavailable(format!("cannot create {}: {e}", config.data_dir.display())))?;
         let ledger = Ledger::open(
             &config.data_dir,
             LedgerOptions {

@@ -48,6 +48,10 @@ pub enum LedgerError {
     Storage(#[from] rocksdb::Error),
     #[error("ledger corruption: {0}")]
     Corruption(String),
+    /// The environment refused something the ledger needs (a directory, a
+    /// thread) or the ledger was opened read-only: no data is at fault.
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
     #[error("the ledger writer has stopped")]
     WriterStopped,
     #[error("the group commit failed, nothing in it was written: {0}")]

@@ -207,7 +207,7 @@ impl Writer {
     pub fn start(ledger: Ledger, config: WriterConfig) -> Result<Writer, LedgerError> {
         assert!(config.queue_depth_max > 0 && config.group_ious_max > 0);
         if ledger.is_read_only() {
-            return Err(LedgerError::Corruption("a read-only ledger cannot be written".into()));
+            return Err(LedgerError::Unavailable("a read-only ledger cannot be written".into()));
         }
         let directory = Arc::new(KeyDirectory::default());
         let mut core =
@@ -218,7 +218,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("tally-ledger-writer".into())
             .spawn(move || core.run(receiver))
-            .map_err(|e| LedgerError::Corruption(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| LedgerError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer { handle: WriterHandle { sender, directory }, thread: Some(thread) })
     }
 

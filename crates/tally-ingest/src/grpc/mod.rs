@@ -19,8 +19,9 @@ use tonic::Status;
 pub fn ledger_status(error: LedgerError) -> Status {
     match error {
         LedgerError::Corruption(_) => Status::data_loss(error.to_string()),
-        LedgerError::Storage(_) | LedgerError::WriteFailed(_) | LedgerError::WriterStopped => {
-            Status::unavailable(error.to_string())
-        }
+        LedgerError::Storage(_)
+        | LedgerError::WriteFailed(_)
+        | LedgerError::WriterStopped
+        | LedgerError::Unavailable(_) => Status::unavailable(error.to_string()),
     }
 }

@@ -5,19 +5,33 @@
 #   - libclang-dev: bindgen for the bundled RocksDB build
 #   - python3 + cryptography: the independent Python IOU signer that checks
 #     docs/iou-format.md from outside Rust
+#   - libxml2-utils: xmllint validates every generated pain.001/pain.002
+#     against the official ISO 20022 XSDs in schemas/iso20022
+#   - nodejs + npm, then tools/node (pinned by its package-lock): a real
+#     anvil node, solc to recompile the contracts, OpenZeppelin's ERC-20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
-if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
-  python3 -m pip install --quiet cryptography || python3 -m pip install --quiet --break-system-packages cryptography
+# cryptography: the independent IOU signer; achkit and carta-ach: two
+# independent NACHA validators run on the files Tally writes.
+if ! python3 -c 'import cryptography, achkit, ach.parser' >/dev/null 2>&1; then
+  pkgs=(cryptography achkit==0.2.0 carta-ach==0.4.5)
+  python3 -m pip install --quiet "${pkgs[@]}" || python3 -m pip install --quiet --break-system-packages "${pkgs[@]}"
+fi
+
+if [ ! -x tools/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] \
+   || [ ! -d tools/node/node_modules/solc ] || [ ! -d tools/node/node_modules/@openzeppelin/contracts ]; then
+  npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 fi
 
 # A persistent target directory outside the clone keeps reruns incremental

@@ -88,3 +88,25 @@ pub async fn asset_scales(admin: &mut Admin) -> anyhow::Result<std::collections:
     let assets = admin.list_assets(tally_ingest::proto::ListRequest {}).await?.into_inner().assets;
     Ok(assets.into_iter().map(|a| (a.code, a.scale as u8)).collect())
 }
+
+pub type Settlement = tally_settler::grpc::proto::settlement_client::SettlementClient<
+    tonic::service::interceptor::InterceptedService<Channel, BearerToken>,
+>;
+
+/// A settlement client; settlement calls need the admin token.
+pub async fn settlement(args: &AdminArgs) -> anyhow::Result<Settlement> {
+    let token = match &args.admin_token {
+        Some(token) => token.clone(),
+        None => {
+            let path = args.data_dir.join(ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no --admin-token given and {} is unreadable", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    Ok(tally_settler::grpc::proto::settlement_client::SettlementClient::with_interceptor(
+        channel(&args.server).await?,
+        BearerToken::new(&token)?,
+    ))
+}

@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub network: Option<String>,
     pub admin_token: Option<String>,
     pub limits: Option<FileLimits>,
+    /// `[settlement]`: see `tally_settler::config`.
+    pub settlement: Option<tally_settler::SettlementConfig>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]
@@ -79,6 +81,9 @@ pub struct ServeConfig {
     pub admin_token: AdminToken,
     pub limits: FileLimits,
     pub ready_file: Option<PathBuf>,
+    /// Settlement policy and rails; absent means the defaults (no rails:
+    /// every credit carries forward, every debt is billed).
+    pub settlement: tally_settler::SettlementConfig,
 }
 
 /// The admin token, kept out of `Debug` output so it never reaches a log.
@@ -121,6 +126,7 @@ impl ServeArgs {
             admin_token: AdminToken(admin_token),
             limits: file.limits.unwrap_or_default(),
             ready_file: self.ready_file,
+            settlement: file.settlement.unwrap_or_default(),
         })
     }
 }

@@ -42,9 +42,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Tally demo: ledger in {}", data_dir.display());
     let engine = Engine::open(EngineConfig::new(data_dir.clone(), crate::config::DEFAULT_NETWORK))?;
     let token = crate::config::load_or_create_token(&data_dir)?;
-    let server = tally_ingest::serve(&engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("starting gRPC: {e}"))?;
+    let server =
+        tally_ingest::serve(&engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default(), Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("starting gRPC: {e}"))?;
     let server_args = ServerArgs { server: format!("http://{}", server.local_addr) };
     println!("engine listening on {}\n", server.local_addr);
 

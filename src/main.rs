@@ -2,7 +2,8 @@
 //!
 //! One binary for every role: `serve` runs the engine; `keygen`, `payer`,
 //! `payee`, `asset` manage accounts over the admin API; `balance`, `epochs`
-//! and `epoch seal` serve finance; `ledger verify` audits a data directory;
+//! and `epoch seal` serve finance; `settle`, `settlements`, `payouts`,
+//! `bills`, `statement`, `bank` and `evm` run and inspect settlement; `ledger verify` audits a data directory;
 //! `loadgen` simulates crawlers; `demo` does all of it on embedded defaults.
 //! Each subcommand lives in its own module; this file only parses and
 //! dispatches.
@@ -16,6 +17,7 @@ mod ledger_cmd;
 mod loadgen;
 mod output;
 mod serve;
+mod settle;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,25 @@ enum Command {
     /// Operate on epochs.
     #[command(subcommand)]
     Epoch(finance::EpochCommand),
+    /// Seal the open epoch and settle it (and any unfinished one).
+    Settle(settle::SettleArgs),
+    /// Settlement reports: netting figures, rails, fees, carries, gas.
+    Settlements(settle::ReportsArgs),
+    /// The payouts of an epoch and where each stands.
+    Payouts(settle::EpochArg),
+    /// The bills of an epoch.
+    Bills(settle::EpochArg),
+    /// Operate on bills.
+    #[command(subcommand)]
+    Bill(settle::BillCommand),
+    /// Every IOU aggregate behind a payee's payout or a payer's bill.
+    Statement(settle::StatementArgs),
+    /// Bank rails: import status reports.
+    #[command(subcommand)]
+    Bank(settle::BankCommand),
+    /// EVM rail: deploy the payout contract.
+    #[command(subcommand)]
+    Evm(settle::EvmCommand),
     /// Inspect the ledger on disk.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
@@ -86,6 +107,14 @@ fn main() -> std::process::ExitCode {
             Command::Balance(args) => finance::balance(args).await,
             Command::Epochs(args) => finance::epochs(args).await,
             Command::Epoch(command) => finance::epoch(command).await,
+            Command::Settle(args) => settle::settle(args).await,
+            Command::Settlements(args) => settle::reports(args).await,
+            Command::Payouts(args) => settle::payouts(args).await,
+            Command::Bills(args) => settle::bills(args).await,
+            Command::Bill(command) => settle::bill(command).await,
+            Command::Statement(args) => settle::statement(args).await,
+            Command::Bank(command) => settle::bank(command).await,
+            Command::Evm(command) => settle::evm(command).await,
             Command::Ledger(command) => ledger_cmd::run(command),
             Command::Loadgen(args) => loadgen::run(args).await.map(|_| ()),
             Command::Demo(args) => demo::run(args).await,

@@ -3,7 +3,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tally_ingest::{Engine, EngineConfig, GrpcLimits};
+use std::sync::Arc;
+
+use tally_ingest::{AdminAuth, Engine, EngineConfig, ExtraServices, GrpcLimits};
+use tally_settler::grpc::{SettlementServer, SettlementService};
+use tally_settler::{Schedule, SettleRequest, Settler};
 
 use crate::config::{ServeArgs, ServeConfig};
 
@@ -18,9 +22,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(start_metrics(addr)?),
         None => None,
     };
-    let server = tally_ingest::serve(&engine, config.grpc_addr, &config.admin_token.0, &limits)
+    let settler = Settler::new(
+        engine.ledger.clone(),
+        engine.pipeline.writer().clone(),
+        config.settlement.clone(),
+        &config.data_dir,
+    )
+    .await
+    .context("starting settlement")?;
+    let extra = settlement_services(&engine, &settler, &config.admin_token.0);
+    let server = tally_ingest::serve(&engine, config.grpc_addr, &config.admin_token.0, &limits, extra)
         .await
         .map_err(|e| anyhow::anyhow!("starting gRPC on {}: {e}", config.grpc_addr))?;
+    // An epoch left mid-settlement by a crash is finished now, then the
+    // schedule (if any) takes over.
+    let background = tokio::spawn(settlement_loop(settler.clone(), config.settlement.schedule.clone()));
     tracing::info!(
         grpc = %server.local_addr,
         metrics = ?metrics_addr,
@@ -40,9 +56,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
+    background.abort();
     server.stop_within(SHUTDOWN_GRACE).await?;
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
+}
+
+/// The settlement gRPC service, behind the same admin token as `Admin`.
+pub fn settlement_services(engine: &Engine, settler: &Arc<Settler>, admin_token: &str) -> ExtraServices {
+    let service = SettlementService::new(settler.clone(), engine.ledger.clone(), engine.pipeline.writer().clone());
+    let mut extra = ExtraServices::default();
+    extra.routes.add_service(SettlementServer::with_interceptor(service, AdminAuth::new(admin_token)));
+    extra.descriptor_sets.push(tally_settler::grpc::proto::FILE_DESCRIPTOR_SET);
+    extra
+}
+
+/// Resumes unfinished settlements at startup, then settles on `schedule`.
+async fn settlement_loop(settler: Arc<Settler>, schedule: Option<String>) {
+    let quiet = |_| {};
+    match settler.settle(SettleRequest { seal: false }, &quiet).await {
+        Ok(reports) if !reports.is_empty() => {
+            tracing::info!(epochs = reports.len(), "resumed unfinished settlements at startup")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "resuming settlement at startup failed; `tally settle --resume` retries"),
+    }
+    let Some(schedule) = schedule.and_then(|s| Schedule::parse(&s).ok()) else { return };
+    loop {
+        let now_ms = tally_ledger::unix_now_ms();
+        let next_ms = schedule.next_after_ms(now_ms);
+        tracing::info!(in_s = (next_ms - now_ms) / 1000, "next scheduled settlement");
+        tokio::time::sleep(Duration::from_millis(next_ms - now_ms)).await;
+        match settler.settle(SettleRequest { seal: true }, &quiet).await {
+            Ok(reports) => tracing::info!(epochs = reports.len(), "scheduled settlement done"),
+            Err(error) => tracing::error!(%error, "scheduled settlement failed; it resumes at the next run"),
+        }
+    }
 }
 
 pub fn open_engine(config: &ServeConfig) -> anyhow::Result<Engine> {

@@ -132,8 +132,15 @@ impl InProcess {
     pub async fn start() -> InProcess {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(EngineConfig::new(dir.path().join("ledger"), NETWORK)).unwrap();
-        let server =
-            tally_ingest::serve(&engine, "127.0.0.1:0".parse().unwrap(), TOKEN, &GrpcLimits::default()).await.unwrap();
+        let server = tally_ingest::serve(
+            &engine,
+            "127.0.0.1:0".parse().unwrap(),
+            TOKEN,
+            &GrpcLimits::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let addr = server.local_addr.to_string();
         InProcess { dir, engine: Some(engine), server: Some(server), addr }
     }
@@ -173,9 +180,15 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path) -> ServerProcess {
+        ServerProcess::start_with(data_dir, None, &[])
+    }
+
+    /// Starts with a TOML config file and extra environment (failpoints).
+    pub fn start_with(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> ServerProcess {
         let ready: PathBuf = data_dir.with_extension(format!("ready-{}", std::process::id()));
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(tally_binary())
+        let mut command = Command::new(tally_binary());
+        command
             .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
             .arg("--data-dir")
             .arg(data_dir)
@@ -183,6 +196,14 @@ impl ServerProcess {
             .arg(&ready)
             .env("TALLY_ADMIN_TOKEN", TOKEN)
             .env("TALLY_LOG", "warn")
+            .env_remove("TALLY_FAILPOINTS");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -196,6 +217,11 @@ impl ServerProcess {
             addr: ready["grpc_addr"].as_str().unwrap().to_owned(),
             metrics_addr: ready["metrics_addr"].as_str().unwrap_or_default().to_owned(),
         }
+    }
+
+    /// Waits (bounded) for the process to exit on its own, e.g. at a failpoint.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        poll(limit, || self.child.try_wait().unwrap())
     }
 
     /// SIGKILL: no shutdown code runs, nothing is flushed.

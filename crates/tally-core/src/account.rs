@@ -45,6 +45,9 @@ pub struct Payer {
     pub keys: Vec<PublicKeyBytes>,
     /// `(asset code, limit in smallest units)`, sorted by asset code.
     pub credit_limits: Vec<(String, u128)>,
+    /// The payee account this payer nets under at settlement (an agent that
+    /// both spends and earns), if any.
+    pub settles_with: Option<String>,
 }
 
 impl Payer {
@@ -67,8 +70,9 @@ impl Payer {
 pub struct Payee {
     pub id: String,
     pub display_name: String,
-    /// Where settlement pays this payee. An open field until the settlement
-    /// rails define their formats; empty means "not yet provided".
+    /// Where settlement pays this payee, in the text form of
+    /// [`crate::destination::PayoutDestination`]; empty means "not yet
+    /// provided" (its credit carries forward until it is).
     pub payout_destination: String,
 }
 
@@ -92,6 +96,7 @@ mod tests {
             status: PayerStatus::Active,
             keys: vec![],
             credit_limits: vec![],
+            settles_with: None,
         };
         assert_eq!(payer.credit_limit("USD"), 0);
         payer.set_credit_limit("USD", 10);

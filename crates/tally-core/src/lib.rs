@@ -13,20 +13,27 @@
 //! - [`account`]: payers, payees and their statuses;
 //! - [`outcome`]: the per-IOU result codes the engine answers with;
 //! - [`chain`]: the ledger's hash-chain link and the commitment identifier
-//!   returned to clients.
+//!   returned to clients;
+//! - [`destination`]: payout destinations (EVM address, IBAN, ACH) and the
+//!   rails they are paid on, checked at registration;
+//! - [`settlement`]: netting a sealed epoch into payouts, bills and
+//!   carries, and the records of settlement's exactly-once state machine.
 //!
-//! Everything above (ledger, ingest, CLI) builds on these types; nothing here
+//! Everything above (ledger, ingest, settler, CLI) builds on these types; nothing here
 //! may depend on them.
 
 pub mod account;
 pub mod amount;
 pub mod chain;
+pub mod destination;
 pub mod iou;
 pub mod outcome;
+pub mod settlement;
 pub mod verify;
 
 pub use account::{Payee, Payer, PayerStatus};
 pub use amount::{Asset, format_amount, parse_amount};
 pub use chain::{CommitmentId, GENESIS_HASH, RecordHash, link_hash};
+pub use destination::{PayoutDestination, Rail};
 pub use iou::{Iou, IouError, Nonce, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
 pub use outcome::Outcome;

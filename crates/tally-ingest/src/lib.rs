@@ -27,5 +27,6 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tally_descriptor");
 }
 
+pub use grpc::auth::AdminAuth;
 pub use pipeline::{Pipeline, PipelineConfig, PipelineError};
-pub use server::{Engine, EngineConfig, GrpcLimits, RunningServer, serve};
+pub use server::{Engine, EngineConfig, ExtraServices, GrpcLimits, RunningServer, serve};

@@ -158,13 +158,23 @@ impl RunningServer {
     }
 }
 
+/// Services mounted beside ingest's on the same listener (the settlement
+/// service, assembled by the binary, which sees both crates).
+#[derive(Default)]
+pub struct ExtraServices {
+    pub routes: tonic::service::RoutesBuilder,
+    /// Their encoded descriptor sets, for reflection.
+    pub descriptor_sets: Vec<&'static [u8]>,
+}
+
 /// Binds `addr` and serves ingest, query, admin (behind `admin_token`),
-/// health and reflection for `engine`.
+/// health, reflection and any `extra` services for `engine`.
 pub async fn serve(
     engine: &Engine,
     addr: SocketAddr,
     admin_token: &str,
     limits: &GrpcLimits,
+    extra: ExtraServices,
 ) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -184,14 +194,18 @@ pub async fn serve(
     // The empty name stands for the server as a whole.
     reporter.set_service_status("", ServingStatus::Serving).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in &extra.descriptor_sets {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection_v1.build_v1()?;
+    let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
 
     let (shutdown, stopped) = oneshot::channel::<()>();
     // The builder's `tcp_nodelay` applies only to listeners tonic binds
@@ -206,16 +220,19 @@ pub async fn serve(
         }
         accepted
     });
-    let router = Server::builder()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.requests_max))
-        .max_concurrent_streams(limits.streams_per_connection_max)
-        .concurrency_limit_per_connection(limits.requests_per_connection_max)
+    let mut routes = extra.routes;
+    routes
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(query)
         .add_service(admin);
+    let router = Server::builder()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.requests_max))
+        .max_concurrent_streams(limits.streams_per_connection_max)
+        .concurrency_limit_per_connection(limits.requests_per_connection_max)
+        .add_routes(routes.routes());
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));

@@ -24,8 +24,12 @@ pub const CF_ACCOUNTS: &str = "accounts";
 /// `epoch (u64 BE)` → bincode [`EpochRecord`].
 pub const CF_EPOCHS: &str = "epochs";
 
+/// Settlement plans, batches, payouts, bills and carries (see [`crate::settlement`]).
+pub const CF_SETTLEMENT: &str = "settlement";
+
 /// Every column family, in creation order.
-pub const COLUMN_FAMILIES: [&str; 6] = [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS];
+pub const COLUMN_FAMILIES: [&str; 7] =
+    [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS, CF_SETTLEMENT];
 
 pub const ACCOUNT_ASSET_PREFIX: &[u8] = b"asset/";
 pub const ACCOUNT_PAYER_PREFIX: &[u8] = b"payer/";

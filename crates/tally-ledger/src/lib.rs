@@ -20,6 +20,8 @@
 //! - [`directory::KeyDirectory`] is the writer's published list of payer
 //!   keys, which verification stages read to find (and cache decompressed)
 //!   public keys without touching the disk.
+//! - [`settlement`] stores settlement plans, batches, payouts, bills and
+//!   carries, and applies the state machine's steps inside the writer.
 //! - [`audit`] recomputes every aggregate from the log, walks the hash
 //!   chain and re-verifies signatures: `tally ledger verify`.
 //!
@@ -30,6 +32,7 @@
 pub mod audit;
 pub mod directory;
 pub mod layout;
+pub mod settlement;
 pub mod state;
 pub mod store;
 pub mod writer;
@@ -37,6 +40,7 @@ pub mod writer;
 pub use audit::{AuditOptions, AuditReport, audit};
 pub use directory::KeyDirectory;
 pub use layout::{AggregateValue, EpochRecord, EpochStatus, StoredIou};
+pub use settlement::SettlementCommand;
 pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions};
 pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, Writer, WriterConfig, WriterHandle};
 

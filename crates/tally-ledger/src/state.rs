@@ -2,8 +2,8 @@
 //!
 //! Everything here is derived from the database: the head of the hash chain
 //! (the last log record), the open epoch (the last epoch record), accounts,
-//! and each payer's unsettled total per asset (the sum of its aggregates in
-//! epochs not yet settled). Nothing is persisted twice. After a crash, or
+//! the last planned epoch, and each payer's unsettled total per asset (its
+//! aggregates in epochs not yet planned, plus its open bills). Nothing is persisted twice. After a crash, or
 //! after a failed write, the writer throws its state away and calls
 //! [`State::load`] again, so memory can never drift from what is durable.
 
@@ -25,8 +25,11 @@ pub struct State {
     pub payers: HashMap<String, Payer>,
     pub key_owner: HashMap<PublicKeyBytes, String>,
     pub payees: HashMap<String, Payee>,
-    /// payer id → asset → unsettled amount owed.
+    /// payer id → asset → what it owes and has not settled: its IOUs in
+    /// unplanned epochs plus its open bills.
     pub exposure: HashMap<String, HashMap<String, u128>>,
+    /// The highest epoch whose settlement plan is recorded (0: none).
+    pub planned_through: u64,
 }
 
 impl State {
@@ -48,8 +51,9 @@ impl State {
             key_owner: ledger.key_owners()?.into_iter().collect(),
             payees: ledger.payees()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
             exposure: HashMap::new(),
+            planned_through: ledger.planned_through()?,
         };
-        for ((payer, asset), owed) in ledger.owed(None)? {
+        for ((payer, asset), owed) in ledger.unsettled_owed(None)? {
             state.set_exposure(&payer, &asset, owed);
         }
         Ok(state)

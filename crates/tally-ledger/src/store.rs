@@ -297,13 +297,14 @@ impl Ledger {
         Ok(rows)
     }
 
-    /// What each payer owes per asset, unsettled: the sum of its aggregates
-    /// over every epoch (settlement will exclude settled epochs here). With
-    /// `payer`, only that payer's prefix of each epoch is read.
-    pub fn owed(&self, payer: Option<&str>) -> Result<HashMap<(String, String), u128>, LedgerError> {
+    /// What each payer owes per asset in IOUs not yet settled: the sum of
+    /// its aggregates over epochs from `epoch_from` on (the first unplanned
+    /// epoch; planned epochs' debts are bills). With `payer`, only that
+    /// payer's prefix of each epoch is read.
+    pub fn owed(&self, payer: Option<&str>, epoch_from: u64) -> Result<HashMap<(String, String), u128>, LedgerError> {
         let mut owed: HashMap<(String, String), u128> = HashMap::new();
         let mut overflow = None;
-        for epoch in self.epochs()? {
+        for epoch in self.epochs()?.into_iter().filter(|e| e.epoch >= epoch_from) {
             self.scan_aggregates(CF_AGG_BY_PAYER, epoch.epoch, payer, |payer, _, asset, aggregate| {
                 let total = owed.entry((payer.to_owned(), asset.to_owned())).or_default();
                 match total.checked_add(aggregate.sum) {
@@ -331,7 +332,7 @@ impl Ledger {
     /// those whose leading id is `leading`) in key order, as
     /// `visit(first id, second id, asset, value)`; `visit` returns whether to
     /// go on. Returns `false` when `visit` stopped the scan.
-    fn scan_aggregates(
+    pub fn scan_aggregates(
         &self,
         cf_name: &str,
         epoch: u64,

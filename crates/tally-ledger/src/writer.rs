@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::KeyDirectory;
 use crate::layout::*;
+use crate::settlement::SettlementCommand;
 use crate::state::State;
 use crate::store::Ledger;
 use crate::{Clock, LedgerError};
@@ -109,14 +110,24 @@ pub enum AdminCommand {
         payee_id: String,
         payout_destination: String,
     },
+    /// Links a payer to the payee account it nets under at settlement
+    /// (`None` unlinks).
+    LinkPayer {
+        payer_id: String,
+        payee_id: Option<String>,
+    },
     /// Seals the open epoch and opens the next, atomically.
     SealEpoch,
+    /// A step of settlement's state machine.
+    Settlement(SettlementCommand),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminReply {
     Done,
     Sealed { sealed: EpochRecord, opened: EpochRecord },
+    Planned { epoch: u64 },
+    BankStatus { changed: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -261,20 +272,23 @@ enum Reply {
     Admin(oneshot::Sender<Result<AdminReply, AdminError>>, Result<AdminReply, AdminError>),
 }
 
-struct WriterCore {
-    ledger: Ledger,
-    state: State,
+pub(crate) struct WriterCore {
+    pub(crate) ledger: Ledger,
+    pub(crate) state: State,
     config: WriterConfig,
     directory: Arc<KeyDirectory>,
 }
 
 /// One group commit under construction.
-struct Group {
-    batch: WriteBatch,
+pub(crate) struct Group {
+    pub(crate) batch: WriteBatch,
     staged: HashMap<NonceKey, Staged>,
     aggregates: HashMap<(u64, String, String, String), AggregateValue>,
     new_keys: Vec<VerifyingKey>,
-    now_ms: u64,
+    pub(crate) now_ms: u64,
+    /// Settlement records written by earlier commands of this group, which
+    /// later commands must see before they reach RocksDB.
+    pub(crate) settlement_overlay: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl WriterCore {
@@ -353,6 +367,7 @@ impl WriterCore {
             aggregates: HashMap::new(),
             new_keys: Vec::new(),
             now_ms: (self.config.clock)(),
+            settlement_overlay: HashMap::new(),
         };
         let mut replies = Vec::with_capacity(commands.len());
         let mut failure: Option<LedgerError> = None;
@@ -589,8 +604,14 @@ impl WriterCore {
                     }
                     parsed.push(self.check_new_key(group, key)?);
                 }
-                let mut payer =
-                    Payer { id: id.clone(), display_name, status: PayerStatus::Active, keys, credit_limits: vec![] };
+                let mut payer = Payer {
+                    id: id.clone(),
+                    display_name,
+                    status: PayerStatus::Active,
+                    keys,
+                    credit_limits: vec![],
+                    settles_with: None,
+                };
                 for (asset, limit) in credit_limits {
                     if !self.state.assets.contains_key(&asset) {
                         return Err(AdminError::NotFound(format!("asset {asset}")));
@@ -659,6 +680,19 @@ impl WriterCore {
                 self.put_account(group, ACCOUNT_PAYEE_PREFIX, payee_id.as_bytes(), &payee);
                 Ok(AdminReply::Done)
             }
+            AdminCommand::LinkPayer { payer_id, payee_id } => {
+                if let Some(payee_id) = &payee_id
+                    && !self.state.payees.contains_key(payee_id)
+                {
+                    return Err(AdminError::NotFound(format!("payee {payee_id}")));
+                }
+                let payer = self.payer_mut(&payer_id)?;
+                payer.settles_with = payee_id;
+                let payer = payer.clone();
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
+                Ok(AdminReply::Done)
+            }
+            AdminCommand::Settlement(command) => self.apply_settlement(group, command),
             AdminCommand::SealEpoch => {
                 let open = self.state.open_epoch.take().expect("an epoch is always open");
                 let sealed = EpochRecord {
@@ -709,9 +743,13 @@ fn check_id_and_name(kind: &str, id: &str, display_name: &str) -> Result<(), Adm
     Ok(())
 }
 
+/// An empty destination means "not provided yet"; anything else must parse.
 fn check_payout(destination: &str) -> Result<(), AdminError> {
     if destination.len() > PAYOUT_DESTINATION_LEN_MAX {
         return Err(AdminError::Invalid(format!("payout destination longer than {PAYOUT_DESTINATION_LEN_MAX} bytes")));
+    }
+    if !destination.is_empty() {
+        tally_core::PayoutDestination::parse(destination).map_err(|e| AdminError::Invalid(e.to_string()))?;
     }
     Ok(())
 }

@@ -148,9 +148,16 @@ impl Admin for AdminService {
                         .into_iter()
                         .map(|(asset, limit)| CreditLimit { asset, limit: limit.to_string() })
                         .collect(),
+                    settles_with: p.settles_with.unwrap_or_default(),
                 })
                 .collect(),
         }))
+    }
+
+    async fn link_payer(&self, request: Request<LinkPayerRequest>) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let payee_id = Some(request.payee_id).filter(|id| !id.is_empty());
+        self.done(AdminCommand::LinkPayer { payer_id: request.payer_id, payee_id }).await
     }
 
     async fn register_payee(&self, request: Request<RegisterPayeeRequest>) -> Result<Response<AdminResponse>, Status> {
@@ -196,7 +203,7 @@ impl Admin for AdminService {
                 sealed_seq_last: sealed.seq_last.unwrap_or(0),
                 opened_epoch: opened.epoch,
             })),
-            AdminReply::Done => Err(Status::internal("seal answered without epochs")),
+            _ => Err(Status::internal("seal answered without epochs")),
         }
     }
 }

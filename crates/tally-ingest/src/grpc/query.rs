@@ -108,7 +108,7 @@ impl Query for QueryService {
         let (payer, owed, scales) = self
             .read(move |ledger| {
                 let payer = ledger.payer(&lookup)?;
-                Ok((payer, ledger.owed(Some(&lookup))?, scales(&ledger)?))
+                Ok((payer, ledger.unsettled_owed(Some(&lookup))?, scales(&ledger)?))
             })
             .await?;
         let payer = payer.ok_or_else(|| Status::not_found(format!("payer {payer_id}")))?;

@@ -1,0 +1,549 @@
+//! The settlement driver: seal, plan, submit, exactly once.
+//!
+//! [`Settler::settle`] walks each epoch through the persisted state machine
+//! (`tally_core::settlement`), making every step durable in the ledger
+//! before the next begins:
+//!
+//! 1. **Seal** the open epoch (one atomic writer command; IOUs arriving from
+//!    now on land in the next epoch).
+//! 2. **Plan** each sealed, unplanned epoch in order: net it, batch it, and
+//!    record the plan (payouts, bills, carries, batches) in one fsynced write.
+//! 3. **Submit** each batch not yet done:
+//!    - EVM: sign locally with an explicit nonce and *record the signed
+//!      bytes*, then broadcast, then wait for the receipt and record it. On
+//!      resume, the chain is asked first: if the payout contract has executed
+//!      the batch id, its transaction is recorded; otherwise the recorded bytes
+//!      are rebroadcast (same hash, so at most one of them can ever be mined);
+//!      if their nonce was taken by something else, the batch is signed again
+//!      with a fresh nonce. The contract refuses a batch id twice, so even an
+//!      operator's mistake cannot pay twice.
+//!    - Bank files: generate the bytes (deterministic), record name and
+//!      SHA-256, write atomically into the outbox, record it. On resume the
+//!      file is regenerated; identical bytes already in the outbox are
+//!      recognised, different bytes stop with needs-attention.
+//! 4. The writer derives `submitted` / `settled` from the batches and payouts.
+//!
+//! A crash anywhere leaves a state from which [`Settler::settle`] with
+//! `seal = false` (`tally settle --resume`, and `tally serve` at startup)
+//! completes the epoch. Only one settlement runs at a time (a mutex), so a
+//! schedule and a finance user never race.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alloy::primitives::{Address, B256, U256};
+use tally_core::settlement::{BatchRecord, BatchState, PayoutRecord, RailBatch, SettlementPlan, SettlementStatus};
+use tally_core::{PayoutDestination, Rail};
+use tally_ledger::{AdminCommand, AdminError, AdminReply, Ledger, SettlementCommand, WriterHandle};
+use tokio::sync::Mutex;
+
+use crate::SettleError;
+use crate::bank;
+use crate::config::{SettlementConfig, currency_minor_units};
+use crate::evm::{EvmClient, EvmConfig, EvmError, parse_address};
+use crate::failpoint;
+use crate::outbox::{self, OutboxWrite};
+use crate::plan::{BatchLimits, plan_epoch, to_rail_units};
+use crate::report::{EpochReport, report_of};
+
+/// What to do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SettleRequest {
+    /// Seal the open epoch first (end-of-day). `false` only resumes.
+    pub seal: bool,
+}
+
+/// Progress for a bar or a log.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Sealed { epoch: u64 },
+    Planned { epoch: u64, payouts: u64, batches: u64 },
+    Batch { epoch: u64, done: u64, total: u64 },
+    Finished { epoch: u64, status: String },
+}
+
+pub struct Settler {
+    ledger: Ledger,
+    writer: WriterHandle,
+    config: SettlementConfig,
+    evm: Option<EvmClient>,
+    outbox: PathBuf,
+    limits: BatchLimits,
+    running: Mutex<()>,
+}
+
+fn admin_error(error: AdminError) -> SettleError {
+    SettleError::Ledger(error.to_string())
+}
+
+impl Settler {
+    /// Validates the configuration and connects the EVM rail, if any.
+    pub async fn new(
+        ledger: Ledger,
+        writer: WriterHandle,
+        config: SettlementConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<Arc<Settler>, SettleError> {
+        config.validate().map_err(|e| SettleError::Config(e.to_string()))?;
+        let evm = match &config.evm {
+            Some(settings) => {
+                let evm_config = EvmConfig {
+                    rpc_url: settings.rpc_url.clone(),
+                    chain_id: settings.chain_id,
+                    token: parse_address(&settings.token)?,
+                    token_decimals: settings.token_decimals,
+                    payout_contract: parse_address(&settings.payout_contract)?,
+                    gas_per_tx_max: settings.gas_per_tx_max,
+                    receipt_timeout: settings.receipt_timeout(),
+                };
+                let key = settings.treasury_key().map_err(|e| SettleError::Config(e.to_string()))?;
+                Some(EvmClient::connect(evm_config, &key).await?)
+            }
+            None => None,
+        };
+        let limits = BatchLimits {
+            payouts_per_evm_tx: match (&config.evm, &evm) {
+                (Some(settings), Some(client)) => settings.payouts_per_tx_max.min(client.recipients_per_tx_max()),
+                _ => crate::config::PAYOUTS_PER_EVM_TX_DEFAULT,
+            },
+            transfers_per_iso20022_file: config.iso20022.as_ref().map_or(1, |s| s.transfers_per_file_max),
+            transfers_per_nacha_file: config.nacha.as_ref().map_or(1, |s| s.transfers_per_file_max),
+        };
+        let outbox = config.outbox_dir.clone().unwrap_or_else(|| data_dir.join("outbox"));
+        Ok(Arc::new(Settler { ledger, writer, config, evm, outbox, limits, running: Mutex::new(()) }))
+    }
+
+    pub fn config(&self) -> &SettlementConfig {
+        &self.config
+    }
+
+    pub fn outbox(&self) -> &std::path::Path {
+        &self.outbox
+    }
+
+    pub fn evm(&self) -> Option<&EvmClient> {
+        self.evm.as_ref()
+    }
+
+    /// The plan the open epoch would get if it were sealed now (nothing is
+    /// sealed or recorded). Figures can change until the seal.
+    pub fn preview(&self) -> Result<(SettlementPlan, Vec<RailBatch>), SettleError> {
+        let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
+        let planned_through = self.ledger.planned_through()?;
+        if planned_through + 1 != open {
+            return Err(SettleError::Busy(format!(
+                "epoch {} is sealed but not planned; run `tally settle --resume` before a dry run",
+                planned_through + 1
+            )));
+        }
+        plan_epoch(&self.ledger, &self.config, open, self.limits)
+    }
+
+    /// Seals (if asked) and settles every sealed epoch not yet settled, in
+    /// order. Returns the report of each epoch it touched.
+    pub async fn settle(
+        &self,
+        request: SettleRequest,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Vec<EpochReport>, SettleError> {
+        let _running = self.running.lock().await;
+        if request.seal {
+            match self.writer.admin(AdminCommand::SealEpoch).await.map_err(admin_error)? {
+                AdminReply::Sealed { sealed, .. } => progress(Progress::Sealed { epoch: sealed.epoch }),
+                other => return Err(SettleError::Ledger(format!("seal answered {other:?}"))),
+            }
+            failpoint::hit("settle-after-seal");
+        }
+        let mut reports = Vec::new();
+        let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
+        // Plan every sealed epoch in order; then submit each unfinished one.
+        for epoch in self.ledger.planned_through()? + 1..open {
+            self.plan(epoch, progress).await?;
+        }
+        for settlement in self.ledger.settlements()? {
+            if matches!(settlement.status, SettlementStatus::Settled | SettlementStatus::Submitted) {
+                continue;
+            }
+            self.submit(settlement.epoch, progress).await?;
+            let report = report_of(&self.ledger, settlement.epoch)?;
+            progress(Progress::Finished { epoch: settlement.epoch, status: report.status.label().to_owned() });
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    async fn plan(&self, epoch: u64, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<(), SettleError> {
+        // The carries into an epoch can change (a bank rejection) between
+        // reading them and recording the plan; the writer refuses a stale
+        // plan, so plan again, a bounded number of times.
+        const PLAN_ATTEMPTS_MAX: usize = 8;
+        for _ in 0..PLAN_ATTEMPTS_MAX {
+            let (plan, batches) = plan_epoch(&self.ledger, &self.config, epoch, self.limits)?;
+            let (payouts, batch_count) = (plan.payouts.len() as u64, batches.len() as u64);
+            let command = SettlementCommand::RecordPlan { plan: Box::new(plan), batches };
+            match self.writer.admin(AdminCommand::Settlement(command)).await {
+                Ok(_) => {
+                    tracing::info!(epoch, payouts, batches = batch_count, "settlement plan recorded");
+                    progress(Progress::Planned { epoch, payouts, batches: batch_count });
+                    failpoint::hit("settle-after-plan");
+                    return Ok(());
+                }
+                Err(AdminError::Invalid(message)) if message.contains("carries") => continue,
+                Err(error) => return Err(admin_error(error)),
+            }
+        }
+        Err(SettleError::Busy(format!("epoch {epoch}: carries kept changing while planning")))
+    }
+
+    async fn step(&self, command: SettlementCommand) -> Result<(), SettleError> {
+        self.writer.admin(AdminCommand::Settlement(command)).await.map(|_| ()).map_err(admin_error)
+    }
+
+    async fn submit(&self, epoch: u64, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<(), SettleError> {
+        let batches = self.ledger.batches(epoch)?;
+        if batches.iter().all(|b| b.state.is_done()) {
+            return Ok(());
+        }
+        self.step(SettlementCommand::SetStatus { epoch, status: SettlementStatus::Submitting }).await?;
+        let payouts: HashMap<String, PayoutRecord> =
+            self.ledger.payouts(epoch)?.into_iter().map(|p| (p.payout.id.clone(), p)).collect();
+        let total = batches.len() as u64;
+        let mut done = batches.iter().filter(|b| b.state.is_done()).count() as u64;
+        progress(Progress::Batch { epoch, done, total });
+        for record in batches {
+            if record.state.is_done() {
+                continue;
+            }
+            let index = record.batch.index;
+            let result = match record.batch.rail {
+                Rail::Evm => self.submit_evm(&record, &payouts).await,
+                Rail::Iso20022 | Rail::Nacha => self.submit_bank_file(&record, &payouts).await,
+            };
+            if let Err(error) = result {
+                // Record why, then stop: later batches wait for the operator,
+                // and a rerun resumes from here.
+                let reason = error.to_string();
+                tracing::error!(epoch, batch = index, %reason, "settlement batch failed");
+                self.step(SettlementCommand::UpdateBatch { epoch, index, state: BatchState::Failed(reason) }).await?;
+                return Err(error);
+            }
+            done += 1;
+            progress(Progress::Batch { epoch, done, total });
+        }
+        Ok(())
+    }
+
+    fn evm_transfers(
+        &self,
+        batch: &RailBatch,
+        payouts: &HashMap<String, PayoutRecord>,
+    ) -> Result<(Vec<Address>, Vec<U256>), SettleError> {
+        let evm = self
+            .evm
+            .as_ref()
+            .ok_or_else(|| SettleError::Config("the plan has EVM payouts but no [settlement.evm]".into()))?;
+        let scale = self.asset_scale(&batch.asset)?;
+        let mut recipients = Vec::with_capacity(batch.payout_ids.len());
+        let mut amounts = Vec::with_capacity(batch.payout_ids.len());
+        for id in &batch.payout_ids {
+            let record = payouts.get(id).ok_or_else(|| SettleError::Ledger(format!("payout {id} is missing")))?;
+            let PayoutDestination::Evm { address } = record.payout.destination else {
+                return Err(SettleError::Ledger(format!("payout {id} is not an EVM payout")));
+            };
+            recipients.push(Address::from(address));
+            amounts.push(U256::from(to_rail_units(record.payout.amount, scale, evm.config().token_decimals)?));
+        }
+        Ok((recipients, amounts))
+    }
+
+    async fn submit_evm(
+        &self,
+        record: &BatchRecord,
+        payouts: &HashMap<String, PayoutRecord>,
+    ) -> Result<(), SettleError> {
+        let evm = self.evm.as_ref().ok_or_else(|| SettleError::Config("no [settlement.evm]".into()))?;
+        let batch = &record.batch;
+        let (epoch, index) = (batch.epoch, batch.index);
+        let batch_id: B256 =
+            batch.id.parse().map_err(|_| SettleError::Ledger(format!("batch id {} is not bytes32", batch.id)))?;
+        // First, the chain's truth: if the contract executed this batch id,
+        // only the record is missing.
+        if let Some(mined) = evm.batch_executed(batch_id).await? {
+            return self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await;
+        }
+        let mut prepared = match &record.state {
+            BatchState::EvmPrepared { nonce, tx_hash, raw_tx } => Some((*nonce, B256::from(*tx_hash), raw_tx.clone())),
+            _ => None,
+        };
+        // A recorded transaction whose nonce something else consumed can
+        // never be mined: sign again with a fresh nonce.
+        if let Some((nonce, tx_hash, _)) = &prepared
+            && evm.receipt(*tx_hash).await?.is_none()
+            && evm.latest_nonce().await? > *nonce
+        {
+            tracing::warn!(epoch, batch = index, nonce, "recorded transaction's nonce was consumed; signing again");
+            prepared = None;
+        }
+        let (tx_hash, raw) = match prepared {
+            Some((_, tx_hash, raw)) => (tx_hash, raw),
+            None => {
+                let (recipients, amounts) = self.evm_transfers(batch, payouts)?;
+                let nonce = evm.pending_nonce().await?;
+                let tx = evm.prepare_pay_batch(batch_id, &recipients, &amounts, nonce).await?;
+                let state = BatchState::EvmPrepared { nonce: tx.nonce, tx_hash: tx.tx_hash.0, raw_tx: tx.raw.clone() };
+                self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+                failpoint::hit("evm-after-prepare");
+                (tx.tx_hash, tx.raw)
+            }
+        };
+        match evm.broadcast(&raw).await {
+            Ok(_) => {}
+            Err(EvmError::NonceTooLow { .. }) => {
+                // Mined meanwhile (by this transaction or another): the next
+                // resume sorts out which from the chain.
+                if evm.receipt(tx_hash).await?.is_none() {
+                    return Err(SettleError::Rail(format!(
+                        "batch {index}: nonce taken by another transaction; rerun to re-sign"
+                    )));
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+        failpoint::hit("evm-after-broadcast");
+        let mined = evm.wait_receipt(tx_hash).await?;
+        if !mined.success {
+            // Reverted: maybe a concurrent copy of the batch won; ask the chain.
+            if let Some(executed) = evm.batch_executed(batch_id).await? {
+                return self
+                    .record_mined(epoch, index, executed.tx_hash, executed.block_number, executed.gas_used)
+                    .await;
+            }
+            return Err(SettleError::Rail(format!("batch {index}: transaction {tx_hash} reverted")));
+        }
+        self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await
+    }
+
+    async fn record_mined(
+        &self,
+        epoch: u64,
+        index: u32,
+        tx_hash: B256,
+        block_number: u64,
+        gas_used: u64,
+    ) -> Result<(), SettleError> {
+        let state = BatchState::EvmMined { tx_hash: tx_hash.0, block_number, gas_used };
+        self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+        tracing::info!(epoch, batch = index, %tx_hash, gas_used, "EVM batch mined");
+        failpoint::hit("evm-after-receipt");
+        Ok(())
+    }
+
+    fn asset_scale(&self, asset: &str) -> Result<u8, SettleError> {
+        self.ledger
+            .assets()?
+            .into_iter()
+            .find(|a| a.code == asset)
+            .map(|a| a.scale)
+            .ok_or_else(|| SettleError::Ledger(format!("asset {asset} is not registered")))
+    }
+
+    /// The bytes and file name of a bank batch: a pure function of the
+    /// persisted plan, the payee names and the rail configuration.
+    pub fn bank_file(
+        &self,
+        batch: &RailBatch,
+        payouts: &HashMap<String, PayoutRecord>,
+    ) -> Result<(String, Vec<u8>), SettleError> {
+        let epoch_record = self
+            .ledger
+            .epoch(batch.epoch)?
+            .ok_or_else(|| SettleError::Ledger(format!("epoch {} is missing", batch.epoch)))?;
+        let created_at_ms = epoch_record.sealed_at_ms.unwrap_or(epoch_record.opened_at_ms);
+        let scale = self.asset_scale(&batch.asset)?;
+        let minor = currency_minor_units(&batch.asset);
+        let names: HashMap<String, String> =
+            self.ledger.payees()?.into_iter().map(|p| (p.id, p.display_name)).collect();
+        let date_after = |days: u8| -> Result<time::Date, SettleError> {
+            let created = time::OffsetDateTime::from_unix_timestamp((created_at_ms / 1000) as i64)
+                .map_err(|e| SettleError::Ledger(format!("seal time: {e}")))?;
+            Ok(created.date() + time::Duration::days(i64::from(days)))
+        };
+        let mut items = Vec::with_capacity(batch.payout_ids.len());
+        for id in &batch.payout_ids {
+            let record = payouts.get(id).ok_or_else(|| SettleError::Ledger(format!("payout {id} is missing")))?;
+            let name = names.get(&record.payout.payee).cloned().unwrap_or_else(|| record.payout.payee.clone());
+            let name = if name.is_empty() { record.payout.payee.clone() } else { name };
+            items.push((record, name, to_rail_units(record.payout.amount, scale, minor)?));
+        }
+        match batch.rail {
+            Rail::Iso20022 => {
+                let settings = self
+                    .config
+                    .iso20022
+                    .as_ref()
+                    .ok_or_else(|| SettleError::Config("no [settlement.iso20022]".into()))?;
+                let mut transfers = Vec::with_capacity(items.len());
+                for (record, name, amount_minor) in items {
+                    let PayoutDestination::Iban { iban, bic } = &record.payout.destination else {
+                        return Err(SettleError::Ledger(format!("payout {} is not an IBAN payout", record.payout.id)));
+                    };
+                    transfers.push(bank::CreditTransfer {
+                        end_to_end_id: record.payout.id.clone(),
+                        amount_minor,
+                        creditor_name: name,
+                        creditor_iban: iban.clone(),
+                        creditor_bic: bic.clone(),
+                        remittance: format!("Tally settlement epoch {} payout {}", batch.epoch, record.payout.id),
+                    });
+                }
+                let file = bank::Pain001File {
+                    message_id: batch.id.clone(),
+                    created_at_ms,
+                    requested_execution_date: date_after(settings.execution_delay_days)?,
+                    debtor: bank::Iso20022Debtor {
+                        name: settings.debtor_name.clone(),
+                        iban: settings.debtor_iban.clone(),
+                        bic: settings.debtor_bic.clone(),
+                    },
+                    currency: batch.asset.clone(),
+                    currency_minor_units: minor,
+                    transfers,
+                };
+                Ok((format!("{}.xml", batch.id), bank::write_pain001(&file)?))
+            }
+            Rail::Nacha => {
+                let settings =
+                    self.config.nacha.as_ref().ok_or_else(|| SettleError::Config("no [settlement.nacha]".into()))?;
+                let sec_code = match settings.sec_code.as_str() {
+                    "PPD" => bank::SecCode::Ppd,
+                    "CCD" => bank::SecCode::Ccd,
+                    other => return Err(SettleError::Config(format!("nacha sec_code {other:?}: use CCD or PPD"))),
+                };
+                let mut entries = Vec::with_capacity(items.len());
+                for (record, name, amount_cents) in items {
+                    let PayoutDestination::Ach { routing, account, kind } = &record.payout.destination else {
+                        return Err(SettleError::Ledger(format!("payout {} is not an ACH payout", record.payout.id)));
+                    };
+                    entries.push(bank::AchCredit {
+                        routing: routing.clone(),
+                        account: account.clone(),
+                        account_kind: match kind {
+                            tally_core::destination::AchAccountKind::Checking => bank::AccountKind::Checking,
+                            tally_core::destination::AchAccountKind::Savings => bank::AccountKind::Savings,
+                        },
+                        amount_cents,
+                        individual_id: record.payout.id.chars().take(15).collect::<String>().to_ascii_uppercase(),
+                        name,
+                    });
+                }
+                let file = bank::NachaFile {
+                    immediate_destination: settings.immediate_destination.clone(),
+                    immediate_destination_name: settings.immediate_destination_name.clone(),
+                    immediate_origin: settings.immediate_origin.clone(),
+                    immediate_origin_name: settings.immediate_origin_name.clone(),
+                    file_id_modifier: 'A',
+                    created_at_ms,
+                    batches: vec![bank::NachaBatch {
+                        sec_code,
+                        company_name: settings.company_name.clone(),
+                        company_id: settings.company_id.clone(),
+                        entry_description: settings.entry_description.clone(),
+                        effective_entry_date: date_after(settings.execution_delay_days)?,
+                        odfi_routing: settings.odfi_routing.clone(),
+                        entries,
+                    }],
+                };
+                Ok((format!("{}.ach", batch.id), bank::write_nacha(&file)?))
+            }
+            Rail::Evm => Err(SettleError::Ledger("an EVM batch has no bank file".into())),
+        }
+    }
+
+    async fn submit_bank_file(
+        &self,
+        record: &BatchRecord,
+        payouts: &HashMap<String, PayoutRecord>,
+    ) -> Result<(), SettleError> {
+        let batch = &record.batch;
+        let (epoch, index) = (batch.epoch, batch.index);
+        let (file_name, bytes) = self.bank_file(batch, payouts)?;
+        let sha256 = outbox::sha256(&bytes);
+        match &record.state {
+            BatchState::FilePrepared { file_name: recorded, sha256: recorded_hash } => {
+                if *recorded != file_name || *recorded_hash != sha256 {
+                    return Err(SettleError::Rail(format!(
+                        "batch {index}: the regenerated {file_name} differs from the recorded one \
+                         (was the bank configuration or a payee name changed?)"
+                    )));
+                }
+            }
+            _ => {
+                let state = BatchState::FilePrepared { file_name: file_name.clone(), sha256 };
+                self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+            }
+        }
+        let outcome = outbox::write_atomically(&self.outbox, &file_name, &bytes)?;
+        if let OutboxWrite::AlreadyPresent(path) = &outcome {
+            tracing::info!(path = %path.display(), "identical file already in the outbox");
+        }
+        failpoint::hit("bank-after-write");
+        self.step(SettlementCommand::UpdateBatch { epoch, index, state: BatchState::FileWritten { file_name, sha256 } })
+            .await
+    }
+
+    /// Applies a bank's `pain.002` status report: accepted payouts become
+    /// settled; rejected ones are carried forward with the bank's reason.
+    pub async fn import_bank_status(&self, xml: &[u8]) -> Result<ImportSummary, SettleError> {
+        let report = bank::parse_pain002(xml)?;
+        let (epoch, batch) = self.find_bank_batch(&report.original_message_id)?;
+        let mut summary =
+            ImportSummary { epoch, original_message_id: report.original_message_id.clone(), ..Default::default() };
+        for payout_id in &batch.payout_ids {
+            let verdict = match report.status_of(payout_id) {
+                Some(bank::PaymentStatus::Accepted) => Ok(report.message_id.clone()),
+                Some(bank::PaymentStatus::Rejected { reason_code, reason_text }) => {
+                    Err(if reason_text.is_empty() { reason_code } else { format!("{reason_code} {reason_text}") })
+                }
+                Some(bank::PaymentStatus::Pending) | None => {
+                    summary.pending += 1;
+                    continue;
+                }
+            };
+            let accepted = verdict.is_ok();
+            let command = SettlementCommand::RecordBankStatus { payout_id: payout_id.clone(), verdict };
+            match self.writer.admin(AdminCommand::Settlement(command)).await.map_err(admin_error)? {
+                AdminReply::BankStatus { changed: false } => summary.unchanged += 1,
+                _ if accepted => summary.accepted += 1,
+                _ => summary.rejected += 1,
+            }
+        }
+        Ok(summary)
+    }
+
+    fn find_bank_batch(&self, message_id: &str) -> Result<(u64, RailBatch), SettleError> {
+        for settlement in self.ledger.settlements()?.into_iter().rev() {
+            for record in self.ledger.batches(settlement.epoch)? {
+                if record.batch.rail != Rail::Evm && record.batch.id == message_id {
+                    if !matches!(record.state, BatchState::FileWritten { .. }) {
+                        return Err(SettleError::Rail(format!("file {message_id} was never written to the outbox")));
+                    }
+                    return Ok((settlement.epoch, record.batch));
+                }
+            }
+        }
+        Err(SettleError::NotFound(format!("no payment file with message id {message_id}")))
+    }
+}
+
+/// What a status report changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub epoch: u64,
+    pub original_message_id: String,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub pending: u64,
+    /// Payouts whose status was already recorded.
+    pub unchanged: u64,
+}

@@ -1,0 +1,372 @@
+//! The `Settlement` gRPC service (`proto/tally/v1/settlement.proto`).
+//!
+//! A thin layer: it converts between protobuf messages and the driver's and
+//! ledger's types, runs blocking ledger reads off the async threads, and
+//! maps errors to gRPC statuses. `tally serve` mounts it behind the admin
+//! token beside the ingest services.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tally_core::settlement::{AssetFigures, Bill, BillRecord, Carry, Party, PayoutRecord, PayoutState};
+use tally_ledger::{AdminCommand, Ledger, SettlementCommand, WriterHandle};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::driver::{Progress, SettleRequest, Settler};
+use crate::report::{EpochReport, report_of, statement};
+use crate::{SettleError, bank};
+
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tally.v1");
+
+    /// Encoded descriptors of `settlement.proto`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("settlement_descriptor");
+}
+
+use proto::settlement_server::Settlement;
+pub use proto::settlement_server::SettlementServer;
+
+/// Largest status report accepted (the parser's own bound).
+pub const STATUS_REPORT_BYTES_MAX: usize = bank::PAIN002_BYTES_MAX;
+/// Progress events buffered per `Settle` call before the driver waits.
+const SETTLE_EVENTS_BUFFERED_MAX: usize = 64;
+
+pub struct SettlementService {
+    settler: Arc<Settler>,
+    ledger: Ledger,
+    writer: WriterHandle,
+}
+
+impl SettlementService {
+    pub fn new(settler: Arc<Settler>, ledger: Ledger, writer: WriterHandle) -> SettlementService {
+        SettlementService { settler, ledger, writer }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Ledger) -> Result<T, SettleError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || f(ledger))
+            .await
+            .map_err(|e| Status::internal(format!("read task: {e}")))?
+            .map_err(to_status)
+    }
+}
+
+pub fn to_status(error: SettleError) -> Status {
+    match &error {
+        SettleError::NotFound(_) => Status::not_found(error.to_string()),
+        SettleError::Busy(_) => Status::failed_precondition(error.to_string()),
+        SettleError::Config(_) => Status::failed_precondition(error.to_string()),
+        SettleError::BankFile(_) => Status::invalid_argument(error.to_string()),
+        SettleError::Evm(_) | SettleError::Rail(_) | SettleError::Outbox(_) => Status::unavailable(error.to_string()),
+        SettleError::Ledger(_) | SettleError::Netting(_) => Status::internal(error.to_string()),
+    }
+}
+
+fn scales(ledger: &Ledger) -> Result<HashMap<String, u8>, SettleError> {
+    Ok(ledger.assets()?.into_iter().map(|a| (a.code, a.scale)).collect())
+}
+
+fn scale_of(scales: &HashMap<String, u8>, asset: &str) -> u32 {
+    u32::from(scales.get(asset).copied().unwrap_or(0))
+}
+
+fn figures_to_proto(figures: &[AssetFigures], scales: &HashMap<String, u8>) -> Vec<proto::AssetFigures> {
+    figures
+        .iter()
+        .map(|f| proto::AssetFigures {
+            asset: f.asset.clone(),
+            scale: scale_of(scales, &f.asset),
+            gross: f.gross.to_string(),
+            iou_count: f.iou_count,
+            payout_count: f.payout_count,
+            paid: f.paid.to_string(),
+            fees: f.fees.to_string(),
+            bill_count: f.bill_count,
+            billed: f.billed.to_string(),
+            carried_in: f.carried_in.to_string(),
+            carried_out: f.carried_out.to_string(),
+            payout_iou_count: f.payout_iou_count,
+            moved_ppm: u64::try_from(f.moved_ppm()).unwrap_or(u64::MAX),
+        })
+        .collect()
+}
+
+pub fn report_to_proto(report: &EpochReport, scales: &HashMap<String, u8>) -> proto::SettlementReport {
+    let attention = match &report.status {
+        tally_core::settlement::SettlementStatus::NeedsAttention(reason) => reason.clone(),
+        _ => String::new(),
+    };
+    proto::SettlementReport {
+        epoch: report.epoch,
+        status: report.status.label().to_owned(),
+        attention,
+        fee_bps: report.fee_bps,
+        planned_at_ms: report.planned_at_ms,
+        updated_at_ms: report.updated_at_ms,
+        figures: figures_to_proto(&report.figures, scales),
+        rails: report
+            .rails
+            .iter()
+            .map(|r| proto::RailTotal {
+                rail: r.rail.to_string(),
+                asset: r.asset.clone(),
+                payouts: r.payouts,
+                amount: r.amount.to_string(),
+                settled: r.settled,
+                submitted: r.submitted,
+                rejected: r.rejected,
+            })
+            .collect(),
+        batch_count: report.batch_count,
+        batches_open: report.batches_open,
+        payouts_open: report.payouts_open,
+        gas_used: report.gas_used,
+        evm_settled_ious: report.evm_settled_ious,
+        gas_per_settled_iou: report.gas_per_settled_iou,
+    }
+}
+
+fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> proto::Payout {
+    let p = &record.payout;
+    let reference = match &record.state {
+        PayoutState::Settled(reference) | PayoutState::Rejected(reference) => reference.clone(),
+        _ => String::new(),
+    };
+    proto::Payout {
+        id: p.id.clone(),
+        epoch: p.epoch,
+        payee: p.payee.clone(),
+        asset: p.asset.clone(),
+        scale: scale_of(scales, &p.asset),
+        rail: p.rail.to_string(),
+        destination: p.destination.to_string(),
+        net_credit: p.net_credit.to_string(),
+        fee: p.fee.to_string(),
+        amount: p.amount.to_string(),
+        iou_count: p.iou_count,
+        state: record.state.label().to_owned(),
+        reference,
+        batch_index: record.batch_index,
+    }
+}
+
+fn bill_to_proto(bill: &Bill, paid_at_ms: Option<u64>, scales: &HashMap<String, u8>) -> proto::Bill {
+    proto::Bill {
+        id: bill.id.clone(),
+        epoch: bill.epoch,
+        party: bill.party.to_string(),
+        asset: bill.asset.clone(),
+        scale: scale_of(scales, &bill.asset),
+        amount: bill.amount.to_string(),
+        iou_count: bill.iou_count,
+        paid_at_ms: paid_at_ms.unwrap_or(0),
+    }
+}
+
+fn carry_to_proto(carry: &Carry, scales: &HashMap<String, u8>) -> proto::Carry {
+    proto::Carry {
+        epoch_to: carry.epoch_to,
+        payee: carry.payee.clone(),
+        asset: carry.asset.clone(),
+        scale: scale_of(scales, &carry.asset),
+        amount: carry.amount.to_string(),
+        reason: carry.reason.to_string(),
+        source: carry.source.clone(),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SettleEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Settlement for SettlementService {
+    type SettleStream = EventStream;
+
+    async fn settle(&self, request: Request<proto::SettleRequest>) -> Result<Response<EventStream>, Status> {
+        let resume_only = request.into_inner().resume_only;
+        let (sender, receiver) = tokio::sync::mpsc::channel(SETTLE_EVENTS_BUFFERED_MAX);
+        let settler = self.settler.clone();
+        let ledger = self.ledger.clone();
+        // The settlement runs to completion even if the caller disconnects:
+        // stopping halfway is safe, but finishing is what was asked.
+        tokio::spawn(async move {
+            use proto::settle_event::Event;
+            let progress_sender = sender.clone();
+            let progress = move |event: Progress| {
+                let event = match event {
+                    Progress::Sealed { epoch } => Event::SealedEpoch(epoch),
+                    Progress::Planned { epoch, payouts, batches } => {
+                        Event::Planned(proto::PlannedEvent { epoch, payouts, batches })
+                    }
+                    Progress::Batch { epoch, done, total } => Event::Batch(proto::BatchProgress { epoch, done, total }),
+                    Progress::Finished { .. } => return,
+                };
+                // A slow or vanished client must not stall settlement.
+                let _ = progress_sender.try_send(Ok(proto::SettleEvent { event: Some(event) }));
+            };
+            let result = settler.settle(SettleRequest { seal: !resume_only }, &progress).await;
+            match result {
+                Ok(reports) => {
+                    let scales = scales(&ledger).unwrap_or_default();
+                    for report in reports {
+                        let event = Event::Report(report_to_proto(&report, &scales));
+                        if sender.send(Ok(proto::SettleEvent { event: Some(event) })).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(to_status(error))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn preview(
+        &self,
+        _request: Request<proto::PreviewRequest>,
+    ) -> Result<Response<proto::PreviewResponse>, Status> {
+        let settler = self.settler.clone();
+        let (plan, batches, scales) = self
+            .read(move |ledger| {
+                let (plan, batches) = settler.preview()?;
+                Ok((plan, batches, scales(&ledger)?))
+            })
+            .await?;
+        Ok(Response::new(proto::PreviewResponse {
+            epoch: plan.epoch,
+            figures: figures_to_proto(&plan.figures, &scales),
+            payouts: plan
+                .payouts
+                .iter()
+                .map(|p| {
+                    payout_to_proto(
+                        &PayoutRecord { payout: p.clone(), batch_index: 0, state: PayoutState::Planned },
+                        &scales,
+                    )
+                })
+                .collect(),
+            bills: plan.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect(),
+            carries: plan.carries_out.iter().map(|c| carry_to_proto(c, &scales)).collect(),
+            batches: batches.len() as u64,
+        }))
+    }
+
+    async fn reports(
+        &self,
+        request: Request<proto::ReportsRequest>,
+    ) -> Result<Response<proto::ReportsResponse>, Status> {
+        let epoch = request.into_inner().epoch;
+        let reports = self
+            .read(move |ledger| {
+                let scales = scales(&ledger)?;
+                let epochs: Vec<u64> =
+                    if epoch == 0 { ledger.settlements()?.into_iter().map(|s| s.epoch).collect() } else { vec![epoch] };
+                epochs.into_iter().map(|e| Ok(report_to_proto(&report_of(&ledger, e)?, &scales))).collect()
+            })
+            .await?;
+        Ok(Response::new(proto::ReportsResponse { reports }))
+    }
+
+    async fn payouts(
+        &self,
+        request: Request<proto::PayoutsRequest>,
+    ) -> Result<Response<proto::PayoutsResponse>, Status> {
+        let epoch = request.into_inner().epoch;
+        let payouts = self
+            .read(move |ledger| {
+                let scales = scales(&ledger)?;
+                Ok(ledger.payouts(epoch)?.iter().map(|p| payout_to_proto(p, &scales)).collect())
+            })
+            .await?;
+        Ok(Response::new(proto::PayoutsResponse { payouts }))
+    }
+
+    async fn bills(&self, request: Request<proto::BillsRequest>) -> Result<Response<proto::BillsResponse>, Status> {
+        let epoch = request.into_inner().epoch;
+        let bills = self
+            .read(move |ledger| {
+                let scales = scales(&ledger)?;
+                Ok(ledger
+                    .bills(epoch)?
+                    .iter()
+                    .map(|BillRecord { bill, paid_at_ms }| bill_to_proto(bill, *paid_at_ms, &scales))
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(proto::BillsResponse { bills }))
+    }
+
+    async fn mark_bill_paid(
+        &self,
+        request: Request<proto::MarkBillPaidRequest>,
+    ) -> Result<Response<proto::MarkBillPaidResponse>, Status> {
+        let request = request.into_inner();
+        let command = SettlementCommand::MarkBillPaid { epoch: request.epoch, bill_id: request.bill_id };
+        self.writer.admin(AdminCommand::Settlement(command)).await.map_err(|e| match e {
+            tally_ledger::AdminError::NotFound(m) => Status::not_found(m),
+            other => Status::failed_precondition(other.to_string()),
+        })?;
+        Ok(Response::new(proto::MarkBillPaidResponse {}))
+    }
+
+    async fn statement(
+        &self,
+        request: Request<proto::StatementRequest>,
+    ) -> Result<Response<proto::StatementResponse>, Status> {
+        let request = request.into_inner();
+        let party = Party::parse(&request.party)
+            .ok_or_else(|| Status::invalid_argument("party must be payee:<id> or payer:<id>"))?;
+        let epoch = request.epoch;
+        let (statement, scales) =
+            self.read(move |ledger| Ok((statement(&ledger, epoch, &party)?, scales(&ledger)?))).await?;
+        Ok(Response::new(proto::StatementResponse {
+            epoch: statement.epoch,
+            party: statement.party,
+            lines: statement
+                .lines
+                .iter()
+                .map(|l| proto::StatementLine {
+                    epoch: l.epoch,
+                    payer: l.payer.clone(),
+                    payee: l.payee.clone(),
+                    asset: l.asset.clone(),
+                    scale: scale_of(&scales, &l.asset),
+                    amount: l.amount.to_string(),
+                    iou_count: l.iou_count,
+                })
+                .collect(),
+            payouts: statement.payouts.iter().map(|p| payout_to_proto(p, &scales)).collect(),
+            bills: statement.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect(),
+            carried_in: statement.carried_in.iter().map(|c| carry_to_proto(c, &scales)).collect(),
+            carried_out: statement.carried_out.iter().map(|c| carry_to_proto(c, &scales)).collect(),
+        }))
+    }
+
+    async fn import_bank_status(
+        &self,
+        request: Request<proto::ImportBankStatusRequest>,
+    ) -> Result<Response<proto::ImportBankStatusResponse>, Status> {
+        let bytes = request.into_inner().pain002;
+        if bytes.len() > STATUS_REPORT_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "status reports are limited to {STATUS_REPORT_BYTES_MAX} bytes"
+            )));
+        }
+        let summary = self.settler.import_bank_status(&bytes).await.map_err(to_status)?;
+        Ok(Response::new(proto::ImportBankStatusResponse {
+            epoch: summary.epoch,
+            original_message_id: summary.original_message_id,
+            accepted: summary.accepted,
+            rejected: summary.rejected,
+            pending: summary.pending,
+            unchanged: summary.unchanged,
+        }))
+    }
+}

@@ -4,8 +4,11 @@
 //! loopback port, registers simulated crawlers and sites through the admin
 //! API, streams pre-signed IOUs with a progress bar (one crawler with a
 //! deliberately small credit limit, to show limits holding), prints what
-//! each site is owed and each crawler owes, seals the epoch, and audits the
-//! ledger. Everything goes through the same gRPC path a real client uses.
+//! each site is owed and each crawler owes, then settles: seals the epoch,
+//! nets it, writes an ISO 20022 pain.001 payment file to the outbox, answers
+//! it with a simulated bank's pain.002 (one transfer rejected), imports that,
+//! and audits the ledger. Everything goes through the same gRPC path a real
+//! client uses.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +17,8 @@ use tally_core::format_amount;
 use tally_ingest::proto::*;
 use tally_ingest::{Engine, EngineConfig, GrpcLimits};
 use tally_ledger::{AuditOptions, audit};
+use tally_settler::config::{AssetRailConfig, Iso20022Settings};
+use tally_settler::{SettlementConfig, Settler, bank};
 
 use crate::client::{self, AdminArgs, ServerArgs};
 use crate::loadgen::{self, LoadgenArgs};
@@ -42,10 +47,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Tally demo: ledger in {}", data_dir.display());
     let engine = Engine::open(EngineConfig::new(data_dir.clone(), crate::config::DEFAULT_NETWORK))?;
     let token = crate::config::load_or_create_token(&data_dir)?;
-    let server =
-        tally_ingest::serve(&engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default(), Default::default())
-            .await
-            .map_err(|e| anyhow::anyhow!("starting gRPC: {e}"))?;
+    let settler =
+        Settler::new(engine.ledger.clone(), engine.pipeline.writer().clone(), settlement_config(), &data_dir).await?;
+    let extra = crate::serve::settlement_services(&engine, &settler, &token);
+    let server = tally_ingest::serve(&engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default(), extra)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting gRPC: {e}"))?;
     let server_args = ServerArgs { server: format!("http://{}", server.local_addr) };
     println!("engine listening on {}\n", server.local_addr);
 
@@ -108,11 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nOwed by each crawler (epoch 1):");
     println!("{}", table(&["payer", "owes", "IOUs"], &["owes", "IOUs"], show(&by_crawler)));
 
-    let sealed = admin.seal_epoch(SealEpochRequest {}).await?.into_inner();
-    println!(
-        "\nsealed epoch {} (log entries up to {}); new IOUs now land in epoch {}",
-        sealed.sealed_epoch, sealed.sealed_seq_last, sealed.opened_epoch
-    );
+    settle_and_answer(&load.admin, &mut admin, args.sites, settler.outbox()).await?;
 
     server.stop().await?;
     let ledger = engine.ledger.clone();
@@ -140,6 +143,108 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(audit_report.is_clean(), "the ledger failed its audit: {:?}", audit_report.problems);
     Ok(())
+}
+
+/// USD settles by ISO 20022 credit transfer (pain.001), with a 0.5 % fee
+/// and a $1.00 minimum payout.
+fn settlement_config() -> SettlementConfig {
+    SettlementConfig {
+        fee_bps: 50,
+        assets: BTreeMap::from([(
+            "USD".into(),
+            AssetRailConfig { rail: "iso20022".into(), payout_min: Some("1.00".into()) },
+        )]),
+        iso20022: Some(Iso20022Settings {
+            debtor_name: "Tally Demo Operator".into(),
+            debtor_iban: "DE89370400440532013000".into(),
+            debtor_bic: Some("COBADEFFXXX".into()),
+            execution_delay_days: 1,
+            transfers_per_file_max: 10_000,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A valid German IBAN for `account` (check digits computed, ISO 13616).
+fn german_iban(account: u64) -> String {
+    let bban = format!("37040044{account:010}");
+    let digits = format!("{bban}131400");
+    let remainder = digits.bytes().fold(0u32, |r, b| (r * 10 + u32::from(b - b'0')) % 97);
+    format!("DE{:02}{bban}", 98 - remainder)
+}
+
+/// Gives every site but the last a bank account, settles, then plays the
+/// bank: accepts every transfer but one, and imports its status report.
+async fn settle_and_answer(
+    admin_args: &AdminArgs,
+    admin: &mut client::Admin,
+    sites: usize,
+    outbox: &std::path::Path,
+) -> anyhow::Result<()> {
+    for i in 0..sites.saturating_sub(1) {
+        admin
+            .set_payee_payout(SetPayeePayoutRequest {
+                payee_id: loadgen::payee_id(i),
+                payout_destination: format!("iban:{}", german_iban(i as u64 + 1)),
+            })
+            .await?;
+    }
+    println!(
+        "\n{} sites have bank accounts; {} has none yet (its credit carries forward)\n",
+        sites - 1,
+        loadgen::payee_id(sites - 1)
+    );
+    crate::settle::settle(crate::settle::SettleArgs {
+        dry_run: false,
+        resume: false,
+        json: false,
+        admin: admin_args.clone(),
+    })
+    .await?;
+    let mut settlement = client::settlement(admin_args).await?;
+    let payouts =
+        settlement.payouts(tally_settler::grpc::proto::PayoutsRequest { epoch: 1 }).await?.into_inner().payouts;
+    let file = outbox.join("TALLY-E1-USD-1.xml");
+    println!(
+        "payment file: {} ({} bytes, {} transfers; each EndToEndId is a payout id)",
+        file.display(),
+        std::fs::metadata(&file)?.len(),
+        payouts.len()
+    );
+    // The bank accepts every transfer but the first, which it rejects.
+    let transactions = payouts
+        .iter()
+        .enumerate()
+        .map(|(i, payout)| {
+            if i == 0 {
+                bank::TransactionStatus::rejected(&payout.id, "AC04", "Closed account")
+            } else {
+                bank::TransactionStatus::accepted(&payout.id)
+            }
+        })
+        .collect();
+    let pain002 = bank::write_pain002(&bank::Pain002File {
+        version: bank::Pain002Version::V03,
+        message_id: "DEMO-BANK-STATUS-1".into(),
+        created_at_ms: tally_ledger::unix_now_ms(),
+        original_message_id: "TALLY-E1-USD-1".into(),
+        original_message_name_id: "pain.001.001.09".into(),
+        original_payment_info_id: "TALLY-E1-USD-1".into(),
+        group_status: Some("PART".into()),
+        group_reason: None,
+        transactions,
+    })?;
+    let status_file = outbox.with_file_name("pain002-from-bank.xml");
+    std::fs::write(&status_file, pain002)?;
+    println!("the bank answers with {} (one transfer rejected: AC04, closed account)", status_file.display());
+    crate::settle::bank(crate::settle::BankCommand::ImportStatus {
+        file: status_file,
+        json: false,
+        admin: admin_args.clone(),
+    })
+    .await?;
+    println!();
+    crate::settle::reports(crate::settle::ReportsArgs { epoch: Some(1), json: false, admin: admin_args.clone() }).await
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

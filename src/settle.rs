@@ -489,13 +489,16 @@ pub async fn bank(command: BankCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&json!({
                     "epoch": r.epoch, "original_message_id": r.original_message_id, "accepted": r.accepted,
-                    "rejected": r.rejected, "pending": r.pending, "unchanged": r.unchanged,
+                    "rejected": r.rejected, "pending": r.pending, "unchanged": r.unchanged, "refused": r.refused,
                 }));
             } else {
                 println!(
                     "{} (epoch {}): {} accepted, {} rejected and carried forward, {} pending, {} already recorded",
                     r.original_message_id, r.epoch, r.accepted, r.rejected, r.pending, r.unchanged
                 );
+                for refusal in &r.refused {
+                    println!("refused: {refusal}");
+                }
             }
             Ok(())
         }

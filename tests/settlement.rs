@@ -296,13 +296,26 @@ async fn check_settled(server: &ServerProcess, chain: &Chain, outbox: &Path, sce
     let treasury = chain.client().await.treasury();
     assert_eq!(chain.balance(treasury).await, u128::from(TOKEN_SUPPLY) - evm_total);
 
-    // Bank files: exactly one pain.001 and one NACHA file, complete.
-    let mut names: Vec<String> =
-        std::fs::read_dir(outbox).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    assert_eq!(names, vec!["TALLY-E1-EUR-1.xml".to_owned(), "TALLY-E1-USD-1.ach".to_owned()]);
-    xmllint_valid(&outbox.join("TALLY-E1-EUR-1.xml"));
-    let nacha = bank::parse_nacha(&std::fs::read(outbox.join("TALLY-E1-USD-1.ach")).unwrap()).unwrap();
+    // Bank files: exactly one pain.001 and one NACHA file were published
+    // (recorded in .sent/), complete; what is still visible in the outbox
+    // is among them (the uploader may have taken some).
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    };
+    let sent = outbox.join(".sent");
+    assert_eq!(names(&sent), vec!["TALLY-E1-EUR-1.xml".to_owned(), "TALLY-E1-USD-1.ach".to_owned()]);
+    assert!(names(outbox).iter().all(|n| names(&sent).contains(n)), "{:?}", names(outbox));
+    for name in names(outbox) {
+        assert_eq!(std::fs::read(outbox.join(&name)).unwrap(), std::fs::read(sent.join(&name)).unwrap());
+    }
+    xmllint_valid(&sent.join("TALLY-E1-EUR-1.xml"));
+    let nacha = bank::parse_nacha(&std::fs::read(sent.join("TALLY-E1-USD-1.ach")).unwrap()).unwrap();
     let ach_total: u128 = ["news-us.example", "api-us.example"]
         .iter()
         .map(|p| by_payee[*p]["amount"].as_str().unwrap().parse::<u128>().unwrap() / 10_000)
@@ -425,6 +438,12 @@ async fn settles_every_rail_and_imports_bank_status() {
 /// without, and checks the epoch completes with every payout made exactly
 /// once.
 async fn crash_and_resume(failpoint: &str) {
+    crash_and_resume_with(failpoint, false).await;
+}
+
+/// With `uploader_takes_files`, the bank uploader empties the outbox while
+/// the engine is down: the resume must not publish anything again.
+async fn crash_and_resume_with(failpoint: &str, uploader_takes_files: bool) {
     let chain = Chain::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &chain, 2);
@@ -440,6 +459,18 @@ async fn crash_and_resume(failpoint: &str) {
     assert!(!ok, "{failpoint}: the engine died mid-settlement, so the command fails");
     let status = server.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{failpoint}: the engine aborted");
+    let outbox = data.join("outbox");
+    let mut taken = Vec::new();
+    if uploader_takes_files {
+        for entry in std::fs::read_dir(&outbox).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() && !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                std::fs::remove_file(&path).unwrap();
+                taken.push(path);
+            }
+        }
+        assert!(!taken.is_empty(), "{failpoint}: a file was published before the crash");
+    }
 
     // Restart without the failpoint: startup resumes the epoch by itself.
     let server = ServerProcess::start_with(&data, Some(&config), &[]);
@@ -452,6 +483,9 @@ async fn crash_and_resume(failpoint: &str) {
     });
     assert_eq!(settled["batches_open"], 0, "{failpoint}: {settled}");
     check_settled(&server, &chain, &data.join("outbox"), &scenario).await;
+    for path in &taken {
+        assert!(!path.exists(), "{failpoint}: {} was published a second time", path.display());
+    }
 
     // Resuming again is a no-op: balances and files stay as they are.
     let again = tally_json(&with_admin(&["settle", "--resume", "--json"], &admin));
@@ -493,4 +527,9 @@ async fn crash_halfway_through_a_bank_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_bank_file_before_recording_it() {
     crash_and_resume("bank-after-write").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_bank_file_then_uploader_takes_it() {
+    crash_and_resume_with("bank-after-write", true).await;
 }

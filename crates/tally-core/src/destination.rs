@@ -75,7 +75,7 @@ pub enum PayoutDestination {
 pub enum DestinationError {
     #[error("destination must start with evm:, iban: or ach:, got {0:?}")]
     UnknownScheme(String),
-    #[error("EVM address must be 0x followed by 40 hex digits")]
+    #[error("EVM address must be 0x followed by 40 hex digits, and not the zero address")]
     BadEvmAddress,
     #[error("IBAN {0:?} is malformed or its check digits are wrong")]
     BadIban(String),
@@ -101,6 +101,11 @@ impl PayoutDestination {
                 }
                 let mut address = [0u8; 20];
                 hex::decode_to_slice(hex_digits, &mut address).map_err(|_| DestinationError::BadEvmAddress)?;
+                // Tokens burn or refuse transfers to the zero address; a
+                // payout there is never what anyone meant.
+                if address == [0u8; 20] {
+                    return Err(DestinationError::BadEvmAddress);
+                }
                 Ok(PayoutDestination::Evm { address })
             }
             "iban" => {
@@ -261,6 +266,8 @@ mod tests {
         assert!(matches!(PayoutDestination::parse("paypal:x"), Err(DestinationError::UnknownScheme(_))));
         assert!(matches!(PayoutDestination::parse("nothing"), Err(DestinationError::UnknownScheme(_))));
         assert_eq!(PayoutDestination::parse("evm:0x1234"), Err(DestinationError::BadEvmAddress));
+        let zero = format!("evm:0x{}", "0".repeat(40));
+        assert_eq!(PayoutDestination::parse(&zero), Err(DestinationError::BadEvmAddress));
         assert!(matches!(PayoutDestination::parse("iban:DE00370400440532013000"), Err(DestinationError::BadIban(_))));
         assert!(matches!(PayoutDestination::parse("iban:DE89370400440532013000:XX"), Err(DestinationError::BadBic(_))));
         assert!(matches!(PayoutDestination::parse("ach:123456789:1:checking"), Err(DestinationError::BadRouting(_))));

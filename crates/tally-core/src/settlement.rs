@@ -518,6 +518,8 @@ pub enum BatchState {
         nonce: u64,
         tx_hash: [u8; 32],
         raw_tx: Vec<u8>,
+        /// Chain, contract and treasury the transaction was signed for.
+        signed_for: String,
     },
     EvmMined {
         tx_hash: [u8; 32],
@@ -741,7 +743,8 @@ mod tests {
 
     #[test]
     fn batch_transitions() {
-        let prepared = BatchState::EvmPrepared { nonce: 1, tx_hash: [0; 32], raw_tx: vec![] };
+        let prepared =
+            BatchState::EvmPrepared { nonce: 1, tx_hash: [0; 32], raw_tx: vec![], signed_for: String::new() };
         let mined = BatchState::EvmMined { tx_hash: [0; 32], block_number: 1, gas_used: 1 };
         assert!(BatchState::Planned.may_become(&prepared));
         assert!(prepared.may_become(&mined));

@@ -20,11 +20,14 @@
 //!
 //! Within one group commit, earlier commands' settlement writes are not yet
 //! in RocksDB; reads go through the group's overlay first, so a plan and a
-//! batch update in the same group see each other.
+//! batch update in the same group see each other. A command's own writes
+//! are staged apart and join the group only if the command succeeds: a
+//! refused command leaves no trace, in RocksDB or in the writer's state.
 
 use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
+use tally_core::Rail;
 use tally_core::settlement::{
     BatchRecord, BatchState, BillRecord, Carry, CarryReason, EpochSettlement, Party, PayoutRecord, PayoutState,
     RailBatch, SettlementPlan, SettlementStatus, bounded_reason,
@@ -38,8 +41,10 @@ use crate::writer::{AdminError, AdminReply, Group, WriterCore};
 /// Most batches one plan may hold (bounds the plan record and the driver's
 /// loop). 1,000,000 payouts at 100 per transaction is 10,000.
 pub const BATCHES_PER_EPOCH_MAX: usize = 100_000;
-/// Most payouts one plan may hold.
+/// Most payouts (and bills, and carries) one plan may hold.
 pub const PAYOUTS_PER_EPOCH_MAX: usize = 10_000_000;
+/// Most bill records (all epochs) read when rebuilding credit exposure.
+pub const OPEN_BILLS_SCAN_MAX: usize = 100_000_000;
 
 pub fn epoch_key(epoch: u64) -> Vec<u8> {
     let mut key = vec![b'E'];
@@ -117,7 +122,9 @@ impl Ledger {
         let mut out = Vec::new();
         for item in iter {
             if out.len() == limit {
-                break;
+                // A silently shortened list could drop a payout or a carry:
+                // refuse instead.
+                return Err(LedgerError::Unavailable(format!("more than {limit} {what} records under one prefix")));
             }
             let (_, value) = item?;
             out.push(decode_bincode(what, &value)?);
@@ -205,12 +212,22 @@ impl Ledger {
     /// Open bills owed by unlinked payers: `(payer, asset) → amount`.
     pub fn open_bills_by_payer(&self) -> Result<HashMap<(String, String), u128>, LedgerError> {
         let mut out: HashMap<(String, String), u128> = HashMap::new();
-        let bills: Vec<BillRecord> = self.settlement_scan(b"B", "bill", PAYOUTS_PER_EPOCH_MAX)?;
+        let mut linked: HashMap<String, Vec<String>> = HashMap::new();
+        for payer in self.payers()? {
+            if let Some(payee) = payer.settles_with {
+                linked.entry(payee).or_default().push(payer.id);
+            }
+        }
+        let bills: Vec<BillRecord> = self.settlement_scan(b"B", "bill", OPEN_BILLS_SCAN_MAX)?;
         for record in bills {
             if record.paid_at_ms.is_some() {
                 continue;
             }
-            if let Party::Payer(payer) = &record.bill.party {
+            let holders = match &record.bill.party {
+                Party::Payer(payer) => vec![payer.clone()],
+                Party::Payee(payee) => linked.get(payee).cloned().unwrap_or_default(),
+            };
+            for payer in holders {
                 let slot = out.entry((payer.clone(), record.bill.asset.clone())).or_default();
                 *slot = slot
                     .checked_add(record.bill.amount)
@@ -228,16 +245,15 @@ impl WriterCore {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, AdminError> {
-        if let Some(value) = group.settlement_overlay.get(key) {
+        if let Some(value) = group.settlement_staged.get(key).or_else(|| group.settlement_overlay.get(key)) {
             return decode_bincode(what, value).map(Some).map_err(|e| AdminError::Storage(e.to_string()));
         }
         self.ledger.settlement_get(key, what).map_err(|e| AdminError::Storage(e.to_string()))
     }
 
+    /// Stages a write of the current command (see [`WriterCore::apply_settlement`]).
     fn s_put<T: serde::Serialize>(&self, group: &mut Group, key: Vec<u8>, value: &T) {
-        let encoded = encode_bincode(value);
-        group.batch.put_cf(self.ledger.cf(CF_SETTLEMENT), &key, &encoded);
-        group.settlement_overlay.insert(key, encoded);
+        group.settlement_staged.insert(key, encode_bincode(value));
     }
 
     fn s_epoch(&self, group: &Group, epoch: u64) -> Result<EpochSettlement, AdminError> {
@@ -255,7 +271,7 @@ impl WriterCore {
             .map(|c| (c.source.clone(), c))
             .collect();
         let prefix = epoch_prefixed(b'C', epoch, &[]);
-        for (key, value) in &group.settlement_overlay {
+        for (key, value) in group.settlement_overlay.iter().chain(group.settlement_staged.iter()) {
             if key.starts_with(&prefix) {
                 let carry: Carry = decode_bincode("carry", value).map_err(|e| AdminError::Storage(e.to_string()))?;
                 carries.insert(carry.source.clone(), carry);
@@ -264,7 +280,28 @@ impl WriterCore {
         Ok(carries)
     }
 
+    /// Applies one step. Its writes are staged and join the group only on
+    /// success; every step changes the writer's in-memory state only after
+    /// its last possible refusal.
     pub(crate) fn apply_settlement(
+        &mut self,
+        group: &mut Group,
+        command: SettlementCommand,
+    ) -> Result<AdminReply, AdminError> {
+        debug_assert!(group.settlement_staged.is_empty());
+        let result = self.apply_settlement_staged(group, command);
+        let staged = std::mem::take(&mut group.settlement_staged);
+        if result.is_ok() {
+            let cf = self.ledger.cf(CF_SETTLEMENT);
+            for (key, value) in staged {
+                group.batch.put_cf(cf, &key, &value);
+                group.settlement_overlay.insert(key, value);
+            }
+        }
+        result
+    }
+
+    fn apply_settlement_staged(
         &mut self,
         group: &mut Group,
         command: SettlementCommand,
@@ -309,9 +346,9 @@ impl WriterCore {
                     return Ok(AdminReply::Done);
                 }
                 record.paid_at_ms = Some(group.now_ms);
-                if let Party::Payer(payer) = &record.bill.party {
-                    let owed = self.state.exposure(payer, &record.bill.asset).saturating_sub(record.bill.amount);
-                    self.state.set_exposure(payer, &record.bill.asset, owed);
+                for payer in self.bill_holders(&record.bill.party) {
+                    let owed = self.state.exposure(&payer, &record.bill.asset).saturating_sub(record.bill.amount);
+                    self.state.set_exposure(&payer, &record.bill.asset, owed);
                 }
                 self.s_put(group, key, &record);
                 Ok(AdminReply::Done)
@@ -339,7 +376,11 @@ impl WriterCore {
                 self.state.planned_through + 1
             )));
         }
-        if plan.payouts.len() > PAYOUTS_PER_EPOCH_MAX || batches.len() > BATCHES_PER_EPOCH_MAX {
+        if plan.payouts.len() > PAYOUTS_PER_EPOCH_MAX
+            || plan.bills.len() > PAYOUTS_PER_EPOCH_MAX
+            || plan.carries_out.len() > PAYOUTS_PER_EPOCH_MAX
+            || batches.len() > BATCHES_PER_EPOCH_MAX
+        {
             return Err(AdminError::Invalid("plan exceeds the per-epoch bounds".into()));
         }
         let carries = self.s_carries_into(group, epoch)?;
@@ -378,6 +419,31 @@ impl WriterCore {
             return Err(AdminError::Invalid("carries must go to the next epoch".into()));
         }
 
+        // Credit: the epoch's IOUs stop counting against payers; what they
+        // still owe is now their bills, which count until collected (a bill
+        // of a linked account counts against each payer linked to it).
+        // Computed in full before anything is staged, so a refusal here
+        // changes nothing.
+        let mut exposure: HashMap<(String, String), u128> = HashMap::new();
+        self.ledger
+            .scan_aggregates(CF_AGG_BY_PAYER, epoch, None, |payer, _, asset, value| {
+                let key = (payer.to_owned(), asset.to_owned());
+                let current = *exposure.entry(key.clone()).or_insert_with(|| self.state.exposure(payer, asset));
+                exposure.insert(key, current.saturating_sub(value.sum));
+                true
+            })
+            .map_err(|e| AdminError::Storage(e.to_string()))?;
+        for bill in &plan.bills {
+            for payer in self.bill_holders(&bill.party) {
+                let key = (payer.clone(), bill.asset.clone());
+                let current = *exposure.entry(key.clone()).or_insert_with(|| self.state.exposure(&payer, &bill.asset));
+                let owed = current
+                    .checked_add(bill.amount)
+                    .ok_or_else(|| AdminError::Invalid(format!("the bills of {payer} overflow")))?;
+                exposure.insert(key, owed);
+            }
+        }
+
         let record = EpochSettlement {
             epoch,
             status: SettlementStatus::Planned,
@@ -398,9 +464,7 @@ impl WriterCore {
         self.s_put(group, epoch_key(epoch), &record);
         for payout in plan.payouts {
             let index = batch_of[payout.id.as_str()];
-            let index_key = payout_index_key(&payout.id);
-            group.batch.put_cf(self.ledger.cf(CF_SETTLEMENT), &index_key, epoch.to_be_bytes());
-            group.settlement_overlay.insert(index_key, epoch.to_be_bytes().to_vec());
+            group.settlement_staged.insert(payout_index_key(&payout.id), epoch.to_be_bytes().to_vec());
             let key = payout_key(epoch, &payout.id);
             self.s_put(group, key, &PayoutRecord { payout, batch_index: index, state: PayoutState::Planned });
         }
@@ -412,32 +476,13 @@ impl WriterCore {
             let key = carry_key(carry.epoch_to, &carry.source);
             self.s_put(group, key, &carry);
         }
-        // Credit: the epoch's IOUs stop counting against payers; what they
-        // still owe is now their bills, which count until collected.
-        let mut settled_owed: Vec<(String, String, u128)> = Vec::new();
-        let mut overflow = false;
-        self.ledger
-            .scan_aggregates(CF_AGG_BY_PAYER, epoch, None, |payer, _, asset, value| {
-                settled_owed.push((payer.to_owned(), asset.to_owned(), value.sum));
-                true
-            })
-            .map_err(|e| AdminError::Storage(e.to_string()))?;
-        for (payer, asset, sum) in settled_owed {
-            let owed = self.state.exposure(&payer, &asset).saturating_sub(sum);
-            self.state.set_exposure(&payer, &asset, owed);
-        }
         for bill in plan.bills {
-            if let Party::Payer(payer) = &bill.party {
-                match self.state.exposure(payer, &bill.asset).checked_add(bill.amount) {
-                    Some(owed) => self.state.set_exposure(payer, &bill.asset, owed),
-                    None => overflow = true,
-                }
-            }
             let key = bill_key(epoch, &bill.id);
             self.s_put(group, key, &BillRecord { bill, paid_at_ms: None });
         }
-        if overflow {
-            return Err(AdminError::Invalid("a payer's bills overflow".into()));
+        // Nothing below can fail: now, and only now, change the state.
+        for ((payer, asset), owed) in exposure {
+            self.state.set_exposure(&payer, &asset, owed);
         }
         self.state.planned_through = epoch;
         Ok(AdminReply::Planned { epoch })
@@ -507,7 +552,9 @@ impl WriterCore {
     ) -> Result<AdminReply, AdminError> {
         let index_key = payout_index_key(payout_id);
         let epoch = match group.settlement_overlay.get(&index_key) {
-            Some(value) => Some(u64::from_be_bytes(value[..].try_into().expect("8 bytes"))),
+            Some(value) => Some(u64::from_be_bytes(
+                value[..].try_into().map_err(|_| AdminError::Storage("payout index value".into()))?,
+            )),
             None => self.ledger.payout_epoch(payout_id).map_err(|e| AdminError::Storage(e.to_string()))?,
         };
         let epoch = epoch.ok_or_else(|| AdminError::NotFound(format!("payout {payout_id}")))?;
@@ -518,9 +565,14 @@ impl WriterCore {
             Ok(reference) => PayoutState::Settled(bounded_reason(reference)),
             Err(reason) => PayoutState::Rejected(bounded_reason(reason)),
         };
+        let was_final = payout.state.is_final();
         match &payout.state {
             PayoutState::Submitted => {}
             state if *state == next => return Ok(AdminReply::BankStatus { changed: false }),
+            // Banks report acceptance early (ACCP, ACSP) and may still reject
+            // later: the later rejection wins and the credit is carried, so
+            // the payee is never left unpaid behind a "settled" label.
+            PayoutState::Settled(_) if matches!(next, PayoutState::Rejected(_)) && payout.payout.rail != Rail::Evm => {}
             state => {
                 return Err(AdminError::Invalid(format!(
                     "payout {payout_id} is {} and cannot take a bank status",
@@ -553,11 +605,28 @@ impl WriterCore {
         }
         payout.state = next;
         self.s_put(group, key, &payout);
-        record.payouts_open = record.payouts_open.saturating_sub(1);
+        if !was_final {
+            record.payouts_open = record.payouts_open.saturating_sub(1);
+        }
         record.updated_at_ms = group.now_ms;
         self.settle_status(&mut record);
         self.s_put(group, epoch_key(epoch), &record);
         Ok(AdminReply::BankStatus { changed: true })
+    }
+
+    /// The payers whose credit a bill holds: the payer itself, or every
+    /// payer linked to the billed payee account.
+    fn bill_holders(&self, party: &Party) -> Vec<String> {
+        match party {
+            Party::Payer(payer) => vec![payer.clone()],
+            Party::Payee(payee) => self
+                .state
+                .payers
+                .values()
+                .filter(|p| p.settles_with.as_deref() == Some(payee.as_str()))
+                .map(|p| p.id.clone())
+                .collect(),
+        }
     }
 
     /// Derives the terminal statuses from the counters: all batches done

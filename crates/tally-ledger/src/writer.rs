@@ -289,6 +289,8 @@ pub(crate) struct Group {
     /// Settlement records written by earlier commands of this group, which
     /// later commands must see before they reach RocksDB.
     pub(crate) settlement_overlay: HashMap<Vec<u8>, Vec<u8>>,
+    /// The current settlement command's writes, until it succeeds.
+    pub(crate) settlement_staged: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl WriterCore {
@@ -368,6 +370,7 @@ impl WriterCore {
             new_keys: Vec::new(),
             now_ms: (self.config.clock)(),
             settlement_overlay: HashMap::new(),
+            settlement_staged: HashMap::new(),
         };
         let mut replies = Vec::with_capacity(commands.len());
         let mut failure: Option<LedgerError> = None;

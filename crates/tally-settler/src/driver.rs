@@ -10,20 +10,24 @@
 //!    record the plan (payouts, bills, carries, batches) in one fsynced write.
 //! 3. **Submit** each batch not yet done:
 //!    - EVM: sign locally with an explicit nonce and *record the signed
-//!      bytes*, then broadcast, then wait for the receipt and record it. On
-//!      resume, the chain is asked first: if the payout contract has executed
-//!      the batch id, its transaction is recorded; otherwise the recorded bytes
+//!      bytes* (with the chain, contract and treasury they were signed for),
+//!      then broadcast, then wait for the receipt and record it. On resume,
+//!      the chain is asked first: if the payout contract has executed the
+//!      batch id, its transaction is recorded; otherwise the recorded bytes
 //!      are rebroadcast (same hash, so at most one of them can ever be mined);
 //!      if their nonce was taken by something else, the batch is signed again
-//!      with a fresh nonce. The contract refuses a batch id twice, so even an
-//!      operator's mistake cannot pay twice.
+//!      with a fresh nonce. The contract refuses a batch id twice per treasury.
+//!      A batch signed for another chain, contract or treasury than the one
+//!      configured now is never signed again: the epoch needs attention, since
+//!      the old transaction could still be mined.
 //!    - Bank files: generate the bytes (deterministic), record name and
 //!      SHA-256, write atomically into the outbox, record it. On resume the
 //!      file is regenerated; identical bytes already in the outbox are
 //!      recognised, different bytes stop with needs-attention.
 //! 4. The writer derives `submitted` / `settled` from the batches and payouts.
 //!
-//! A crash anywhere leaves a state from which [`Settler::settle`] with
+//! A failure leaves the batch's recorded state untouched and marks the epoch
+//! needs-attention with the reason. A crash anywhere leaves a state from which [`Settler::settle`] with
 //! `seal = false` (`tally settle --resume`, and `tally serve` at startup)
 //! completes the epoch. Only one settlement runs at a time (a mutex), so a
 //! schedule and a finance user never race.
@@ -221,11 +225,14 @@ impl Settler {
                 Rail::Iso20022 | Rail::Nacha => self.submit_bank_file(&record, &payouts).await,
             };
             if let Err(error) = result {
-                // Record why, then stop: later batches wait for the operator,
-                // and a rerun resumes from here.
-                let reason = error.to_string();
+                // Record why on the epoch, then stop: later batches wait for
+                // the operator, and a rerun resumes from here. The batch keeps
+                // its recorded state (the signed transaction, or the file's
+                // name and hash), which is what makes the rerun safe.
+                let reason = format!("batch {index}: {error}");
                 tracing::error!(epoch, batch = index, %reason, "settlement batch failed");
-                self.step(SettlementCommand::UpdateBatch { epoch, index, state: BatchState::Failed(reason) }).await?;
+                let status = SettlementStatus::NeedsAttention(reason);
+                self.step(SettlementCommand::SetStatus { epoch, status }).await?;
                 return Err(error);
             }
             done += 1;
@@ -272,8 +279,17 @@ impl Settler {
         if let Some(mined) = evm.batch_executed(batch_id).await? {
             return self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await;
         }
+        let context = self.evm_context(evm);
         let mut prepared = match &record.state {
-            BatchState::EvmPrepared { nonce, tx_hash, raw_tx } => Some((*nonce, B256::from(*tx_hash), raw_tx.clone())),
+            BatchState::EvmPrepared { nonce, tx_hash, raw_tx, signed_for } => {
+                if *signed_for != context {
+                    return Err(SettleError::Rail(format!(
+                        "batch {index} was signed for {signed_for}, but the configuration is now {context}; \
+                         its transaction may still be mined, so it is not signed again"
+                    )));
+                }
+                Some((*nonce, B256::from(*tx_hash), raw_tx.clone()))
+            }
             _ => None,
         };
         // A recorded transaction whose nonce something else consumed can
@@ -291,7 +307,12 @@ impl Settler {
                 let (recipients, amounts) = self.evm_transfers(batch, payouts)?;
                 let nonce = evm.pending_nonce().await?;
                 let tx = evm.prepare_pay_batch(batch_id, &recipients, &amounts, nonce).await?;
-                let state = BatchState::EvmPrepared { nonce: tx.nonce, tx_hash: tx.tx_hash.0, raw_tx: tx.raw.clone() };
+                let state = BatchState::EvmPrepared {
+                    nonce: tx.nonce,
+                    tx_hash: tx.tx_hash.0,
+                    raw_tx: tx.raw.clone(),
+                    signed_for: context.clone(),
+                };
                 self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
                 failpoint::hit("evm-after-prepare");
                 (tx.tx_hash, tx.raw)
@@ -322,6 +343,12 @@ impl Settler {
             return Err(SettleError::Rail(format!("batch {index}: transaction {tx_hash} reverted")));
         }
         self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await
+    }
+
+    /// What a signed transaction is bound to: chain, contract, treasury.
+    fn evm_context(&self, evm: &EvmClient) -> String {
+        let config = evm.config();
+        format!("chain {} contract {} treasury {}", config.chain_id, config.payout_contract, evm.treasury())
     }
 
     async fn record_mined(
@@ -512,10 +539,17 @@ impl Settler {
             };
             let accepted = verdict.is_ok();
             let command = SettlementCommand::RecordBankStatus { payout_id: payout_id.clone(), verdict };
-            match self.writer.admin(AdminCommand::Settlement(command)).await.map_err(admin_error)? {
-                AdminReply::BankStatus { changed: false } => summary.unchanged += 1,
-                _ if accepted => summary.accepted += 1,
-                _ => summary.rejected += 1,
+            match self.writer.admin(AdminCommand::Settlement(command)).await {
+                Ok(AdminReply::BankStatus { changed: false }) => summary.unchanged += 1,
+                Ok(_) if accepted => summary.accepted += 1,
+                Ok(_) => summary.rejected += 1,
+                // One payout's conflict (e.g. settled, then reported
+                // rejected) must not stop the rest of the report.
+                Err(AdminError::Invalid(reason)) => {
+                    tracing::warn!(payout_id, %reason, "bank status refused");
+                    summary.refused.push(format!("{payout_id}: {reason}"));
+                }
+                Err(error) => return Err(admin_error(error)),
             }
         }
         Ok(summary)
@@ -546,4 +580,6 @@ pub struct ImportSummary {
     pub pending: u64,
     /// Payouts whose status was already recorded.
     pub unchanged: u64,
+    /// Statuses the ledger refused (a conflicting verdict), with the reason.
+    pub refused: Vec<String>,
 }

@@ -367,6 +367,7 @@ impl Settlement for SettlementService {
             rejected: summary.rejected,
             pending: summary.pending,
             unchanged: summary.unchanged,
+            refused: summary.refused,
         }))
     }
 }

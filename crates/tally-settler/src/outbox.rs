@@ -10,6 +10,12 @@
 //! Writing the same name twice is idempotent when the bytes are identical
 //! (a rerun after a crash) and refused when they differ: an outbox file is
 //! never overwritten with different content.
+//!
+//! The bank uploader may take files out of the outbox, so "is it still
+//! there?" cannot tell a rerun whether a file was already submitted. Every
+//! file is therefore also hard-linked into `.sent/` (ignored by readers, like
+//! every dot-name) before it is renamed into place: a name found in `.sent/`
+//! was published, whatever has happened to the outbox copy since.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -37,8 +43,32 @@ pub enum OutboxError {
     BadName(String),
 }
 
+/// Where published files are recorded (hard links), inside the outbox.
+pub const SENT_DIR: &str = ".sent";
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
     move |source| OutboxError::Io { path: path.to_owned(), source }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Missing,
+    Same,
+    Different,
+}
+
+/// Compares the file at `path` with `bytes`, reading it only when the sizes
+/// match (so a stray huge file is never read into memory).
+fn compare(path: &Path, bytes: &[u8]) -> Result<Existing, OutboxError> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.len() != bytes.len() as u64 => Ok(Existing::Different),
+        Ok(_) => {
+            let existing = fs::read(path).map_err(io(path))?;
+            Ok(if existing == bytes { Existing::Same } else { Existing::Different })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Existing::Missing),
+        Err(e) => Err(OutboxError::Io { path: path.to_owned(), source: e }),
+    }
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -54,13 +84,24 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
     if !name_ok {
         return Err(OutboxError::BadName(name.to_owned()));
     }
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    let sent_dir = dir.join(SENT_DIR);
+    fs::create_dir_all(&sent_dir).map_err(io(&sent_dir))?;
     let target = dir.join(name);
-    match fs::read(&target) {
-        Ok(existing) if existing == bytes => return Ok(OutboxWrite::AlreadyPresent(target)),
-        Ok(_) => return Err(OutboxError::Different(target)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(OutboxError::Io { path: target, source: e }),
+    let sent = sent_dir.join(name);
+    match (compare(&sent, bytes)?, compare(&target, bytes)?) {
+        (_, Existing::Different) => return Err(OutboxError::Different(target)),
+        (Existing::Different, _) => return Err(OutboxError::Different(sent)),
+        (sent_state, Existing::Same) => {
+            // Renamed into place before a crash that preceded the record.
+            if sent_state == Existing::Missing {
+                fs::hard_link(&target, &sent).map_err(io(&sent))?;
+                File::open(&sent_dir).and_then(|d| d.sync_all()).map_err(io(&sent_dir))?;
+            }
+            return Ok(OutboxWrite::AlreadyPresent(target));
+        }
+        // Published before, and since picked up by the uploader.
+        (Existing::Same, Existing::Missing) => return Ok(OutboxWrite::AlreadyPresent(sent)),
+        (Existing::Missing, Existing::Missing) => {}
     }
     let temporary = dir.join(format!(".{name}.partial"));
     {
@@ -73,6 +114,9 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
         file.write_all(&bytes[half..]).map_err(io(&temporary))?;
         file.sync_all().map_err(io(&temporary))?;
     }
+    // The record first, then the visible file; both directories fsynced.
+    fs::hard_link(&temporary, &sent).map_err(io(&sent))?;
+    File::open(&sent_dir).and_then(|d| d.sync_all()).map_err(io(&sent_dir))?;
     fs::rename(&temporary, &target).map_err(io(&target))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(OutboxWrite::Written(target))
@@ -91,7 +135,28 @@ mod tests {
         assert!(matches!(write_atomically(dir.path(), "a.xml", b"other"), Err(OutboxError::Different(_))));
         assert!(matches!(write_atomically(dir.path(), "../x", b"x"), Err(OutboxError::BadName(_))));
         assert!(matches!(write_atomically(dir.path(), ".hidden", b"x"), Err(OutboxError::BadName(_))));
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("a.xml")]);
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from(".sent"), std::ffi::OsString::from("a.xml")]);
+    }
+
+    #[test]
+    fn a_file_picked_up_by_the_uploader_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomically(dir.path(), "b.ach", b"payments").unwrap();
+        // The bank uploader takes the file away.
+        fs::remove_file(dir.path().join("b.ach")).unwrap();
+        assert!(matches!(write_atomically(dir.path(), "b.ach", b"payments").unwrap(), OutboxWrite::AlreadyPresent(_)));
+        assert!(!dir.path().join("b.ach").exists(), "not published a second time");
+        assert!(matches!(write_atomically(dir.path(), "b.ach", b"other"), Err(OutboxError::Different(_))));
+    }
+
+    #[test]
+    fn a_torn_temporary_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".c.xml.partial"), b"half").unwrap();
+        assert!(matches!(write_atomically(dir.path(), "c.xml", b"whole").unwrap(), OutboxWrite::Written(_)));
+        assert_eq!(fs::read(dir.path().join("c.xml")).unwrap(), b"whole");
+        assert!(!dir.path().join(".c.xml.partial").exists());
     }
 }

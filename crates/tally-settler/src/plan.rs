@@ -49,21 +49,31 @@ pub fn policy(ledger: &Ledger, config: &SettlementConfig) -> Result<SettlementPo
             Rail::Evm => config.evm.as_ref().map_or(scale, |e| e.token_decimals),
             Rail::Iso20022 | Rail::Nacha => currency_minor_units(code),
         };
-        let payable_multiple = if scale > rail_scale { 10u128.pow(u32::from(scale - rail_scale)) } else { 1 };
+        let payable_multiple = if scale > rail_scale { pow10(scale - rail_scale)? } else { 1 };
         assets.insert(code.clone(), AssetPolicy { rail, payout_min, payable_multiple });
     }
     Ok(SettlementPolicy { fee_bps: config.fee_bps, assets })
 }
 
-/// Converts a payout amount (asset units) to the rail's units.
+fn pow10(exponent: u8) -> Result<u128, SettleError> {
+    10u128.checked_pow(u32::from(exponent)).ok_or_else(|| SettleError::Config(format!("10^{exponent} overflows")))
+}
+
+/// Converts a payout amount (asset units) to the rail's units, exactly: an
+/// amount the rail cannot represent (the rail's scale changed since the
+/// plan) is an error, never a silent truncation.
 pub fn to_rail_units(amount: u128, asset_scale: u8, rail_scale: u8) -> Result<u128, SettleError> {
     if rail_scale >= asset_scale {
         amount
-            .checked_mul(10u128.pow(u32::from(rail_scale - asset_scale)))
+            .checked_mul(pow10(rail_scale - asset_scale)?)
             .ok_or_else(|| SettleError::Config(format!("amount {amount} overflows at the rail's scale")))
     } else {
-        let divisor = 10u128.pow(u32::from(asset_scale - rail_scale));
-        debug_assert_eq!(amount % divisor, 0, "netting pays whole multiples of the rail's unit");
+        let divisor = pow10(asset_scale - rail_scale)?;
+        if !amount.is_multiple_of(divisor) {
+            return Err(SettleError::Config(format!(
+                "amount {amount} is not a whole number of the rail's units (scale {rail_scale}); was the rail changed?"
+            )));
+        }
         Ok(amount / divisor)
     }
 }

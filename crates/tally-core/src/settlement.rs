@@ -620,6 +620,10 @@ pub struct PayoutRecord {
 pub struct BillRecord {
     pub bill: Bill,
     pub paid_at_ms: Option<u64>,
+    /// The payers whose credit this bill holds until it is paid, fixed when
+    /// the plan is recorded (the billed payer, or the payers linked to the
+    /// billed account then), so later link changes never move credit.
+    pub holders: Vec<String>,
 }
 
 /// Truncates a reason to [`REASON_LEN_MAX`] bytes on a character boundary.

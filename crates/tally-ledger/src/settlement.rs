@@ -212,22 +212,12 @@ impl Ledger {
     /// Open bills owed by unlinked payers: `(payer, asset) → amount`.
     pub fn open_bills_by_payer(&self) -> Result<HashMap<(String, String), u128>, LedgerError> {
         let mut out: HashMap<(String, String), u128> = HashMap::new();
-        let mut linked: HashMap<String, Vec<String>> = HashMap::new();
-        for payer in self.payers()? {
-            if let Some(payee) = payer.settles_with {
-                linked.entry(payee).or_default().push(payer.id);
-            }
-        }
         let bills: Vec<BillRecord> = self.settlement_scan(b"B", "bill", OPEN_BILLS_SCAN_MAX)?;
         for record in bills {
             if record.paid_at_ms.is_some() {
                 continue;
             }
-            let holders = match &record.bill.party {
-                Party::Payer(payer) => vec![payer.clone()],
-                Party::Payee(payee) => linked.get(payee).cloned().unwrap_or_default(),
-            };
-            for payer in holders {
+            for payer in record.holders {
                 let slot = out.entry((payer.clone(), record.bill.asset.clone())).or_default();
                 *slot = slot
                     .checked_add(record.bill.amount)
@@ -346,9 +336,9 @@ impl WriterCore {
                     return Ok(AdminReply::Done);
                 }
                 record.paid_at_ms = Some(group.now_ms);
-                for payer in self.bill_holders(&record.bill.party) {
-                    let owed = self.state.exposure(&payer, &record.bill.asset).saturating_sub(record.bill.amount);
-                    self.state.set_exposure(&payer, &record.bill.asset, owed);
+                for payer in &record.holders {
+                    let owed = self.state.exposure(payer, &record.bill.asset).saturating_sub(record.bill.amount);
+                    self.state.set_exposure(payer, &record.bill.asset, owed);
                 }
                 self.s_put(group, key, &record);
                 Ok(AdminReply::Done)
@@ -369,6 +359,12 @@ impl WriterCore {
         }
         if epoch <= self.state.planned_through {
             return Err(AdminError::AlreadyExists(format!("the plan of epoch {epoch}")));
+        }
+        if group.aggregates.keys().any(|(e, _, _, _)| *e == epoch) {
+            // The plan was netted from disk; IOUs of this epoch still in this
+            // group were not in it. (The settler plans only after the seal's
+            // reply, so this is a caller's error, refused rather than wrong.)
+            return Err(AdminError::Invalid(format!("epoch {epoch} has IOUs not yet durable; plan it again")));
         }
         if epoch != self.state.planned_through + 1 {
             return Err(AdminError::Invalid(format!(
@@ -416,7 +412,18 @@ impl WriterCore {
             return Err(AdminError::Invalid("a batch names a payout the plan does not have".into()));
         }
         if plan.carries_out.iter().any(|c| c.epoch_to != epoch + 1) {
-            return Err(AdminError::Invalid("carries must go to the next epoch".into()));
+            return Err(AdminError::Invalid("carried credit must go to the next epoch".into()));
+        }
+        let unique = |ids: Vec<&str>| {
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.windows(2).all(|w| w[0] != w[1])
+        };
+        if !unique(plan.bills.iter().map(|b| b.id.as_str()).collect())
+            || !unique(plan.carries_out.iter().map(|c| c.source.as_str()).collect())
+            || !unique(plan.payouts.iter().map(|p| p.id.as_str()).collect())
+        {
+            return Err(AdminError::Invalid("bill ids, payout ids and carry sources must be unique".into()));
         }
 
         // Credit: the epoch's IOUs stop counting against payers; what they
@@ -478,7 +485,8 @@ impl WriterCore {
         }
         for bill in plan.bills {
             let key = bill_key(epoch, &bill.id);
-            self.s_put(group, key, &BillRecord { bill, paid_at_ms: None });
+            let holders = self.bill_holders(&bill.party);
+            self.s_put(group, key, &BillRecord { bill, paid_at_ms: None, holders });
         }
         // Nothing below can fail: now, and only now, change the state.
         for ((payer, asset), owed) in exposure {
@@ -501,6 +509,18 @@ impl WriterCore {
             .ok_or_else(|| AdminError::NotFound(format!("batch {index} of epoch {epoch}")))?;
         if batch.state == state {
             return Ok(AdminReply::Done);
+        }
+        let state_rail_ok = match &state {
+            BatchState::EvmPrepared { .. } | BatchState::EvmMined { .. } => batch.batch.rail == Rail::Evm,
+            BatchState::FilePrepared { .. } | BatchState::FileWritten { .. } => batch.batch.rail != Rail::Evm,
+            BatchState::Planned | BatchState::Failed(_) => true,
+        };
+        if !state_rail_ok {
+            return Err(AdminError::Invalid(format!(
+                "batch {index} of epoch {epoch} is a {} batch and cannot become {}",
+                batch.batch.rail,
+                state.label()
+            )));
         }
         if !batch.state.may_become(&state) {
             return Err(AdminError::Invalid(format!(
@@ -633,6 +653,8 @@ impl WriterCore {
     /// and all payouts final is `Settled`; all batches done with bank
     /// payouts awaiting status is `Submitted`.
     fn settle_status(&self, record: &mut EpochSettlement) {
+        // Settled is final. Needs-attention is about batches: it holds
+        // while any batch is open, and gives way once all are done.
         if matches!(record.status, SettlementStatus::Settled) {
             return;
         }

@@ -283,7 +283,7 @@ pub(crate) struct WriterCore {
 pub(crate) struct Group {
     pub(crate) batch: WriteBatch,
     staged: HashMap<NonceKey, Staged>,
-    aggregates: HashMap<(u64, String, String, String), AggregateValue>,
+    pub(crate) aggregates: HashMap<(u64, String, String, String), AggregateValue>,
     new_keys: Vec<VerifyingKey>,
     pub(crate) now_ms: u64,
     /// Settlement records written by earlier commands of this group, which

@@ -193,7 +193,9 @@ impl Settler {
                     failpoint::hit("settle-after-plan");
                     return Ok(());
                 }
-                Err(AdminError::Invalid(message)) if message.contains("carries") => continue,
+                // The carries into the epoch (or its IOUs) changed since
+                // they were read: read and net again.
+                Err(AdminError::Invalid(message)) if message.ends_with("plan it again") => continue,
                 Err(error) => return Err(admin_error(error)),
             }
         }

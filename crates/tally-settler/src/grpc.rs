@@ -296,7 +296,7 @@ impl Settlement for SettlementService {
                 Ok(ledger
                     .bills(epoch)?
                     .iter()
-                    .map(|BillRecord { bill, paid_at_ms }| bill_to_proto(bill, *paid_at_ms, &scales))
+                    .map(|BillRecord { bill, paid_at_ms, .. }| bill_to_proto(bill, *paid_at_ms, &scales))
                     .collect())
             })
             .await?;

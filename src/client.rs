@@ -66,17 +66,21 @@ impl Interceptor for BearerToken {
 pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 pub async fn admin(args: &AdminArgs) -> anyhow::Result<Admin> {
-    let token = match &args.admin_token {
-        Some(token) => token.clone(),
+    admin_with_token(channel(&args.server).await?, &admin_token(args)?)
+}
+
+/// The admin token: `--admin-token`, else `<data-dir>/admin-token`.
+pub fn admin_token(args: &AdminArgs) -> anyhow::Result<String> {
+    match &args.admin_token {
+        Some(token) => Ok(token.clone()),
         None => {
             let path = args.data_dir.join(ADMIN_TOKEN_FILE);
-            std::fs::read_to_string(&path)
+            Ok(std::fs::read_to_string(&path)
                 .with_context(|| format!("no --admin-token given and {} is unreadable", path.display()))?
                 .trim()
-                .to_owned()
+                .to_owned())
         }
-    };
-    admin_with_token(channel(&args.server).await?, &token)
+    }
 }
 
 pub fn admin_with_token(channel: Channel, token: &str) -> anyhow::Result<Admin> {
@@ -95,16 +99,7 @@ pub type Settlement = tally_settler::grpc::proto::settlement_client::SettlementC
 
 /// A settlement client; settlement calls need the admin token.
 pub async fn settlement(args: &AdminArgs) -> anyhow::Result<Settlement> {
-    let token = match &args.admin_token {
-        Some(token) => token.clone(),
-        None => {
-            let path = args.data_dir.join(ADMIN_TOKEN_FILE);
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("no --admin-token given and {} is unreadable", path.display()))?
-                .trim()
-                .to_owned()
-        }
-    };
+    let token = admin_token(args)?;
     Ok(tally_settler::grpc::proto::settlement_client::SettlementClient::with_interceptor(
         channel(&args.server).await?,
         BearerToken::new(&token)?,

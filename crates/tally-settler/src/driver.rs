@@ -466,12 +466,16 @@ impl Settler {
                         name,
                     });
                 }
+                // Files of one epoch share the creation time; the modifier
+                // (A, B, … by chunk) tells them apart, as NACHA requires.
+                let chunk: usize = batch.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                let file_id_modifier = char::from(b'A' + (chunk.saturating_sub(1) % 26) as u8);
                 let file = bank::NachaFile {
                     immediate_destination: settings.immediate_destination.clone(),
                     immediate_destination_name: settings.immediate_destination_name.clone(),
                     immediate_origin: settings.immediate_origin.clone(),
                     immediate_origin_name: settings.immediate_origin_name.clone(),
-                    file_id_modifier: 'A',
+                    file_id_modifier,
                     created_at_ms,
                     batches: vec![bank::NachaBatch {
                         sec_code,

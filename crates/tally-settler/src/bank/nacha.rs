@@ -189,16 +189,8 @@ pub struct NachaEntry {
     pub addenda_count: u32,
 }
 
-/// True when `routing` is 9 ASCII digits passing the ABA 3-7-1 check digit.
-pub fn aba_routing_is_valid(routing: &str) -> bool {
-    let b = routing.as_bytes();
-    if b.len() != 9 || !b.iter().all(u8::is_ascii_digit) {
-        return false;
-    }
-    let weights = [3u32, 7, 1, 3, 7, 1, 3, 7, 1];
-    let sum: u32 = b.iter().zip(weights).map(|(d, w)| u32::from(d - b'0') * w).sum();
-    sum.is_multiple_of(10)
-}
+/// ABA routing check digits (3-7-1): shared with registration-time checks.
+pub use tally_core::destination::aba_routing_is_valid;
 
 /// Writes `file` as NACHA text: records of 94 characters each followed by `\n`, padded
 /// with `9` records to a multiple of 10. Deterministic.
@@ -704,16 +696,6 @@ fn parse_batch(lines: &[&str], i: &mut usize) -> Result<NachaBatchSummary, BankF
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aba_check_digits() {
-        assert!(aba_routing_is_valid("011000015"));
-        assert!(aba_routing_is_valid("021000021"));
-        assert!(aba_routing_is_valid("091000019"));
-        assert!(!aba_routing_is_valid("021000022"));
-        assert!(!aba_routing_is_valid("02100002"));
-        assert!(!aba_routing_is_valid("02100002a"));
-    }
 
     #[test]
     fn padding_helpers() {

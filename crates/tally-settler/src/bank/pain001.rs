@@ -27,9 +27,6 @@ const TEXT_CHARS_MAX: usize = 140;
 /// Amounts and control sums are `totalDigits 18` in the XSD: integers in minor units must
 /// stay below 10^18 so the decimal has at most 18 digits.
 const AMOUNT_MINOR_LIMIT: u128 = 1_000_000_000_000_000_000;
-/// IBAN length bounds (ISO 13616: 2 letters, 2 check digits, up to 30 characters).
-const IBAN_CHARS_MIN: usize = 5;
-const IBAN_CHARS_MAX: usize = 34;
 /// Indentation of the written XML (deterministic, readable).
 const INDENT_SPACES: usize = 2;
 
@@ -321,43 +318,12 @@ fn check_iban(field: &str, iban: &str) -> Result<(), BankFileError> {
     Ok(())
 }
 
-/// True when `iban` is an IBAN in electronic form (upper case, no spaces) whose ISO 13616
-/// mod-97 check holds. Country-specific lengths are the bank's business.
-pub fn iban_is_valid(iban: &str) -> bool {
-    let b = iban.as_bytes();
-    if b.len() < IBAN_CHARS_MIN || b.len() > IBAN_CHARS_MAX {
-        return false;
-    }
-    let shape = b[..2].iter().all(u8::is_ascii_uppercase)
-        && b[2..4].iter().all(u8::is_ascii_digit)
-        && b[4..].iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-    if !shape {
-        return false;
-    }
-    // Move the first four characters to the end, letters become 10..=35, then mod 97.
-    let mut remainder: u32 = 0;
-    for &c in b[4..].iter().chain(&b[..4]) {
-        let value = if c.is_ascii_digit() { u32::from(c - b'0') } else { u32::from(c - b'A') + 10 };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
-    }
-    remainder == 1
-}
+/// ISO 13616 IBAN check: shared with registration-time checks.
+pub use tally_core::destination::iban_is_valid;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iban_checks() {
-        assert!(iban_is_valid("DE89370400440532013000"));
-        assert!(iban_is_valid("FR1420041010050500013M02606"));
-        assert!(iban_is_valid("GB82WEST12345698765432"));
-        assert!(!iban_is_valid("DE89370400440532013001"));
-        assert!(!iban_is_valid("de89370400440532013000"));
-        assert!(!iban_is_valid("DE89 3704 0044 0532 0130 00"));
-        assert!(!iban_is_valid(""));
-        assert!(!iban_is_valid("DE8"));
-    }
 
     #[test]
     fn identifiers_and_bics() {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "tally-data";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8402";
 pub const DEFAULT_NETWORK: &str = "tally:local";
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
@@ -30,6 +31,10 @@ pub struct ServeArgs {
     /// Prometheus metrics listen address; "off" disables it.
     #[arg(long, env = "TALLY_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// x402 facilitator HTTP listen address (/supported, /verify, /settle);
+    /// "off" disables it.
+    #[arg(long, env = "TALLY_HTTP_ADDR")]
+    pub http_addr: Option<String>,
     /// The Tally network id IOUs must name.
     #[arg(long, env = "TALLY_NETWORK")]
     pub network: Option<String>,
@@ -49,6 +54,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub grpc_addr: Option<SocketAddr>,
     pub metrics_addr: Option<String>,
+    pub http_addr: Option<String>,
     pub network: Option<String>,
     pub admin_token: Option<String>,
     pub limits: Option<FileLimits>,
@@ -77,6 +83,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub network: String,
     pub admin_token: AdminToken,
     pub limits: FileLimits,
@@ -112,6 +119,11 @@ impl ServeArgs {
             Some(addr) => Some(addr.parse().with_context(|| format!("metrics address {addr:?}"))?),
             None => Some(DEFAULT_METRICS_ADDR.parse().expect("valid default")),
         };
+        let http_addr = match self.http_addr.or(file.http_addr).as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().with_context(|| format!("HTTP address {addr:?}"))?),
+            None => Some(DEFAULT_HTTP_ADDR.parse().expect("valid default")),
+        };
         let network = self.network.or(file.network).unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
         let admin_token = match self.admin_token.or(file.admin_token) {
             Some(token) if token.is_empty() => anyhow::bail!("the admin token must not be empty"),
@@ -122,6 +134,7 @@ impl ServeArgs {
             data_dir,
             grpc_addr,
             metrics_addr,
+            http_addr,
             network,
             admin_token: AdminToken(admin_token),
             limits: file.limits.unwrap_or_default(),

@@ -74,6 +74,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         credit_limit: 1_000_000_000_000,
         measure_verify: false,
         json: false,
+        http: None,
     };
     let mut admin = client::admin(&load.admin).await?;
     loadgen::register(&load, &mut admin).await?;

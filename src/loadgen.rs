@@ -8,6 +8,11 @@
 //! receiving its per-IOU results, which the server sends only after the
 //! fsync. Optionally `--measure-verify` measures, in the same run, the raw
 //! batch-verification rate of all cores: the ceiling ingest is judged by.
+//!
+//! With `--http URL`, the same pre-signed IOUs go to an x402 facilitator
+//! instead: one `POST /settle` per IOU (a Tally IOU commitment), from
+//! `--streams × --window` concurrent requests over keep-alive connections.
+//! Latency is then per request, again answered only after the fsync.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -80,6 +85,10 @@ pub struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Send to this x402 facilitator (e.g. http://127.0.0.1:8402) with one
+    /// `POST /settle` per IOU, instead of gRPC batches.
+    #[arg(long)]
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -370,6 +379,9 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     let args_for_signing = args.clone();
     let batches = tokio::task::spawn_blocking(move || presign(&args_for_signing, &keys)).await??;
 
+    if let Some(url) = &args.http {
+        return run_http(args, url, batches, verify_rate, cores, quiet).await;
+    }
     let connections = args.connections.min(args.streams);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -427,6 +439,107 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     Ok(report)
 }
 
+/// The x402 body of one IOU: a facilitator request whose requirements
+/// accept exactly the IOU's amount.
+fn settle_body(iou: proto::Iou) -> anyhow::Result<Vec<u8>> {
+    let signed = tally_ingest::convert::iou_from_proto(iou).map_err(|o| anyhow::anyhow!("presigned IOU: {o:?}"))?;
+    let iou = &signed.iou;
+    let requirements = serde_json::json!({
+        "scheme": "batch-settlement", "network": iou.network, "amount": iou.amount.to_string(),
+        "asset": iou.asset, "payTo": iou.payee,
+    });
+    let body = serde_json::json!({
+        "x402Version": 2,
+        "paymentPayload": {
+            "x402Version": 2,
+            "accepted": requirements,
+            "payload": tally_x402::commitment::TallyIouPayload::from_signed(&signed),
+        },
+        "paymentRequirements": requirements,
+    });
+    Ok(serde_json::to_vec(&body)?)
+}
+
+async fn run_http(
+    args: &LoadgenArgs,
+    url: &str,
+    batches: Vec<SubmitBatchRequest>,
+    verify_rate: Option<f64>,
+    cores: usize,
+    quiet: bool,
+) -> anyhow::Result<LoadgenReport> {
+    let workers = args.streams * args.window;
+    let mut per_worker: Vec<Vec<Vec<u8>>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut n = 0usize;
+    for batch in batches {
+        for iou in batch.ious {
+            per_worker[n % workers].push(settle_body(iou)?);
+            n += 1;
+        }
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(workers).tcp_nodelay(true).build()?;
+    let endpoint = format!("{}/settle", url.trim_end_matches('/'));
+    let progress = if quiet { ProgressBar::hidden() } else { ProgressBar::new(args.ious) };
+    let started = Instant::now();
+    let tasks: Vec<_> = per_worker
+        .into_iter()
+        .map(|bodies| {
+            let http = http.clone();
+            let endpoint = endpoint.clone();
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut stats = StreamStats {
+                    latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+                    outcomes: BTreeMap::new(),
+                };
+                for body in bodies {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&endpoint)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .context("POST /settle")?;
+                    let answer: serde_json::Value = response.json().await.context("/settle answer")?;
+                    stats.latency_us.saturating_record(sent.elapsed().as_micros() as u64);
+                    let outcome = match answer["success"].as_bool() {
+                        Some(true) => "settled".to_owned(),
+                        _ => answer["errorReason"].as_str().unwrap_or("unknown").to_owned(),
+                    };
+                    *stats.outcomes.entry(outcome).or_default() += 1;
+                    progress.inc(1);
+                }
+                Ok::<StreamStats, anyhow::Error>(stats)
+            })
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    let mut outcomes = BTreeMap::new();
+    for task in tasks {
+        let stats = task.await??;
+        latency_us.add(&stats.latency_us).expect("same bounds");
+        for (name, count) in stats.outcomes {
+            *outcomes.entry(name).or_default() += count;
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let answered: u64 = outcomes.values().sum();
+    Ok(LoadgenReport {
+        ious: answered,
+        elapsed_s,
+        ious_per_s: answered as f64 / elapsed_s,
+        outcomes,
+        batch_latency_us_p50: latency_us.value_at_quantile(0.50),
+        batch_latency_us_p99: latency_us.value_at_quantile(0.99),
+        batch_latency_us_p999: latency_us.value_at_quantile(0.999),
+        batch_latency_us_max: latency_us.max(),
+        verify_batch_rate_all_cores: verify_rate,
+        cores,
+    })
+}
+
 pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let mut rows = vec![
@@ -435,13 +548,16 @@ pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {
         vec!["throughput".into(), format!("{:.0} IOUs/s", report.ious_per_s)],
         vec![
             "shape".into(),
-            format!(
-                "{} streams x {} batches in flight x {} IOUs, {} connections",
-                args.streams,
-                args.window,
-                args.batch,
-                args.connections.min(args.streams)
-            ),
+            match &args.http {
+                Some(url) => format!("{} concurrent POST {url}/settle, one IOU each", args.streams * args.window),
+                None => format!(
+                    "{} streams x {} batches in flight x {} IOUs, {} connections",
+                    args.streams,
+                    args.window,
+                    args.batch,
+                    args.connections.min(args.streams)
+                ),
+            },
         ],
         vec!["batch ack latency p50".into(), ms(report.batch_latency_us_p50)],
         vec!["batch ack latency p99".into(), ms(report.batch_latency_us_p99)],

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tally_ingest::{AdminAuth, Engine, EngineConfig, ExtraServices, GrpcLimits};
 use tally_settler::grpc::{SettlementServer, SettlementService};
 use tally_settler::{Schedule, SettleRequest, Settler};
+use tally_x402::{Facilitator, FacilitatorConfig, serve_http};
 
 use crate::config::{ServeArgs, ServeConfig};
 
@@ -34,6 +35,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = tally_ingest::serve(&engine, config.grpc_addr, &config.admin_token.0, &limits, extra)
         .await
         .map_err(|e| anyhow::anyhow!("starting gRPC on {}: {e}", config.grpc_addr))?;
+    let http = match config.http_addr {
+        Some(addr) => {
+            let facilitator = Facilitator::new(
+                FacilitatorConfig::new(&config.network),
+                engine.pipeline.clone(),
+                engine.ledger.clone(),
+            );
+            Some(serve_http(&facilitator, addr).await.with_context(|| format!("binding HTTP on {addr}"))?)
+        }
+        None => None,
+    };
     // An epoch left mid-settlement by a crash is finished now, then the
     // schedule (if any) takes over.
     let background = tokio::spawn(settlement_loop(settler.clone(), config.settlement.schedule.clone()));
@@ -48,6 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let ready = serde_json::json!({
             "grpc_addr": server.local_addr.to_string(),
             "metrics_addr": metrics_addr.map(|a| a.to_string()),
+            "http_addr": http.as_ref().map(|h| h.local_addr.to_string()),
             "pid": std::process::id(),
         });
         let tmp = path.with_extension("tmp");
@@ -57,6 +70,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     background.abort();
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, http.stop()).await;
+    }
     server.stop_within(SHUTDOWN_GRACE).await?;
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())

@@ -176,6 +176,7 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
     pub metrics_addr: String,
+    pub http_addr: String,
 }
 
 impl ServerProcess {
@@ -190,6 +191,7 @@ impl ServerProcess {
         let mut command = Command::new(tally_binary());
         command
             .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
+            .args(["--http-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--ready-file")
@@ -216,6 +218,7 @@ impl ServerProcess {
             child,
             addr: ready["grpc_addr"].as_str().unwrap().to_owned(),
             metrics_addr: ready["metrics_addr"].as_str().unwrap_or_default().to_owned(),
+            http_addr: ready["http_addr"].as_str().unwrap_or_default().to_owned(),
         }
     }
 

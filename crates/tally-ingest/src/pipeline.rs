@@ -236,6 +236,24 @@ impl Pipeline {
         Ok(results)
     }
 
+    /// Checks one IOU exactly as [`Pipeline::submit`] would up to the commit
+    /// (shape, network, validity window, registered key, signature) and
+    /// records nothing. Replay and credit are the writer's decisions; a
+    /// caller that wants to preview them reads the ledger. `Accepted` here
+    /// means "would reach the writer".
+    pub async fn verify_only(&self, signed: SignedIou) -> Result<Outcome, PipelineError> {
+        let now_s = (self.clock)() / 1000;
+        if let Err(outcome) = self.check(&signed, now_s) {
+            return Ok(outcome);
+        }
+        let Some(key) = self.writer.directory().lookup(&signed.iou.payer_key) else {
+            return Ok(Outcome::UnknownPayer);
+        };
+        let signing_bytes = signed.iou.signing_bytes();
+        let verified = self.verify(vec![Candidate { index: 0, signed, signing_bytes, key }]).await?;
+        Ok(if verified.first().is_some_and(|(_, valid)| *valid) { Outcome::Accepted } else { Outcome::BadSignature })
+    }
+
     fn check(&self, signed: &SignedIou, now_s: u64) -> Result<(), Outcome> {
         let iou = &signed.iou;
         iou.check_shape().map_err(|_| Outcome::Malformed)?;

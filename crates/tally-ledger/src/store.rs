@@ -232,6 +232,19 @@ impl Ledger {
         self.accounts_with_prefix(ACCOUNT_PAYEE_PREFIX, "payee record")
     }
 
+    /// The payer that registered `key`, if any.
+    pub fn key_owner(&self, key: &PublicKeyBytes) -> Result<Option<String>, LedgerError> {
+        let mut record_key = ACCOUNT_KEY_PREFIX.to_vec();
+        record_key.extend_from_slice(key);
+        match self.db.get_cf(self.cf(CF_ACCOUNTS), record_key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(
+                String::from_utf8(value.to_vec())
+                    .map_err(|_| LedgerError::Corruption("key owner is not UTF-8".into()))?,
+            )),
+        }
+    }
+
     /// Which payer owns each registered key.
     pub fn key_owners(&self) -> Result<Vec<(PublicKeyBytes, String)>, LedgerError> {
         let mut out = Vec::new();

@@ -1,0 +1,169 @@
+//! Tally's commitment formats inside `paymentPayload.payload`.
+//!
+//! **`tally-iou-v1`**: the same canonical signed IOU as over gRPC
+//! (`docs/iou-format.md`), with binary fields in lower-case hex and the
+//! amount as a decimal string:
+//!
+//! ```json
+//! {"format":"tally-iou-v1",
+//!  "iou":{"network":"tally:local","payerKey":"<64 hex>","payee":"site.example","asset":"USD",
+//!         "amount":"1000","nonce":"<32 hex>","issuedAt":1767225600,"expiresAt":1767225900,
+//!         "resource":"https://site.example/page"},
+//!  "signature":"<128 hex>"}
+//! ```
+//!
+//! **Payment identifiers** (the `payment-identifier` extension) map onto the
+//! ledger's replay index: the IOU's nonce must be
+//! [`nonce_for_payment_id`]`(id)`. The same id with the same payload is then
+//! a duplicate the ledger answers with the original commitment; the same id
+//! with a different payload is a conflict (HTTP 409). Both hold across
+//! restarts, because the replay index is durable.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tally_core::{Iou, Nonce, SignedIou};
+
+use crate::types::Reason;
+
+pub const FORMAT_TALLY_IOU: &str = "tally-iou-v1";
+/// Payment identifiers: 16..=128 characters of `[A-Za-z0-9_-]`.
+pub const PAYMENT_ID_LEN_MIN: usize = 16;
+pub const PAYMENT_ID_LEN_MAX: usize = 128;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IouJson {
+    pub network: String,
+    pub payer_key: String,
+    pub payee: String,
+    pub asset: String,
+    pub amount: String,
+    pub nonce: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TallyIouPayload {
+    pub format: String,
+    pub iou: IouJson,
+    pub signature: String,
+}
+
+fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], Reason> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).map_err(|_| Reason::InvalidPayload)?;
+    Ok(out)
+}
+
+impl TallyIouPayload {
+    /// Encodes a signed IOU for JSON.
+    pub fn from_signed(signed: &SignedIou) -> TallyIouPayload {
+        let iou = &signed.iou;
+        TallyIouPayload {
+            format: FORMAT_TALLY_IOU.to_owned(),
+            iou: IouJson {
+                network: iou.network.clone(),
+                payer_key: hex::encode(iou.payer_key),
+                payee: iou.payee.clone(),
+                asset: iou.asset.clone(),
+                amount: iou.amount.to_string(),
+                nonce: hex::encode(iou.nonce),
+                issued_at: iou.issued_at_s,
+                expires_at: iou.expires_at_s,
+                resource: iou.resource.clone(),
+            },
+            signature: hex::encode(signed.signature),
+        }
+    }
+
+    /// Decodes, refusing anything malformed with `invalid_payload`.
+    pub fn to_signed(&self) -> Result<SignedIou, Reason> {
+        if self.format != FORMAT_TALLY_IOU {
+            return Err(Reason::InvalidPayload);
+        }
+        let j = &self.iou;
+        let amount: u64 = j.amount.parse().map_err(|_| Reason::InvalidPayload)?;
+        let iou = Iou {
+            network: j.network.clone(),
+            payer_key: hex_array(&j.payer_key)?,
+            payee: j.payee.clone(),
+            asset: j.asset.clone(),
+            amount,
+            nonce: hex_array(&j.nonce)?,
+            issued_at_s: j.issued_at,
+            expires_at_s: j.expires_at,
+            resource: j.resource.clone(),
+        };
+        iou.check_shape().map_err(|_| Reason::InvalidPayload)?;
+        Ok(SignedIou { iou, signature: hex_array(&self.signature)? })
+    }
+}
+
+/// Checks a payment identifier's syntax.
+pub fn payment_id_is_valid(id: &str) -> bool {
+    (PAYMENT_ID_LEN_MIN..=PAYMENT_ID_LEN_MAX).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The IOU nonce a payment identifier stands for: the first 16 bytes of
+/// SHA-256("tally-payment-id-v1" ‖ id).
+pub fn nonce_for_payment_id(id: &str) -> Nonce {
+    let digest = Sha256::new().chain_update(b"tally-payment-id-v1").chain_update(id.as_bytes()).finalize();
+    digest[..16].try_into().expect("16 of 32 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SignedIou {
+        SignedIou {
+            iou: Iou {
+                network: "tally:test".into(),
+                payer_key: [7; 32],
+                payee: "site.example".into(),
+                asset: "USD".into(),
+                amount: 1_000,
+                nonce: [9; 16],
+                issued_at_s: 1_700_000_000,
+                expires_at_s: 1_700_000_300,
+                resource: "https://site.example/a".into(),
+            },
+            signature: [3; 64],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let payload = TallyIouPayload::from_signed(&sample());
+        let json = serde_json::to_value(&payload).unwrap();
+        assert_eq!(json["iou"]["payerKey"], hex::encode([7u8; 32]));
+        assert_eq!(json["iou"]["amount"], "1000");
+        let back: TallyIouPayload = serde_json::from_value(json).unwrap();
+        assert_eq!(back.to_signed().unwrap(), sample());
+    }
+
+    #[test]
+    fn refuses_malformed_fields() {
+        let mut payload = TallyIouPayload::from_signed(&sample());
+        payload.iou.amount = "-1".into();
+        assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload));
+        let mut payload = TallyIouPayload::from_signed(&sample());
+        payload.signature = "zz".into();
+        assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload));
+        let mut payload = TallyIouPayload::from_signed(&sample());
+        payload.format = "other".into();
+        assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload));
+    }
+
+    #[test]
+    fn payment_ids() {
+        assert!(payment_id_is_valid("order-2026-11-22_0001"));
+        assert!(!payment_id_is_valid("short"));
+        assert!(!payment_id_is_valid("has space in it, too long"));
+        assert_ne!(nonce_for_payment_id("abcdefghijklmnop"), nonce_for_payment_id("abcdefghijklmnoq"));
+    }
+}

@@ -1,0 +1,23 @@
+//! # tally-x402: the x402 front door
+//!
+//! Resource servers that speak x402 point their SDK at Tally as a
+//! facilitator for the `batch-settlement` scheme. This crate is that door:
+//!
+//! - [`types`]: the x402 v2 objects and reason codes, named as the spec names them.
+//! - [`commitment`]: Tally's commitment formats inside `paymentPayload.payload`,
+//!   and how payment identifiers map onto the ledger's replay index.
+//! - [`facilitator`]: the axum HTTP API (`/supported`, `/verify`, `/settle`),
+//!   which records through the same pipeline as gRPC.
+//! - [`webbotauth`], [`jwks`]: RFC 9421 HTTP message signatures (Web Bot Auth)
+//!   and key directories.
+//!
+//! Must never depend on: tonic or the gRPC services (it uses only the
+//! transport-free pipeline of `tally-ingest`), or the settler.
+
+pub mod commitment;
+pub mod facilitator;
+pub mod jwks;
+pub mod types;
+pub mod webbotauth;
+
+pub use facilitator::{Facilitator, FacilitatorConfig, RunningHttp, serve_http};

@@ -17,8 +17,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let engine = open_engine(&config)?;
-    let limits = grpc_limits(&config);
+    let engine = Arc::new(open_engine(&config)?);
+    let result = serve_engine(&config, &engine).await;
+    // Whether serving ended by a signal or failed to start (a port in use),
+    // the engine stops off the async threads: its writer joins a thread.
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    }
+    result
+}
+
+async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Result<()> {
+    let limits = grpc_limits(config);
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(start_metrics(addr)?),
         None => None,
@@ -31,8 +41,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting settlement")?;
-    let extra = settlement_services(&engine, &settler, &config.admin_token.0);
-    let server = tally_ingest::serve(&engine, config.grpc_addr, &config.admin_token.0, &limits, extra)
+    let extra = settlement_services(engine, &settler, &config.admin_token.0);
+    let server = tally_ingest::serve(engine, config.grpc_addr, &config.admin_token.0, &limits, extra)
         .await
         .map_err(|e| anyhow::anyhow!("starting gRPC on {}: {e}", config.grpc_addr))?;
     let http = match config.http_addr {
@@ -74,7 +84,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, http.stop()).await;
     }
     server.stop_within(SHUTDOWN_GRACE).await?;
-    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
 }
 

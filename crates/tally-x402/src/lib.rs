@@ -14,9 +14,11 @@
 //! Must never depend on: tonic or the gRPC services (it uses only the
 //! transport-free pipeline of `tally-ingest`), or the settler.
 
+pub mod client;
 pub mod commitment;
 pub mod facilitator;
 pub mod jwks;
+pub mod middleware;
 pub mod types;
 pub mod webbotauth;
 

@@ -1,0 +1,429 @@
+//! # Resource-server middleware: a paywall in front of any axum route
+//!
+//! [`PaywallLayer`] is a tower [`Layer`] that turns an ordinary axum handler
+//! into an x402 `batch-settlement` resource priced in one asset, with Tally as
+//! the facilitator. It runs the server's half of the x402 v2 handshake:
+//!
+//! 1. A request **without** `PAYMENT-SIGNATURE` is answered `402 Payment
+//!    Required`. The `PAYMENT-REQUIRED` header carries base64 JSON
+//!    [`PaymentRequired`]: the resource, one [`PaymentRequirements`] offer
+//!    (`scheme: batch-settlement`, this network, the price in the asset's
+//!    smallest units, `payTo`), and the extensions a crawler needs
+//!    (`http-message-signatures` for Web Bot Auth, `payment-identifier` for
+//!    idempotent retries). A small JSON body says the same for humans.
+//! 2. A request **with** `PAYMENT-SIGNATURE` is decoded (bounded by
+//!    [`PAYMENT_SIGNATURE_HEADER_BYTES_MAX`]) into a [`PaymentPayload`] and
+//!    sent to the facilitator's `POST /settle` together with the **server's own**
+//!    requirements. The facilitator refuses a payload whose `accepted` differs
+//!    from them, so a client cannot choose its own price.
+//! 3. Only when `/settle` answers `success: true` does the inner service run;
+//!    its response gets a `PAYMENT-RESPONSE` header (base64 JSON
+//!    [`PaymentResponse`]: the commitment identifier in `transaction`, the
+//!    payer, the amount actually committed).
+//!
+//! **Serve after settle.** Tally's `/settle` answers after the commitment is
+//! fsynced, so serving afterwards never gives away a resource whose payment
+//! was not recorded. If the facilitator cannot be reached, times out or
+//! answers 5xx, the paywall answers `502 Bad Gateway` / `503 Service
+//! Unavailable` and the inner service is **not** called.
+//!
+//! Refusals map as follows: a malformed header, base64 or JSON is `402` with
+//! `error: "invalid_payload"` (never a 500); a facilitator verdict of
+//! `success: false` is `402` with `error` set to its reason code (for example
+//! `signature_agent_unknown`, `insufficient_funds`); a payment identifier
+//! reused with a different payload is passed through as `409`.
+//!
+//! Web Bot Auth headers (`Signature-Agent`, `Signature-Input`, `Signature`)
+//! sent by crawlers are not checked here yet: the facilitator authenticates
+//! the payer by the Ed25519 signature on the IOU itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower::{Layer, Service};
+
+use crate::types::*;
+
+/// The request header carrying the client's base64 JSON [`PaymentPayload`].
+pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";
+/// The 402 header carrying base64 JSON [`PaymentRequired`].
+pub const HEADER_PAYMENT_REQUIRED: &str = "payment-required";
+/// The success header carrying base64 JSON [`PaymentResponse`].
+pub const HEADER_PAYMENT_RESPONSE: &str = "payment-response";
+/// The Web Bot Auth extension's key in `PaymentRequired.extensions`.
+pub const EXTENSION_HTTP_MESSAGE_SIGNATURES: &str = "http-message-signatures";
+
+/// Largest `PAYMENT-SIGNATURE` header accepted (base64 text).
+pub const PAYMENT_SIGNATURE_HEADER_BYTES_MAX: usize = crate::webbotauth::PAYMENT_SIGNATURE_BYTES_MAX;
+/// Largest `Host` header used to build the resource URL.
+pub const HOST_HEADER_BYTES_MAX: usize = 270;
+/// Largest request path and query used to build the resource URL (the IOU's
+/// `resource` field holds at most 1024 bytes, scheme and host included).
+pub const PATH_BYTES_MAX: usize = 700;
+/// Largest facilitator answer read.
+pub const FACILITATOR_ANSWER_BYTES_MAX: usize = 64 * 1024;
+/// How long one `/settle` call may take before the paywall gives up (503).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `maxTimeoutSeconds` offered in the requirements.
+pub const MAX_TIMEOUT_SECONDS: u64 = 60;
+
+/// What one paywall charges and where it settles.
+#[derive(Clone, Debug)]
+pub struct PaywallConfig {
+    /// The facilitator's base URL, e.g. `http://127.0.0.1:8402` (no trailing slash needed).
+    pub facilitator_url: String,
+    /// The x402 network id, e.g. `tally:local`.
+    pub network: String,
+    /// The asset code, e.g. `USD`.
+    pub asset: String,
+    /// The payee's account id in Tally, e.g. `daily.example`.
+    pub pay_to: String,
+    /// The price in the asset's smallest units.
+    pub price: u64,
+    /// A human description of what is sold.
+    pub description: String,
+    /// The HTTP client used to reach the facilitator.
+    pub http: reqwest::Client,
+    /// Where crawlers register their Web Bot Auth keys, advertised in the 402.
+    pub registration_url: Option<String>,
+}
+
+/// `PAYMENT-RESPONSE`: what the paywall tells the client after settling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentResponse {
+    pub success: bool,
+    /// The commitment identifier `<seq>:<hash>`.
+    pub transaction: String,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// The amount committed, smallest units, decimal string.
+    pub amount: String,
+    pub asset: String,
+    pub extra: PaymentResponseExtra,
+}
+
+/// `PAYMENT-RESPONSE.extra`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentResponseExtra {
+    /// When the paywall received the facilitator's answer, Unix seconds.
+    pub timestamp: u64,
+}
+
+/// Why a base64 JSON header could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderDecodeError {
+    #[error("header is {len} bytes, more than {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("header is not base64")]
+    NotBase64,
+    #[error("header is not the expected JSON: {0}")]
+    NotJson(String),
+}
+
+/// Encodes a value as an x402 header: base64 (standard alphabet, padded) of its JSON.
+pub fn encode_header_json<T: Serialize>(value: &T) -> String {
+    // Serializing these plain data types cannot fail; an empty object is a safe fallback.
+    let json = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    base64::engine::general_purpose::STANDARD.encode(json)
+}
+
+/// Decodes an x402 header (base64 of JSON), refusing anything over `max` bytes.
+pub fn decode_header_json<T: DeserializeOwned>(value: &[u8], max: usize) -> Result<T, HeaderDecodeError> {
+    if value.len() > max {
+        return Err(HeaderDecodeError::TooLarge { len: value.len(), max });
+    }
+    let trimmed = value.trim_ascii();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(trimmed)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(trimmed))
+        .map_err(|_| HeaderDecodeError::NotBase64)?;
+    serde_json::from_slice(&bytes).map_err(|e| HeaderDecodeError::NotJson(e.to_string()))
+}
+
+/// The tower layer: wrap a router or route with `.layer(PaywallLayer::new(config))`.
+#[derive(Clone, Debug)]
+pub struct PaywallLayer {
+    config: Arc<PaywallConfig>,
+}
+
+impl PaywallLayer {
+    pub fn new(config: PaywallConfig) -> PaywallLayer {
+        PaywallLayer { config: Arc::new(config) }
+    }
+}
+
+impl<S> Layer<S> for PaywallLayer {
+    type Service = Paywall<S>;
+
+    fn layer(&self, inner: S) -> Paywall<S> {
+        Paywall { inner, config: self.config.clone() }
+    }
+}
+
+/// The service [`PaywallLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct Paywall<S> {
+    inner: S,
+    config: Arc<PaywallConfig>,
+}
+
+impl<S> Service<Request<Body>> for Paywall<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // The clone that was polled ready serves this request; a fresh clone stays behind.
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let config = self.config.clone();
+        Box::pin(async move { paywall(config, inner, request).await })
+    }
+}
+
+/// The requirements this paywall offers (and settles against).
+pub fn requirements(config: &PaywallConfig) -> PaymentRequirements {
+    PaymentRequirements {
+        scheme: SCHEME_BATCH_SETTLEMENT.to_owned(),
+        network: config.network.clone(),
+        amount: config.price.to_string(),
+        asset: config.asset.clone(),
+        pay_to: config.pay_to.clone(),
+        max_timeout_seconds: Some(MAX_TIMEOUT_SECONDS),
+        extra: None,
+    }
+}
+
+/// The resource URL: the request URI if absolute, otherwise `http://<Host><path>`.
+fn resource_url(request: &Request<Body>) -> String {
+    let uri = request.uri();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = if path.len() > PATH_BYTES_MAX { uri.path() } else { path };
+    let path = if path.len() > PATH_BYTES_MAX { "/" } else { path };
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
+        && authority.as_str().len() <= HOST_HEADER_BYTES_MAX
+    {
+        return format!("{scheme}://{authority}{path}");
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.len() <= HOST_HEADER_BYTES_MAX && !h.contains(['/', '@', ' ']))
+        .unwrap_or("localhost");
+    format!("http://{host}{path}")
+}
+
+fn payment_required(config: &PaywallConfig, url: String, error: Option<&str>) -> PaymentRequired {
+    let mut info = json!({ "signatureSchemes": ["ed25519"], "tags": [crate::webbotauth::WEB_BOT_AUTH_TAG] });
+    if let Some(registration) = &config.registration_url {
+        info["registrationUrl"] = json!(registration);
+    }
+    PaymentRequired {
+        x402_version: X402_VERSION,
+        error: error.map(str::to_owned),
+        resource: ResourceInfo { url, description: Some(config.description.clone()), mime_type: None },
+        accepts: vec![requirements(config)],
+        extensions: Some(json!({
+            EXTENSION_HTTP_MESSAGE_SIGNATURES: { "info": info },
+            EXTENSION_PAYMENT_IDENTIFIER: { "required": false },
+        })),
+    }
+}
+
+/// A 402 (or another status carrying the same offer) with `PAYMENT-REQUIRED`.
+fn refuse(config: &PaywallConfig, url: String, status: StatusCode, error: Option<&str>) -> Response {
+    let required = payment_required(config, url, error);
+    let encoded = encode_header_json(&required);
+    let body = json!({
+        "error": error.unwrap_or("payment_required"),
+        "message": "this resource requires an x402 payment; see the PAYMENT-REQUIRED header",
+        "accepts": required.accepts,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        response.headers_mut().insert(HEADER_PAYMENT_REQUIRED, value);
+    }
+    response
+}
+
+/// The facilitator could not give a verdict: never serve.
+fn upstream_failure(status: StatusCode, error: &str) -> Response {
+    let body = json!({ "error": error, "message": "the payment could not be settled; the resource was not served" });
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Reads at most `max` bytes of a response body; `None` if it is larger or broken.
+async fn read_bounded(mut response: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > max {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+fn payment_header(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(HEADER_PAYMENT_SIGNATURE)
+}
+
+async fn paywall<S>(config: Arc<PaywallConfig>, mut inner: S, request: Request<Body>) -> Result<Response, S::Error>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    let url = resource_url(&request);
+    let Some(header_value) = payment_header(request.headers()) else {
+        return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None));
+    };
+    let payload: PaymentPayload = match decode_header_json(header_value.as_bytes(), PAYMENT_SIGNATURE_HEADER_BYTES_MAX)
+    {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::debug!(%error, "malformed PAYMENT-SIGNATURE");
+            let reason = Reason::InvalidPayload.as_str();
+            return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
+        }
+    };
+
+    let body = FacilitatorRequest {
+        x402_version: X402_VERSION,
+        payment_payload: payload,
+        payment_requirements: requirements(&config),
+    };
+    let endpoint = format!("{}/settle", config.facilitator_url.trim_end_matches('/'));
+    let answer = match config.http.post(&endpoint).timeout(SETTLE_TIMEOUT).json(&body).send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(%error, %endpoint, "facilitator unreachable; not serving");
+            let status = if error.is_timeout() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+            return Ok(upstream_failure(status, "facilitator_unavailable"));
+        }
+    };
+    let status = answer.status();
+    if status.is_server_error() {
+        tracing::warn!(%status, "facilitator failed; not serving");
+        return Ok(upstream_failure(StatusCode::SERVICE_UNAVAILABLE, "facilitator_unavailable"));
+    }
+    let settled: Option<SettleResponse> =
+        read_bounded(answer, FACILITATOR_ANSWER_BYTES_MAX).await.and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(settled) = settled else {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let reason = Reason::InvalidPayload.as_str();
+            return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
+        }
+        tracing::warn!(%status, "facilitator answered something that is not a settle response; not serving");
+        return Ok(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"));
+    };
+
+    if status == StatusCode::OK && settled.success && !settled.transaction.is_empty() {
+        let receipt = PaymentResponse {
+            success: true,
+            transaction: settled.transaction,
+            network: settled.network,
+            payer: settled.payer,
+            amount: settled.amount.unwrap_or_else(|| config.price.to_string()),
+            asset: config.asset.clone(),
+            extra: PaymentResponseExtra { timestamp: unix_now_s() },
+        };
+        let mut response = inner.call(request).await?;
+        if let Ok(value) = HeaderValue::from_str(&encode_header_json(&receipt)) {
+            response.headers_mut().insert(HEADER_PAYMENT_RESPONSE, value);
+        }
+        return Ok(response);
+    }
+
+    let reason = settled.error_reason.unwrap_or_else(|| Reason::UnexpectedSettleError.as_str().to_owned());
+    // Reason codes are short ASCII identifiers; anything else is not echoed.
+    let reason = if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        reason
+    } else {
+        Reason::UnexpectedSettleError.as_str().to_owned()
+    };
+    let out_status = match status {
+        StatusCode::CONFLICT => StatusCode::CONFLICT,
+        StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYMENT_REQUIRED,
+        _ => {
+            tracing::warn!(%status, "facilitator answered an unexpected status; not serving");
+            return Ok(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"));
+        }
+    };
+    Ok(refuse(&config, url, out_status, Some(&reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> PaywallConfig {
+        PaywallConfig {
+            facilitator_url: "http://127.0.0.1:9".into(),
+            network: "tally:test".into(),
+            asset: "USD".into(),
+            pay_to: "site.example".into(),
+            price: 1500,
+            description: "an article".into(),
+            http: reqwest::Client::new(),
+            registration_url: Some("https://tally.example/register".into()),
+        }
+    }
+
+    #[test]
+    fn header_json_round_trips_and_refuses_junk() {
+        let required = payment_required(&config(), "http://site.example/a".into(), Some("expired"));
+        let encoded = encode_header_json(&required);
+        let back: PaymentRequired = decode_header_json(encoded.as_bytes(), 16 * 1024).unwrap();
+        assert_eq!(back, required);
+        assert_eq!(back.accepts[0].amount, "1500");
+        let ext = back.extensions.unwrap();
+        assert_eq!(ext["http-message-signatures"]["info"]["registrationUrl"], "https://tally.example/register");
+        assert_eq!(ext["payment-identifier"]["required"], false);
+
+        assert!(matches!(decode_header_json::<PaymentRequired>(b"!!!", 100), Err(HeaderDecodeError::NotBase64)));
+        assert!(matches!(
+            decode_header_json::<PaymentRequired>(&[b'A'; 101], 100),
+            Err(HeaderDecodeError::TooLarge { len: 101, max: 100 })
+        ));
+        assert!(matches!(decode_header_json::<PaymentRequired>(b"e30=", 100), Err(HeaderDecodeError::NotJson(_))));
+    }
+
+    #[test]
+    fn resource_url_uses_host_and_bounds_it() {
+        let request = Request::builder().uri("/article?x=1").header("host", "site.example:8080").body(Body::empty());
+        assert_eq!(resource_url(&request.unwrap()), "http://site.example:8080/article?x=1");
+        let long = "h".repeat(HOST_HEADER_BYTES_MAX + 1);
+        let request = Request::builder().uri("/a").header("host", long).body(Body::empty()).unwrap();
+        assert_eq!(resource_url(&request), "http://localhost/a");
+        let request = Request::builder().uri("http://other.example/b").body(Body::empty()).unwrap();
+        assert_eq!(resource_url(&request), "http://other.example/b");
+    }
+}

@@ -74,6 +74,37 @@ pub enum PayerCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Set (or clear) the signature agent the payer's crawler sends in
+    /// `Signature-Agent`, e.g. https://crawler.example.
+    SetAgent {
+        id: String,
+        /// https:// or http:// URL.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        agent: Option<String>,
+        /// Remove the payer's signature agent.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add every Ed25519 key of a key directory (JWKS) to a payer. Keys the
+    /// payer already has are reported, not refused.
+    AddKeys {
+        id: String,
+        /// A JWKS file.
+        #[arg(long, required_unless_present = "directory", conflicts_with = "directory")]
+        jwks: Option<PathBuf>,
+        /// The crawler's key directory: an http:// origin (its
+        /// /.well-known/http-message-signatures-directory is fetched) or the
+        /// directory's full URL.
+        #[arg(long)]
+        directory: Option<String>,
+        /// Also set the payer's signature agent to the directory's origin.
+        #[arg(long, requires = "directory")]
+        set_agent: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Refuse the payer's new IOUs.
     Suspend {
         id: String,
@@ -123,6 +154,33 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
                 .await?;
             println!("added key to payer {id}");
         }
+        PayerCommand::SetAgent { id, agent, clear: _, admin } => {
+            client::admin(&admin)
+                .await?
+                .set_signature_agent(SetSignatureAgentRequest {
+                    payer_id: id.clone(),
+                    signature_agent: agent.clone().unwrap_or_default(),
+                })
+                .await?;
+            match agent {
+                Some(agent) => println!("signature agent of payer {id} is now {agent}"),
+                None => println!("cleared the signature agent of payer {id}"),
+            }
+        }
+        PayerCommand::AddKeys { id, jwks, directory, set_agent, admin } => {
+            let (bytes, agent) = match (jwks, directory) {
+                (Some(path), _) => {
+                    let bytes = read_jwks_file(&path)?;
+                    (bytes, None)
+                }
+                (None, Some(directory)) => {
+                    let (url, origin) = directory_url(&directory)?;
+                    (fetch_directory(&url).await?, set_agent.then_some(origin))
+                }
+                (None, None) => anyhow::bail!("give --jwks FILE or --directory URL"),
+            };
+            add_directory_keys(&admin, &id, &bytes, agent).await?;
+        }
         PayerCommand::Suspend { id, admin } => set_status(admin, id, proto::PayerStatus::Suspended).await?,
         PayerCommand::Activate { id, admin } => set_status(admin, id, proto::PayerStatus::Active).await?,
         PayerCommand::SetLimit { id, limit, admin } => {
@@ -150,6 +208,7 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
                         "display_name": p.display_name,
                         "status": status_name(p.status),
                         "keys": p.keys.iter().map(hex::encode).collect::<Vec<_>>(),
+                        "signature_agent": Some(&p.signature_agent).filter(|a| !a.is_empty()),
                         "credit_limits": p.credit_limits.iter()
                             .map(|l| serde_json::json!({"asset": l.asset, "limit": l.limit}))
                             .collect::<Vec<_>>(),
@@ -168,6 +227,120 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
                 },
             );
         }
+    }
+    Ok(())
+}
+
+/// Where a key directory lives.
+const WELL_KNOWN_DIRECTORY: &str = "/.well-known/http-message-signatures-directory";
+/// How long fetching a key directory may take, in all.
+const DIRECTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn read_jwks_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let max = tally_x402::jwks::JWKS_BYTES_MAX;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(bytes.len() <= max, "{} is larger than {max} bytes; not a key directory", path.display());
+    Ok(bytes)
+}
+
+/// The URL to fetch (the well-known path when `directory` has none) and the
+/// directory's origin (its signature agent).
+fn directory_url(directory: &str) -> anyhow::Result<(reqwest::Url, String)> {
+    let mut url =
+        reqwest::Url::parse(directory).with_context(|| format!("key directory {directory:?} is not a URL"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => anyhow::bail!(
+            "key directory {directory} is https, but TLS is not built into this tally; \
+             download the directory and use --jwks FILE"
+        ),
+        other => anyhow::bail!("key directory {directory}: unsupported scheme {other}: (http:// only)"),
+    }
+    anyhow::ensure!(url.host_str().is_some_and(|h| !h.is_empty()), "key directory {directory} has no host");
+    if url.path() == "/" && url.query().is_none() {
+        url.set_path(WELL_KNOWN_DIRECTORY);
+    }
+    let origin = url.origin().ascii_serialization();
+    Ok((url, origin))
+}
+
+/// GETs a key directory: bounded in time and size, refused unless 2xx.
+async fn fetch_directory(url: &reqwest::Url) -> anyhow::Result<Vec<u8>> {
+    let max = tally_x402::jwks::JWKS_BYTES_MAX;
+    let client = reqwest::Client::builder().timeout(DIRECTORY_TIMEOUT).build()?;
+    let mut response = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/http-message-signatures-directory+json, application/json")
+        .send()
+        .await
+        .with_context(|| format!("cannot fetch key directory {url}"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "key directory {url} answered HTTP {status}; nothing was added");
+    if let Some(len) = response.content_length() {
+        anyhow::ensure!(len <= max as u64, "key directory {url} is {len} bytes, more than {max}; nothing was added");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.with_context(|| format!("cannot read key directory {url}"))? {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= max,
+            "key directory {url} is more than {max} bytes; nothing was added"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Adds every Ed25519 key of a JWKS to `id`, one AddPayerKey each; keys the
+/// payer already owns are reported as such. Checks everything it can before
+/// adding anything. With `agent`, then sets the payer's signature agent.
+async fn add_directory_keys(admin: &AdminArgs, id: &str, jwks: &[u8], agent: Option<String>) -> anyhow::Result<()> {
+    let keys = tally_x402::jwks::parse_jwks(jwks).map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?;
+    anyhow::ensure!(!keys.is_empty(), "the key directory has no Ed25519 (OKP) keys; nothing was added");
+    let mut client = client::admin(admin).await?;
+    let payers = client.list_payers(ListRequest {}).await?.into_inner().payers;
+    let payer = payers.iter().find(|p| p.id == id).with_context(|| format!("unknown payer {id}"))?;
+    let (owned, new): (Vec<_>, Vec<_>) =
+        keys.iter().partition(|k| payer.keys.iter().any(|have| have.as_slice() == k.public_key.as_slice()));
+    for key in &new {
+        if let Some(other) = payers.iter().find(|p| p.keys.iter().any(|have| have.as_slice() == key.public_key)) {
+            anyhow::bail!("key {} belongs to payer {}; nothing was added", key.thumbprint, other.id);
+        }
+    }
+    let room = tally_core::account::PAYER_KEYS_MAX.saturating_sub(payer.keys.len());
+    anyhow::ensure!(
+        new.len() <= room,
+        "payer {id} has {} keys; {} more would exceed {}; nothing was added",
+        payer.keys.len(),
+        new.len(),
+        tally_core::account::PAYER_KEYS_MAX
+    );
+    for key in &owned {
+        println!("already registered {}", key.thumbprint);
+    }
+    for key in &new {
+        let request = AddPayerKeyRequest { payer_id: id.to_owned(), key: key.public_key.to_vec() };
+        match client.add_payer_key(request).await {
+            Ok(_) => println!("added {}", key.thumbprint),
+            // Added by someone else since the listing: to this payer is fine.
+            Err(status)
+                if status.code() == tonic::Code::AlreadyExists
+                    && status.message().ends_with(&format!("belongs to payer {id}")) =>
+            {
+                println!("already registered {}", key.thumbprint)
+            }
+            Err(status) => {
+                return Err(anyhow::Error::from(status).context(format!("adding key {}", key.thumbprint)));
+            }
+        }
+    }
+    if let Some(agent) = agent {
+        client
+            .set_signature_agent(SetSignatureAgentRequest { payer_id: id.to_owned(), signature_agent: agent.clone() })
+            .await?;
+        println!("signature agent of payer {id} is now {agent}");
     }
     Ok(())
 }

@@ -533,3 +533,31 @@ async fn crash_after_bank_file_before_recording_it() {
 async fn crash_after_bank_file_then_uploader_takes_it() {
     crash_and_resume_with("bank-after-write", true).await;
 }
+
+/// The engine starts and ingests while the chain is unreachable; settling
+/// then stops with needs-attention (the plan is recorded, nothing is paid),
+/// and the rail connects on a later attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_chain_does_not_stop_the_engine() {
+    let chain = Chain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &chain, 2);
+    // Point the engine at a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(&chain.node.rpc_url(), &format!("http://{closed}"));
+    std::fs::write(&config, text).unwrap();
+    let data = dir.path().join("ledger");
+    let server = ServerProcess::start_with(&data, Some(&config), &[]);
+    let mut clients = clients(&server.addr).await;
+    let scenario = Scenario { evm_payees: 2 };
+    scenario.register(&mut clients.admin).await;
+    scenario.submit(&mut clients).await;
+    let admin = admin_args(&server);
+    let (ok, _, stderr) = run_tally(&with_admin(&["settle"], &admin));
+    assert!(!ok && stderr.contains("EVM"), "{stderr}");
+    let reports = tally_json(&with_admin(&["settlements", "--json"], &admin));
+    assert_eq!(reports[0]["status"], "needs-attention", "{reports}");
+    assert!(reports[0]["attention"].as_str().unwrap().contains("batch 0"), "{reports}");
+    assert_eq!(chain.balance(evm_address(1)).await, 0, "nothing paid");
+    server.kill();
+}

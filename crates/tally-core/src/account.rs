@@ -20,12 +20,23 @@ pub const PAYER_KEYS_MAX: usize = 16;
 /// Longest payout destination, in bytes (an IBAN, an EVM address, or a
 /// routing/account pair all fit with room to spare).
 pub const PAYOUT_DESTINATION_LEN_MAX: usize = 256;
+/// Longest signature agent (the URL a crawler sends in `Signature-Agent`), in bytes.
+pub const SIGNATURE_AGENT_LEN_MAX: usize = 256;
 
 /// Checks the syntax of an account id: 1..=64 bytes of `A-Z a-z 0-9 . _ -`.
 pub fn is_valid_account_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= ACCOUNT_ID_LEN_MAX
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks the syntax of a signature agent: at most [`SIGNATURE_AGENT_LEN_MAX`] bytes of printable
+/// ASCII (no spaces), `https://` or `http://` followed by a non-empty host.
+pub fn is_valid_signature_agent(agent: &str) -> bool {
+    let rest = agent.strip_prefix("https://").or_else(|| agent.strip_prefix("http://"));
+    agent.len() <= SIGNATURE_AGENT_LEN_MAX
+        && agent.bytes().all(|b| b.is_ascii_graphic())
+        && rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
 }
 
 /// Whether a payer may currently sign new IOUs.
@@ -48,6 +59,10 @@ pub struct Payer {
     /// The payee account this payer nets under at settlement (an agent that
     /// both spends and earns), if any.
     pub settles_with: Option<String>,
+    /// The signature agent its crawler sends in `Signature-Agent` (a URL or
+    /// origin such as `https://crawler.example`, where its key directory
+    /// lives), if known. Unique across payers.
+    pub signature_agent: Option<String>,
 }
 
 impl Payer {
@@ -89,6 +104,17 @@ mod tests {
     }
 
     #[test]
+    fn signature_agents() {
+        assert!(is_valid_signature_agent("https://crawler.example"));
+        assert!(is_valid_signature_agent("http://127.0.0.1:8080"));
+        assert!(!is_valid_signature_agent("ftp://crawler.example"));
+        assert!(!is_valid_signature_agent("https://"));
+        assert!(!is_valid_signature_agent("https:///path"));
+        assert!(!is_valid_signature_agent("https://a b"));
+        assert!(!is_valid_signature_agent(&format!("https://{}", "a".repeat(SIGNATURE_AGENT_LEN_MAX))));
+    }
+
+    #[test]
     fn limits_default_to_zero_and_stay_sorted() {
         let mut payer = Payer {
             id: "p".into(),
@@ -97,6 +123,7 @@ mod tests {
             keys: vec![],
             credit_limits: vec![],
             settles_with: None,
+            signature_agent: None,
         };
         assert_eq!(payer.credit_limit("USD"), 0);
         payer.set_credit_limit("USD", 10);

@@ -35,6 +35,9 @@ pub const ACCOUNT_ASSET_PREFIX: &[u8] = b"asset/";
 pub const ACCOUNT_PAYER_PREFIX: &[u8] = b"payer/";
 pub const ACCOUNT_PAYEE_PREFIX: &[u8] = b"payee/";
 pub const ACCOUNT_KEY_PREFIX: &[u8] = b"key/";
+/// `"agent/" signature agent` → the id (UTF-8) of the payer it belongs to; an
+/// index the writer keeps in step with [`tally_core::Payer::signature_agent`].
+pub const ACCOUNT_AGENT_PREFIX: &[u8] = b"agent/";
 
 /// Appends `len(s) as u8 || s`.
 fn push_lp(out: &mut Vec<u8>, s: &str) {

@@ -228,6 +228,25 @@ impl Ledger {
         }
     }
 
+    /// The payer whose signature agent is exactly `agent`, through the
+    /// `"agent/"` index the writer keeps.
+    pub fn payer_by_signature_agent(&self, agent: &str) -> Result<Option<Payer>, LedgerError> {
+        let Some(value) = self.db.get_cf(self.cf(CF_ACCOUNTS), crate::writer::agent_index_key(agent))? else {
+            return Ok(None);
+        };
+        let id = std::str::from_utf8(&value)
+            .map_err(|_| LedgerError::Corruption("signature agent owner is not UTF-8".into()))?;
+        let payer = self
+            .payer(id)?
+            .ok_or_else(|| LedgerError::Corruption(format!("signature agent {agent} points at missing payer {id}")))?;
+        if payer.signature_agent.as_deref() != Some(agent) {
+            return Err(LedgerError::Corruption(format!(
+                "signature agent index for {agent} disagrees with payer {id}"
+            )));
+        }
+        Ok(Some(payer))
+    }
+
     pub fn payees(&self) -> Result<Vec<Payee>, LedgerError> {
         self.accounts_with_prefix(ACCOUNT_PAYEE_PREFIX, "payee record")
     }

@@ -27,7 +27,10 @@ use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
 use rocksdb::{WriteBatch, WriteOptions};
-use tally_core::account::{DISPLAY_NAME_LEN_MAX, PAYER_KEYS_MAX, PAYOUT_DESTINATION_LEN_MAX, is_valid_account_id};
+use tally_core::account::{
+    DISPLAY_NAME_LEN_MAX, PAYER_KEYS_MAX, PAYOUT_DESTINATION_LEN_MAX, SIGNATURE_AGENT_LEN_MAX, is_valid_account_id,
+    is_valid_signature_agent,
+};
 use tally_core::verify::parse_registration_key;
 use tally_core::{Asset, CommitmentId, Nonce, Outcome, Payee, Payer, PayerStatus, PublicKeyBytes, SignedIou};
 use tokio::sync::{mpsc, oneshot};
@@ -115,6 +118,12 @@ pub enum AdminCommand {
     LinkPayer {
         payer_id: String,
         payee_id: Option<String>,
+    },
+    /// Sets the signature agent a payer's crawler sends in `Signature-Agent`
+    /// (`None` clears it). An agent belongs to at most one payer.
+    SetSignatureAgent {
+        payer_id: String,
+        signature_agent: Option<String>,
     },
     /// Seals the open epoch and opens the next, atomically.
     SealEpoch,
@@ -614,6 +623,7 @@ impl WriterCore {
                     keys,
                     credit_limits: vec![],
                     settles_with: None,
+                    signature_agent: None,
                 };
                 for (asset, limit) in credit_limits {
                     if !self.state.assets.contains_key(&asset) {
@@ -695,6 +705,42 @@ impl WriterCore {
                 self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
                 Ok(AdminReply::Done)
             }
+            AdminCommand::SetSignatureAgent { payer_id, signature_agent } => {
+                if let Some(agent) = &signature_agent {
+                    if !is_valid_signature_agent(agent) {
+                        return Err(AdminError::Invalid(format!(
+                            "signature agent must be an https:// or http:// URL of at most \
+                             {SIGNATURE_AGENT_LEN_MAX} printable ASCII bytes"
+                        )));
+                    }
+                    // Bounded by the number of payers, and only on this admin path.
+                    if let Some(owner) = self
+                        .state
+                        .payers
+                        .values()
+                        .find(|p| p.id != payer_id && p.signature_agent.as_deref() == Some(agent.as_str()))
+                    {
+                        return Err(AdminError::AlreadyExists(format!(
+                            "signature agent {agent} belongs to payer {}",
+                            owner.id
+                        )));
+                    }
+                }
+                let payer = self.payer_mut(&payer_id)?;
+                let previous = std::mem::replace(&mut payer.signature_agent, signature_agent.clone());
+                let payer = payer.clone();
+                let cf = self.ledger.cf(CF_ACCOUNTS);
+                if let Some(previous) = previous
+                    && signature_agent.as_ref() != Some(&previous)
+                {
+                    group.batch.delete_cf(cf, agent_index_key(&previous));
+                }
+                if let Some(agent) = &signature_agent {
+                    group.batch.put_cf(cf, agent_index_key(agent), payer_id.as_bytes());
+                }
+                self.put_account(group, ACCOUNT_PAYER_PREFIX, payer_id.as_bytes(), &payer);
+                Ok(AdminReply::Done)
+            }
             AdminCommand::Settlement(command) => self.apply_settlement(group, command),
             AdminCommand::SealEpoch => {
                 let open = self.state.open_epoch.take().expect("an epoch is always open");
@@ -726,6 +772,13 @@ impl WriterCore {
         record_key.extend_from_slice(key);
         group.batch.put_cf(self.ledger.cf(CF_ACCOUNTS), record_key, payer_id.as_bytes());
     }
+}
+
+/// The index record `"agent/" agent` of a payer's signature agent.
+pub(crate) fn agent_index_key(agent: &str) -> Vec<u8> {
+    let mut key = ACCOUNT_AGENT_PREFIX.to_vec();
+    key.extend_from_slice(agent.as_bytes());
+    key
 }
 
 fn replay_answer(commitment: CommitmentId, epoch: u64, original: &[u8], resubmitted: &[u8]) -> AppendResult {

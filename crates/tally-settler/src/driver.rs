@@ -40,7 +40,7 @@ use alloy::primitives::{Address, B256, U256};
 use tally_core::settlement::{BatchRecord, BatchState, PayoutRecord, RailBatch, SettlementPlan, SettlementStatus};
 use tally_core::{PayoutDestination, Rail};
 use tally_ledger::{AdminCommand, AdminError, AdminReply, Ledger, SettlementCommand, WriterHandle};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::SettleError;
 use crate::bank;
@@ -71,10 +71,18 @@ pub struct Settler {
     ledger: Ledger,
     writer: WriterHandle,
     config: SettlementConfig,
-    evm: Option<EvmClient>,
+    evm_target: Option<EvmTarget>,
+    evm: OnceCell<EvmClient>,
     outbox: PathBuf,
     limits: BatchLimits,
     running: Mutex<()>,
+}
+
+/// Where the EVM rail connects; the key stays in memory only (never logged:
+/// no `Debug`).
+struct EvmTarget {
+    config: EvmConfig,
+    key: String,
 }
 
 fn admin_error(error: AdminError) -> SettleError {
@@ -82,7 +90,10 @@ fn admin_error(error: AdminError) -> SettleError {
 }
 
 impl Settler {
-    /// Validates the configuration and connects the EVM rail, if any.
+    /// Validates the configuration and tries to connect the EVM rail, if
+    /// any. An unreachable chain does not stop the engine from starting
+    /// (ingest must not depend on it): the rail connects when a batch first
+    /// needs it, and until then its batches wait with needs-attention.
     pub async fn new(
         ledger: Ledger,
         writer: WriterHandle,
@@ -102,20 +113,44 @@ impl Settler {
                     receipt_timeout: settings.receipt_timeout(),
                 };
                 let key = settings.treasury_key().map_err(|e| SettleError::Config(e.to_string()))?;
-                Some(EvmClient::connect(evm_config, &key).await?)
+                Some(EvmTarget { config: evm_config, key })
             }
             None => None,
         };
         let limits = BatchLimits {
-            payouts_per_evm_tx: match (&config.evm, &evm) {
-                (Some(settings), Some(client)) => settings.payouts_per_tx_max.min(client.recipients_per_tx_max()),
-                _ => crate::config::PAYOUTS_PER_EVM_TX_DEFAULT,
+            payouts_per_evm_tx: match &config.evm {
+                Some(settings) => {
+                    settings.payouts_per_tx_max.min(crate::evm::recipients_per_tx_max(settings.gas_per_tx_max))
+                }
+                None => crate::config::PAYOUTS_PER_EVM_TX_DEFAULT,
             },
             transfers_per_iso20022_file: config.iso20022.as_ref().map_or(1, |s| s.transfers_per_file_max),
             transfers_per_nacha_file: config.nacha.as_ref().map_or(1, |s| s.transfers_per_file_max),
         };
         let outbox = config.outbox_dir.clone().unwrap_or_else(|| data_dir.join("outbox"));
-        Ok(Arc::new(Settler { ledger, writer, config, evm, outbox, limits, running: Mutex::new(()) }))
+        let settler = Arc::new(Settler {
+            ledger,
+            writer,
+            config,
+            evm_target: evm,
+            evm: OnceCell::new(),
+            outbox,
+            limits,
+            running: Mutex::new(()),
+        });
+        if let Err(error) = settler.evm_client().await {
+            tracing::warn!(%error, "the EVM rail is not reachable now; it connects when a batch needs it");
+        }
+        Ok(settler)
+    }
+
+    /// The connected EVM rail, connecting on first use.
+    async fn evm_client(&self) -> Result<&EvmClient, SettleError> {
+        let target = self
+            .evm_target
+            .as_ref()
+            .ok_or_else(|| SettleError::Config("the plan has EVM payouts but no [settlement.evm]".into()))?;
+        Ok(self.evm.get_or_try_init(|| EvmClient::connect(target.config.clone(), &target.key)).await?)
     }
 
     pub fn config(&self) -> &SettlementConfig {
@@ -126,8 +161,9 @@ impl Settler {
         &self.outbox
     }
 
+    /// The EVM rail, if it has connected.
     pub fn evm(&self) -> Option<&EvmClient> {
-        self.evm.as_ref()
+        self.evm.get()
     }
 
     /// The plan the open epoch would get if it were sealed now (nothing is
@@ -248,10 +284,7 @@ impl Settler {
         batch: &RailBatch,
         payouts: &HashMap<String, PayoutRecord>,
     ) -> Result<(Vec<Address>, Vec<U256>), SettleError> {
-        let evm = self
-            .evm
-            .as_ref()
-            .ok_or_else(|| SettleError::Config("the plan has EVM payouts but no [settlement.evm]".into()))?;
+        let evm = self.evm.get().ok_or_else(|| SettleError::Rail("the EVM rail is not connected".into()))?;
         let scale = self.asset_scale(&batch.asset)?;
         let mut recipients = Vec::with_capacity(batch.payout_ids.len());
         let mut amounts = Vec::with_capacity(batch.payout_ids.len());
@@ -271,7 +304,7 @@ impl Settler {
         record: &BatchRecord,
         payouts: &HashMap<String, PayoutRecord>,
     ) -> Result<(), SettleError> {
-        let evm = self.evm.as_ref().ok_or_else(|| SettleError::Config("no [settlement.evm]".into()))?;
+        let evm = self.evm_client().await?;
         let batch = &record.batch;
         let (epoch, index) = (batch.epoch, batch.index);
         let batch_id: B256 =

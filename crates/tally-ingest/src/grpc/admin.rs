@@ -149,6 +149,7 @@ impl Admin for AdminService {
                         .map(|(asset, limit)| CreditLimit { asset, limit: limit.to_string() })
                         .collect(),
                     settles_with: p.settles_with.unwrap_or_default(),
+                    signature_agent: p.signature_agent.unwrap_or_default(),
                 })
                 .collect(),
         }))
@@ -158,6 +159,15 @@ impl Admin for AdminService {
         let request = request.into_inner();
         let payee_id = Some(request.payee_id).filter(|id| !id.is_empty());
         self.done(AdminCommand::LinkPayer { payer_id: request.payer_id, payee_id }).await
+    }
+
+    async fn set_signature_agent(
+        &self,
+        request: Request<SetSignatureAgentRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let request = request.into_inner();
+        let signature_agent = Some(request.signature_agent).filter(|agent| !agent.is_empty());
+        self.done(AdminCommand::SetSignatureAgent { payer_id: request.payer_id, signature_agent }).await
     }
 
     async fn register_payee(&self, request: Request<RegisterPayeeRequest>) -> Result<Response<AdminResponse>, Status> {

@@ -8,6 +8,12 @@
 //! identifier (`<seq>:<hash>`). `/verify` runs the same checks up to the
 //! commit and previews replay and credit from the ledger, recording nothing.
 //!
+//! Concurrent `/settle` requests are **coalesced**: each hands its IOU to a
+//! bounded queue, and a coalescer submits whatever is waiting (up to
+//! [`SETTLE_BATCH_IOUS_MAX`]) as one pipeline batch, so signatures are
+//! batch-verified as on the gRPC door, with a few batches in flight. Each
+//! request still gets its own per-IOU answer, after the fsync.
+//!
 //! HTTP statuses: 200 for every verdict (`isValid`/`success` say what it
 //! is); 400 for a body that is not a facilitator request, or a required
 //! payment identifier that is missing or malformed; 409 for a payment
@@ -27,9 +33,10 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tally_core::{Outcome, PayerStatus, SignedIou};
 use tally_ingest::Pipeline;
+use tally_ledger::AppendResult;
 use tally_ledger::Ledger;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::commitment::{FORMAT_TALLY_IOU, TallyIouPayload, nonce_for_payment_id, payment_id_is_valid};
 use crate::types::*;
@@ -50,10 +57,56 @@ impl FacilitatorConfig {
     }
 }
 
+/// Most IOUs the coalescer puts in one pipeline batch.
+pub const SETTLE_BATCH_IOUS_MAX: usize = 1_024;
+/// Coalesced batches in the pipeline at once (verification of the next
+/// overlaps the fsync of the previous).
+pub const SETTLE_BATCHES_INFLIGHT_MAX: usize = 4;
+/// `/settle` requests waiting for a batch before new ones wait for room.
+pub const SETTLE_QUEUE_DEPTH_MAX: usize = 4_096;
+
+type SettleReply = oneshot::Sender<Option<AppendResult>>;
+
 pub struct Facilitator {
     config: FacilitatorConfig,
     pipeline: Arc<Pipeline>,
     ledger: Ledger,
+    settle_queue: mpsc::Sender<(SignedIou, SettleReply)>,
+}
+
+/// Drains the settle queue into pipeline batches until every sender is gone.
+async fn coalesce(pipeline: Arc<Pipeline>, mut queue: mpsc::Receiver<(SignedIou, SettleReply)>) {
+    let inflight = Arc::new(Semaphore::new(SETTLE_BATCHES_INFLIGHT_MAX));
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SETTLE_BATCH_IOUS_MAX {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move {
+            let (ious, replies): (Vec<SignedIou>, Vec<SettleReply>) = batch.into_iter().unzip();
+            let results = pipeline.submit(ious.into_iter().map(Ok).collect()).await;
+            drop(permit);
+            match results {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Some(result));
+                    }
+                }
+                // Nothing of the batch was written: every request hears so.
+                Err(error) => {
+                    tracing::warn!(%error, "a coalesced /settle batch failed");
+                    for reply in replies {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// A refusal: the reason code and the HTTP status it travels with.
@@ -95,8 +148,11 @@ fn outcome_reason(outcome: Outcome) -> Reason {
 }
 
 impl Facilitator {
+    /// Must be called inside a tokio runtime: it starts the coalescer.
     pub fn new(config: FacilitatorConfig, pipeline: Arc<Pipeline>, ledger: Ledger) -> Arc<Facilitator> {
-        Arc::new(Facilitator { config, pipeline, ledger })
+        let (settle_queue, queue) = mpsc::channel(SETTLE_QUEUE_DEPTH_MAX);
+        tokio::spawn(coalesce(pipeline.clone(), queue));
+        Arc::new(Facilitator { config, pipeline, ledger, settle_queue })
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -247,12 +303,13 @@ impl Facilitator {
         let checked = self.check_request(body)?;
         let amount = checked.signed.iou.amount.to_string();
         let payer_key = checked.signed.iou.payer_key;
-        let results = self
-            .pipeline
-            .submit(vec![Ok(checked.signed)])
+        let (reply, answer) = oneshot::channel();
+        self.settle_queue
+            .send((checked.signed, reply))
             .await
             .map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
-        let result = results.first().ok_or_else(|| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
+        let result =
+            answer.await.ok().flatten().ok_or_else(|| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
         let ledger = self.ledger.clone();
         let payer =
             tokio::task::spawn_blocking(move || ledger.key_owner(&payer_key).ok().flatten()).await.ok().flatten();

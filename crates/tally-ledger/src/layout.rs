@@ -40,14 +40,14 @@ pub const ACCOUNT_KEY_PREFIX: &[u8] = b"key/";
 pub const ACCOUNT_AGENT_PREFIX: &[u8] = b"agent/";
 
 /// Appends `len(s) as u8 || s`.
-fn push_lp(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_lp(out: &mut Vec<u8>, s: &str) {
     assert!(s.len() <= usize::from(u8::MAX), "ids are validated to at most 64 bytes");
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
 }
 
 /// Reads one length-prefixed string from the front of `bytes`.
-fn pop_lp(bytes: &[u8]) -> Option<(&str, &[u8])> {
+pub(crate) fn pop_lp(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let (&len, rest) = bytes.split_first()?;
     let len = usize::from(len);
     if rest.len() < len {

@@ -17,6 +17,7 @@
 //! | `B` ‖ epoch ‖ bill id | [`BillRecord`] |
 //! | `R` ‖ epoch ‖ batch index (u32) | [`BatchRecord`] |
 //! | `C` ‖ epoch to ‖ source | [`Carry`] |
+//! | `O` ‖ lp(payer) ‖ lp(asset) ‖ epoch ‖ bill id | amount u128: an open bill holding `payer`'s credit; deleted when paid |
 //!
 //! Within one group commit, earlier commands' settlement writes are not yet
 //! in RocksDB; reads go through the group's overlay first, so a plan and a
@@ -34,7 +35,7 @@ use tally_core::settlement::{
 };
 
 use crate::LedgerError;
-use crate::layout::{CF_AGG_BY_PAYER, CF_SETTLEMENT, decode_bincode, encode_bincode};
+use crate::layout::{CF_AGG_BY_PAYER, CF_SETTLEMENT, decode_bincode, encode_bincode, pop_lp, push_lp};
 use crate::store::Ledger;
 use crate::writer::{AdminError, AdminReply, Group, WriterCore};
 
@@ -80,6 +81,24 @@ pub fn batch_key(epoch: u64, index: u32) -> Vec<u8> {
 
 pub fn carry_key(epoch_to: u64, source: &str) -> Vec<u8> {
     epoch_prefixed(b'C', epoch_to, source.as_bytes())
+}
+
+/// The open-bill index: one key per (holder, bill), so a payer's open bills
+/// are one short prefix scan, whatever the history holds.
+fn open_bill_prefix(payer: Option<&str>) -> Vec<u8> {
+    let mut key = vec![b'O'];
+    if let Some(payer) = payer {
+        push_lp(&mut key, payer);
+    }
+    key
+}
+
+fn open_bill_key(payer: &str, asset: &str, epoch: u64, bill_id: &str) -> Vec<u8> {
+    let mut key = open_bill_prefix(Some(payer));
+    push_lp(&mut key, asset);
+    key.extend_from_slice(&epoch.to_be_bytes());
+    key.extend_from_slice(bill_id.as_bytes());
+    key
 }
 
 /// A settlement step the writer applies (see [`crate::AdminCommand::Settlement`]).
@@ -199,30 +218,35 @@ impl Ledger {
     /// bound; the writer keeps the same figure in memory.
     pub fn unsettled_owed(&self, payer: Option<&str>) -> Result<HashMap<(String, String), u128>, LedgerError> {
         let mut owed = self.owed(payer, self.planned_through()? + 1)?;
-        for (key, billed) in self.open_bills_by_payer()? {
-            if payer.is_some_and(|p| p != key.0) {
-                continue;
-            }
+        for (key, billed) in self.open_bills_by_payer(payer)? {
             let slot = owed.entry(key).or_default();
             *slot = slot.checked_add(billed).ok_or_else(|| LedgerError::Corruption("exposure overflows".into()))?;
         }
         Ok(owed)
     }
 
-    /// Open bills owed by unlinked payers: `(payer, asset) → amount`.
-    pub fn open_bills_by_payer(&self) -> Result<HashMap<(String, String), u128>, LedgerError> {
+    /// Open bills per holding payer (all payers, or one): `(payer, asset) →
+    /// amount`. Reads the open-bill index, never the bill history.
+    pub fn open_bills_by_payer(&self, payer: Option<&str>) -> Result<HashMap<(String, String), u128>, LedgerError> {
+        let prefix = open_bill_prefix(payer);
+        let mut read = ReadOptions::default();
+        read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+        let iter =
+            self.db.iterator_cf_opt(self.cf(CF_SETTLEMENT), read, IteratorMode::From(&prefix, Direction::Forward));
+        let corrupt = || LedgerError::Corruption("open-bill index entry".into());
         let mut out: HashMap<(String, String), u128> = HashMap::new();
-        let bills: Vec<BillRecord> = self.settlement_scan(b"B", "bill", OPEN_BILLS_SCAN_MAX)?;
-        for record in bills {
-            if record.paid_at_ms.is_some() {
-                continue;
+        for (scanned, item) in iter.enumerate() {
+            if scanned == OPEN_BILLS_SCAN_MAX {
+                return Err(LedgerError::Unavailable(format!("more than {OPEN_BILLS_SCAN_MAX} open bills")));
             }
-            for payer in record.holders {
-                let slot = out.entry((payer.clone(), record.bill.asset.clone())).or_default();
-                *slot = slot
-                    .checked_add(record.bill.amount)
-                    .ok_or_else(|| LedgerError::Corruption(format!("open bills of {payer} overflow")))?;
-            }
+            let (key, value) = item?;
+            let (holder, rest) = pop_lp(&key[1..]).ok_or_else(corrupt)?;
+            let (asset, _) = pop_lp(rest).ok_or_else(corrupt)?;
+            let amount = u128::from_be_bytes(value[..].try_into().map_err(|_| corrupt())?);
+            let slot = out.entry((holder.to_owned(), asset.to_owned())).or_default();
+            *slot = slot
+                .checked_add(amount)
+                .ok_or_else(|| LedgerError::Corruption(format!("open bills of {holder} overflow")))?;
         }
         Ok(out)
     }
@@ -235,15 +259,19 @@ impl WriterCore {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, AdminError> {
-        if let Some(value) = group.settlement_staged.get(key).or_else(|| group.settlement_overlay.get(key)) {
-            return decode_bincode(what, value).map(Some).map_err(|e| AdminError::Storage(e.to_string()));
+        match group.settlement_staged.get(key).or_else(|| group.settlement_overlay.get(key)) {
+            Some(Some(value)) => {
+                return decode_bincode(what, value).map(Some).map_err(|e| AdminError::Storage(e.to_string()));
+            }
+            Some(None) => return Ok(None),
+            None => {}
         }
         self.ledger.settlement_get(key, what).map_err(|e| AdminError::Storage(e.to_string()))
     }
 
     /// Stages a write of the current command (see [`WriterCore::apply_settlement`]).
     fn s_put<T: serde::Serialize>(&self, group: &mut Group, key: Vec<u8>, value: &T) {
-        group.settlement_staged.insert(key, encode_bincode(value));
+        group.settlement_staged.insert(key, Some(encode_bincode(value)));
     }
 
     fn s_epoch(&self, group: &Group, epoch: u64) -> Result<EpochSettlement, AdminError> {
@@ -262,7 +290,8 @@ impl WriterCore {
             .collect();
         let prefix = epoch_prefixed(b'C', epoch, &[]);
         for (key, value) in group.settlement_overlay.iter().chain(group.settlement_staged.iter()) {
-            if key.starts_with(&prefix) {
+            // Carries are never deleted, so every staged carry has a value.
+            if let (true, Some(value)) = (key.starts_with(&prefix), value) {
                 let carry: Carry = decode_bincode("carry", value).map_err(|e| AdminError::Storage(e.to_string()))?;
                 carries.insert(carry.source.clone(), carry);
             }
@@ -284,7 +313,10 @@ impl WriterCore {
         if result.is_ok() {
             let cf = self.ledger.cf(CF_SETTLEMENT);
             for (key, value) in staged {
-                group.batch.put_cf(cf, &key, &value);
+                match &value {
+                    Some(value) => group.batch.put_cf(cf, &key, value),
+                    None => group.batch.delete_cf(cf, &key),
+                }
                 group.settlement_overlay.insert(key, value);
             }
         }
@@ -339,6 +371,7 @@ impl WriterCore {
                 for payer in &record.holders {
                     let owed = self.state.exposure(payer, &record.bill.asset).saturating_sub(record.bill.amount);
                     self.state.set_exposure(payer, &record.bill.asset, owed);
+                    group.settlement_staged.insert(open_bill_key(payer, &record.bill.asset, epoch, &bill_id), None);
                 }
                 self.s_put(group, key, &record);
                 Ok(AdminReply::Done)
@@ -471,7 +504,7 @@ impl WriterCore {
         self.s_put(group, epoch_key(epoch), &record);
         for payout in plan.payouts {
             let index = batch_of[payout.id.as_str()];
-            group.settlement_staged.insert(payout_index_key(&payout.id), epoch.to_be_bytes().to_vec());
+            group.settlement_staged.insert(payout_index_key(&payout.id), Some(epoch.to_be_bytes().to_vec()));
             let key = payout_key(epoch, &payout.id);
             self.s_put(group, key, &PayoutRecord { payout, batch_index: index, state: PayoutState::Planned });
         }
@@ -486,6 +519,10 @@ impl WriterCore {
         for bill in plan.bills {
             let key = bill_key(epoch, &bill.id);
             let holders = self.bill_holders(&bill.party);
+            for holder in &holders {
+                let index = open_bill_key(holder, &bill.asset, epoch, &bill.id);
+                group.settlement_staged.insert(index, Some(bill.amount.to_be_bytes().to_vec()));
+            }
             self.s_put(group, key, &BillRecord { bill, paid_at_ms: None, holders });
         }
         // Nothing below can fail: now, and only now, change the state.
@@ -572,9 +609,10 @@ impl WriterCore {
     ) -> Result<AdminReply, AdminError> {
         let index_key = payout_index_key(payout_id);
         let epoch = match group.settlement_overlay.get(&index_key) {
-            Some(value) => Some(u64::from_be_bytes(
+            Some(Some(value)) => Some(u64::from_be_bytes(
                 value[..].try_into().map_err(|_| AdminError::Storage("payout index value".into()))?,
             )),
+            Some(None) => None,
             None => self.ledger.payout_epoch(payout_id).map_err(|e| AdminError::Storage(e.to_string()))?,
         };
         let epoch = epoch.ok_or_else(|| AdminError::NotFound(format!("payout {payout_id}")))?;

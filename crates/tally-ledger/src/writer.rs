@@ -297,9 +297,10 @@ pub(crate) struct Group {
     pub(crate) now_ms: u64,
     /// Settlement records written by earlier commands of this group, which
     /// later commands must see before they reach RocksDB.
-    pub(crate) settlement_overlay: HashMap<Vec<u8>, Vec<u8>>,
+    /// `None` is a delete.
+    pub(crate) settlement_overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The current settlement command's writes, until it succeeds.
-    pub(crate) settlement_staged: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) settlement_staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl WriterCore {

@@ -91,11 +91,9 @@ fn rail_of(payee: usize) -> (&'static str, String) {
     }
 }
 
+/// A valid German IBAN for `account` (check digits computed).
 fn german_iban(account: u64) -> String {
-    let bban = format!("37040044{account:010}");
-    let digits = format!("{bban}131400");
-    let remainder = digits.bytes().fold(0u32, |r, b| (r * 10 + u32::from(b - b'0')) % 97);
-    format!("DE{:02}{bban}", 98 - remainder)
+    tally_core::destination::iban_from_bban("DE", &format!("37040044{account:010}")).expect("a valid German BBAN")
 }
 
 fn main() {

@@ -412,6 +412,18 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
             tokio::spawn(drive_stream(client, batches, args.window, pace, progress.clone()))
         })
         .collect();
+    gather(tasks, started, progress, verify_rate, cores).await
+}
+
+/// Waits for every sender task and merges their latencies and outcomes
+/// into the report (shared by the gRPC and HTTP modes).
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<StreamStats>>>,
+    started: Instant,
+    progress: ProgressBar,
+    verify_rate: Option<f64>,
+    cores: usize,
+) -> anyhow::Result<LoadgenReport> {
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
     let mut outcomes = BTreeMap::new();
     for task in tasks {
@@ -424,7 +436,7 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     let elapsed_s = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let answered: u64 = outcomes.values().sum();
-    let report = LoadgenReport {
+    Ok(LoadgenReport {
         ious: answered,
         elapsed_s,
         ious_per_s: answered as f64 / elapsed_s,
@@ -435,8 +447,7 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
         batch_latency_us_max: latency_us.max(),
         verify_batch_rate_all_cores: verify_rate,
         cores,
-    };
-    Ok(report)
+    })
 }
 
 /// The x402 body of one IOU: a facilitator request whose requirements
@@ -510,34 +521,11 @@ async fn run_http(
                     *stats.outcomes.entry(outcome).or_default() += 1;
                     progress.inc(1);
                 }
-                Ok::<StreamStats, anyhow::Error>(stats)
+                Ok(stats)
             })
         })
         .collect();
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
-    let mut outcomes = BTreeMap::new();
-    for task in tasks {
-        let stats = task.await??;
-        latency_us.add(&stats.latency_us).expect("same bounds");
-        for (name, count) in stats.outcomes {
-            *outcomes.entry(name).or_default() += count;
-        }
-    }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    progress.finish_and_clear();
-    let answered: u64 = outcomes.values().sum();
-    Ok(LoadgenReport {
-        ious: answered,
-        elapsed_s,
-        ious_per_s: answered as f64 / elapsed_s,
-        outcomes,
-        batch_latency_us_p50: latency_us.value_at_quantile(0.50),
-        batch_latency_us_p99: latency_us.value_at_quantile(0.99),
-        batch_latency_us_p999: latency_us.value_at_quantile(0.999),
-        batch_latency_us_max: latency_us.max(),
-        verify_batch_rate_all_cores: verify_rate,
-        cores,
-    })
+    gather(tasks, started, progress, verify_rate, cores).await
 }
 
 pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {

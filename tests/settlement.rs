@@ -117,13 +117,9 @@ odfi_routing = "01100001"
     path
 }
 
-/// A valid IBAN for a German account number (check digits computed).
+/// A valid German IBAN for `account` (check digits computed).
 fn german_iban(account: u64) -> String {
-    let bban = format!("37040044{account:010}");
-    // Move "DE00" to the end as digits (D=13, E=14) and compute mod 97.
-    let digits = format!("{bban}131400");
-    let remainder = digits.bytes().fold(0u32, |r, b| (r * 10 + u32::from(b - b'0')) % 97);
-    format!("DE{:02}{bban}", 98 - remainder)
+    tally_core::destination::iban_from_bban("DE", &format!("37040044{account:010}")).expect("a valid German BBAN")
 }
 
 fn evm_address(n: u8) -> Address {

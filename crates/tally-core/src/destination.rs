@@ -190,15 +190,28 @@ pub fn iban_is_valid(iban: &str) -> bool {
         && bytes[..2].iter().all(u8::is_ascii_uppercase)
         && bytes[2..4].iter().all(u8::is_ascii_digit)
         && bytes[4..].iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-    if !shape_ok {
-        return false;
-    }
-    let mut remainder: u32 = 0;
-    for &b in bytes[4..].iter().chain(&bytes[..4]) {
+    shape_ok && mod97(bytes[4..].iter().chain(&bytes[..4])) == 1
+}
+
+/// The ISO 7064 mod-97 remainder of upper-case letters (A = 10 … Z = 35)
+/// and digits, read as one number.
+fn mod97<'a>(chars: impl Iterator<Item = &'a u8>) -> u32 {
+    chars.fold(0u32, |remainder, &b| {
         let value = if b.is_ascii_digit() { u32::from(b - b'0') } else { u32::from(b - b'A') + 10 };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+        if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 }
+    })
+}
+
+/// Builds the IBAN of a country code and BBAN by computing its check
+/// digits; `None` when the result would not be a valid IBAN.
+pub fn iban_from_bban(country: &str, bban: &str) -> Option<String> {
+    let placeholder = format!("{bban}{country}00");
+    if !placeholder.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        return None;
     }
-    remainder == 1
+    let check = 98 - mod97(placeholder.as_bytes().iter());
+    let iban = format!("{country}{check:02}{bban}");
+    iban_is_valid(&iban).then_some(iban)
 }
 
 /// ISO 9362 BIC shape: 4 letters (bank), 2 letters (country), 2
@@ -236,6 +249,14 @@ mod tests {
         assert!(!iban_is_valid("DE89370400440532013001"));
         assert!(!iban_is_valid("de89370400440532013000"));
         assert!(!iban_is_valid("DE8937"));
+    }
+
+    #[test]
+    fn builds_ibans_from_bbans() {
+        assert_eq!(iban_from_bban("DE", "370400440532013000").as_deref(), Some("DE89370400440532013000"));
+        assert_eq!(iban_from_bban("GB", "WEST12345698765432").as_deref(), Some("GB82WEST12345698765432"));
+        assert_eq!(iban_from_bban("de", "370400440532013000"), None);
+        assert_eq!(iban_from_bban("DE", "37"), None);
     }
 
     #[test]

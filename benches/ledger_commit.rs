@@ -106,7 +106,7 @@ impl Generator {
                 };
                 let signing_bytes = iou.signing_bytes();
                 let signature = key.sign(&signing_bytes).to_bytes();
-                AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
+                AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
             })
             .collect()
     }

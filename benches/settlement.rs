@@ -198,7 +198,7 @@ async fn run(size: Size) {
                                 };
                                 let signing_bytes = iou.signing_bytes();
                                 let signature = keys[payer].sign(&signing_bytes).to_bytes();
-                                AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
+                                AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
                             })
                             .collect::<Vec<_>>()
                     })

@@ -22,7 +22,11 @@
 //!
 //! `--seed <64 hex>` gives the seed inline instead; `--network` (default
 //! `tally:local`), `--max-price` (smallest units) and `--payment-id` (an
-//! idempotency key, 16..=128 of `[A-Za-z0-9_-]`) are optional. Exit status: 0
+//! idempotency key, 16..=128 of `[A-Za-z0-9_-]`) are optional.
+//! `--web-bot-auth` pays the Cloudflare way instead: `PAYMENT-SIGNATURE`
+//! carries only the amount, and the RFC 9421 request signature is the
+//! commitment; `--signature-agent URL` names the crawler's key directory (a
+//! payer that registered one with `tally payer set-agent` must use it). Exit status: 0
 //! when the final answer is 2xx, 1 otherwise.
 
 use std::path::PathBuf;
@@ -30,7 +34,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::SigningKey;
-use tally_x402::client::Crawler;
+use tally_x402::client::{Crawler, PaymentFormat};
 
 #[derive(Parser, Debug)]
 #[command(about = "Fetch a URL, paying with a Tally IOU over x402 when asked")]
@@ -51,6 +55,12 @@ struct Args {
     /// Pay under this payment identifier (retries are never charged twice).
     #[arg(long)]
     payment_id: Option<String>,
+    /// Commit with the Web Bot Auth request signature instead of a signed IOU.
+    #[arg(long)]
+    web_bot_auth: bool,
+    /// The crawler's signature agent (key directory URL), sent in `Signature-Agent`.
+    #[arg(long)]
+    signature_agent: Option<String>,
 }
 
 fn load_key(args: &Args) -> anyhow::Result<SigningKey> {
@@ -69,6 +79,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let key = load_key(&args)?;
     let mut crawler = Crawler::new(key, &args.network);
+    if args.web_bot_auth {
+        crawler = crawler.with_format(PaymentFormat::WebBotAuth);
+    }
+    if let Some(agent) = &args.signature_agent {
+        crawler = crawler.with_signature_agent(&format!("\"{agent}\""));
+    }
     if let Some(max) = args.max_price {
         crawler = crawler.with_max_price(max);
     }

@@ -1,14 +1,20 @@
 //! Connecting to a running engine: the shared `--server` / `--admin-token`
 //! flags and typed clients.
+//!
+//! Two global flags (set once by `main` through [`configure`]) shape every
+//! connection: `--tls-ca FILE` connects over TLS, trusting that CA, and
+//! `--admin-addr` sends admin and settlement calls to the engine's separate
+//! admin listener instead of `--server`.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use tally_ingest::proto::admin_client::AdminClient;
 use tally_ingest::proto::query_client::QueryClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR, DEFAULT_GRPC_ADDR};
 
@@ -31,14 +37,64 @@ pub struct AdminArgs {
     pub data_dir: PathBuf,
 }
 
+/// Process-wide connection settings from the global flags.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The engine's separate admin address, if it has one.
+    pub admin_addr: Option<String>,
+    /// The CA to trust for TLS; `None` connects in plaintext.
+    pub tls_ca: Option<PathBuf>,
+}
+
+static CONNECTION: OnceLock<Connection> = OnceLock::new();
+
+/// Sets the connection settings; the first call wins.
+pub fn configure(connection: Connection) {
+    let _ = CONNECTION.set(connection);
+}
+
+fn connection() -> &'static Connection {
+    CONNECTION.get_or_init(Connection::default)
+}
+
+/// `host:port` or a URL, as a URL with the scheme TLS needs.
+fn endpoint_url(address: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    match address.split_once("://") {
+        Some(("http" | "https", rest)) => format!("{scheme}://{rest}"),
+        Some(_) => address.to_owned(),
+        None => format!("{scheme}://{address}"),
+    }
+}
+
 pub async fn channel(server: &ServerArgs) -> anyhow::Result<Channel> {
-    let endpoint =
-        Endpoint::from_shared(server.server.clone()).with_context(|| format!("server address {:?}", server.server))?;
+    connect(&server.server).await
+}
+
+/// Connects to `address` (`host:port` or a URL), over TLS when `--tls-ca` is set.
+pub async fn connect(address: &str) -> anyhow::Result<Channel> {
+    let settings = connection();
+    let url = endpoint_url(address, settings.tls_ca.is_some());
+    let mut endpoint = Endpoint::from_shared(url.clone()).with_context(|| format!("server address {address:?}"))?;
+    if let Some(ca) = &settings.tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading the TLS CA {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .with_context(|| format!("TLS settings for {url}"))?;
+    }
     endpoint
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connecting to {} (is `tally serve` running?)", server.server))
+        .with_context(|| format!("connecting to {url} (is `tally serve` running?)"))
+}
+
+/// The channel admin-side calls use: `--admin-addr` if given, else `--server`.
+pub async fn admin_channel(args: &AdminArgs) -> anyhow::Result<Channel> {
+    match &connection().admin_addr {
+        Some(address) => connect(address).await,
+        None => channel(&args.server).await,
+    }
 }
 
 pub async fn query(server: &ServerArgs) -> anyhow::Result<QueryClient<Channel>> {
@@ -66,7 +122,7 @@ impl Interceptor for BearerToken {
 pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 pub async fn admin(args: &AdminArgs) -> anyhow::Result<Admin> {
-    admin_with_token(channel(&args.server).await?, &admin_token(args)?)
+    admin_with_token(admin_channel(args).await?, &admin_token(args)?)
 }
 
 /// The admin token: `--admin-token`, else `<data-dir>/admin-token`.
@@ -101,7 +157,7 @@ pub type Settlement = tally_settler::grpc::proto::settlement_client::SettlementC
 pub async fn settlement(args: &AdminArgs) -> anyhow::Result<Settlement> {
     let token = admin_token(args)?;
     Ok(tally_settler::grpc::proto::settlement_client::SettlementClient::with_interceptor(
-        channel(&args.server).await?,
+        admin_channel(args).await?,
         BearerToken::new(&token)?,
     ))
 }

@@ -42,9 +42,24 @@ pub struct ServeArgs {
     /// creating it with a random token (mode 0600) on first start.
     #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Once listening, write `{"grpc_addr":…,"metrics_addr":…,"pid":…}` here.
+    /// Benchmarks only: accept IOUs without checking their signatures, to
+    /// measure the ledger alone. Never use it with real money.
+    #[arg(long, hide = true)]
+    pub unsafe_skip_signature_verification: bool,
+    /// Once listening, write `{"grpc_addr":…,"admin_addr":…,"metrics_addr":…,"http_addr":…,"pid":…}` here.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the gRPC and HTTP listeners; needs
+    /// `--tls-key`. Without both, Tally serves plaintext.
+    #[arg(long, env = "TALLY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) matching `--tls-cert`.
+    #[arg(long, env = "TALLY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The separate admin listen address (`--admin-addr` / `TALLY_ADMIN_ADDR`,
+    /// a global flag shared with the client commands; filled in by `main`).
+    #[arg(skip)]
+    pub admin_addr: Option<String>,
 }
 
 /// The file form: every key optional.
@@ -57,9 +72,21 @@ pub struct FileConfig {
     pub http_addr: Option<String>,
     pub network: Option<String>,
     pub admin_token: Option<String>,
+    /// Admin and Settlement only on this address; "off" (the default) serves
+    /// them on `grpc_addr`.
+    pub admin_addr: Option<String>,
+    /// `[tls]`: serve gRPC and HTTP over TLS.
+    pub tls: Option<FileTls>,
     pub limits: Option<FileLimits>,
     /// `[settlement]`: see `tally_settler::config`.
     pub settlement: Option<tally_settler::SettlementConfig>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]
@@ -75,6 +102,12 @@ pub struct FileLimits {
     pub clock_skew_max_s: Option<u64>,
     pub validity_max_s: Option<u64>,
     pub verify_threads: Option<usize>,
+    /// HTTP (x402 facilitator) listener: see `tally_ingest::server::http`.
+    pub http_header_read_timeout_ms: Option<u64>,
+    pub http_request_timeout_ms: Option<u64>,
+    pub http_connections_max: Option<usize>,
+    pub http_header_bytes_max: Option<usize>,
+    pub http_headers_max: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -82,12 +115,18 @@ pub struct FileLimits {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
+    /// Where Admin and Settlement are served when not on `grpc_addr`.
+    pub admin_addr: Option<SocketAddr>,
+    /// TLS for every gRPC and HTTP listener (not metrics).
+    pub tls: Option<tally_ingest::server::tls::TlsFiles>,
     pub metrics_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub network: String,
     pub admin_token: AdminToken,
     pub limits: FileLimits,
     pub ready_file: Option<PathBuf>,
+    /// Benchmarks only: see `ServeArgs::unsafe_skip_signature_verification`.
+    pub skip_signature_verification: bool,
     /// Settlement policy and rails; absent means the defaults (no rails:
     /// every credit carries forward, every debt is billed).
     pub settlement: tally_settler::SettlementConfig,
@@ -107,7 +146,7 @@ impl ServeArgs {
         let file: FileConfig = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                parse_file(&text).with_context(|| format!("parsing {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -124,6 +163,24 @@ impl ServeArgs {
             Some(addr) => Some(addr.parse().with_context(|| format!("HTTP address {addr:?}"))?),
             None => Some(DEFAULT_HTTP_ADDR.parse().expect("valid default")),
         };
+        let admin_addr: Option<SocketAddr> = match self.admin_addr.or(file.admin_addr).as_deref() {
+            None | Some("off") => None,
+            Some(addr) => Some(addr.parse().with_context(|| format!("admin address {addr:?}"))?),
+        };
+        if let Some(admin) = admin_addr {
+            anyhow::ensure!(
+                admin.port() == 0 || admin != grpc_addr,
+                "the admin address {admin} must differ from the gRPC address"
+            );
+        }
+        let file_tls = file.tls.map(|t| (t.cert_file, t.key_file));
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert_file), Some(key_file)) => Some(tally_ingest::server::tls::TlsFiles { cert_file, key_file }),
+            (None, None) => {
+                file_tls.map(|(cert_file, key_file)| tally_ingest::server::tls::TlsFiles { cert_file, key_file })
+            }
+            _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+        };
         let network = self.network.or(file.network).unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
         let admin_token = match self.admin_token.or(file.admin_token) {
             Some(token) if token.is_empty() => anyhow::bail!("the admin token must not be empty"),
@@ -133,15 +190,48 @@ impl ServeArgs {
         Ok(ServeConfig {
             data_dir,
             grpc_addr,
+            admin_addr,
+            tls,
             metrics_addr,
             http_addr,
             network,
             admin_token: AdminToken(admin_token),
             limits: file.limits.unwrap_or_default(),
             ready_file: self.ready_file,
+            skip_signature_verification: self.unsafe_skip_signature_verification,
             settlement: file.settlement.unwrap_or_default(),
         })
     }
+}
+
+/// Parses the TOML file. The error names the line, column and what is
+/// wrong, but never quotes the file: the offending line may hold a secret
+/// (`admin_token = …` with a typo), and errors end up in logs.
+fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str(text).map_err(|error| {
+        let location = error
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        // serde quotes a rejected value (``invalid type: integer `123` ``):
+        // on a line that sets a secret, say only that the value is invalid.
+        let line = error.span().map(|span| {
+            let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+            text[start..].lines().next().unwrap_or_default()
+        });
+        let key = line.and_then(|l| l.split_once('=')).map(|(key, _)| key.trim().to_ascii_lowercase());
+        let secret = key.is_some_and(|k| ["token", "key", "secret", "password"].iter().any(|s| k.contains(s)));
+        if secret {
+            anyhow::anyhow!("invalid value for a secret setting (not shown){location}")
+        } else {
+            anyhow::anyhow!("{}{location}", error.message().trim_end())
+        }
+    })
 }
 
 /// Reads `<data_dir>/admin-token`, creating it (0600) with 32 random bytes

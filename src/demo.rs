@@ -75,6 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         measure_verify: false,
         json: false,
         http: None,
+        batch_signed: false,
     };
     let mut admin = client::admin(&load.admin).await?;
     loadgen::register(&load, &mut admin).await?;

@@ -1,7 +1,8 @@
-//! Finance commands: balances, epochs, sealing.
+//! Finance commands: balances, epochs, sealing, receipts.
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use clap::Subcommand;
 use tally_core::format_amount;
 use tally_ingest::proto::*;
@@ -150,4 +151,83 @@ pub async fn epoch(command: EpochCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReceiptArgs {
+    /// The payer's public key, 64 hex digits.
+    #[arg(long)]
+    pub payer_key: String,
+    /// The IOU's nonce, 32 hex digits.
+    #[arg(long)]
+    pub nonce: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `tally receipt`: an accepted IOU's proof that its payer signed it, as JSON
+/// (binary fields in lower-case hex) for anyone to check without Tally: the
+/// IOU's signing bytes, the signature, and either what it covers directly or,
+/// for a batch-signed IOU, the batch statement, the leaf index and the RFC
+/// 9162 inclusion proof. `verified` says whether this tool's own check of the
+/// receipt passed; `scripts/interop/verify_receipt.py` is an independent one.
+pub async fn receipt(args: ReceiptArgs) -> anyhow::Result<()> {
+    let payer_key = hex::decode(&args.payer_key).context("--payer-key is not hex")?;
+    let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
+    anyhow::ensure!(payer_key.len() == 32 && nonce.len() == 16, "a payer key is 32 bytes and a nonce 16");
+    let receipt =
+        client::query(&args.server).await?.get_receipt(GetIouRequest { payer_key, nonce }).await?.into_inner();
+    anyhow::ensure!(receipt.found, "no accepted IOU has this payer key and nonce");
+    let commitment = receipt.commitment.as_ref().map(|c| format!("{}:{}", c.seq, hex::encode(&c.hash)));
+    let verified = check_receipt(&receipt);
+    print_json(&serde_json::json!({
+        "commitment": commitment,
+        "epoch": receipt.epoch,
+        "evidence_format": receipt.evidence_format,
+        "iou_signing_bytes": hex::encode(&receipt.iou_signing_bytes),
+        "signature": hex::encode(&receipt.signature),
+        "signed_message": hex::encode(&receipt.signed_message),
+        "batch_statement": hex::encode(&receipt.batch_statement),
+        "leaf_index": receipt.leaf_index,
+        "inclusion_proof": receipt.inclusion_proof.iter().map(hex::encode).collect::<Vec<_>>(),
+        "verified": verified,
+    }));
+    anyhow::ensure!(verified, "the receipt does not verify");
+    Ok(())
+}
+
+/// Checks a receipt with Tally's own rules: the IOU parses, the signature
+/// holds, and (batch members) the inclusion proof leads to the signed root.
+fn check_receipt(receipt: &Receipt) -> bool {
+    use tally_core::batch::{BatchStatement, leaf_hash, verify_inclusion};
+    use tally_core::verify::{VerifyItem, verify_one};
+    let Ok(iou) = tally_core::Iou::from_signing_bytes(&receipt.iou_signing_bytes) else { return false };
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&iou.payer_key) else { return false };
+    let Ok(signature) = <[u8; 64]>::try_from(receipt.signature.as_slice()) else { return false };
+    let message: &[u8] = if receipt.batch_statement.is_empty() {
+        &receipt.signed_message
+    } else {
+        let Ok(statement) = BatchStatement::from_bytes(&receipt.batch_statement) else { return false };
+        let proof: Option<Vec<[u8; 32]>> =
+            receipt.inclusion_proof.iter().map(|h| <[u8; 32]>::try_from(h.as_slice()).ok()).collect();
+        let Some(proof) = proof else { return false };
+        let leaf = leaf_hash(&receipt.iou_signing_bytes);
+        if statement.payer_key != iou.payer_key
+            || !verify_inclusion(
+                &leaf,
+                u64::from(receipt.leaf_index),
+                u64::from(statement.count),
+                &proof,
+                &statement.root,
+            )
+        {
+            return false;
+        }
+        &receipt.batch_statement
+    };
+    // A Tally IOU's signature covers its own bytes; other forms say what they cover.
+    if receipt.evidence_format == "tally-iou-v1" && message != receipt.iou_signing_bytes.as_slice() {
+        return false;
+    }
+    verify_one(&VerifyItem { key: &key, message, signature: &signature })
 }

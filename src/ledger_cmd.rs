@@ -50,13 +50,21 @@ pub fn run(command: LedgerCommand) -> anyhow::Result<()> {
             "aggregates": report.aggregates,
             "signatures_verified": report.signatures_verified,
             "nonces_pruned": report.nonces_pruned,
+            "web_bot_auth_records": report.web_bot_auth_records,
+            "batch_member_records": report.batch_member_records,
             "problems_total": report.problems_total,
             "problems": report.problems,
         }));
     } else {
         println!(
-            "records: {}  epochs: {}  aggregates: {}  signatures verified: {}  pruned nonces: {}",
-            report.records, report.epochs, report.aggregates, report.signatures_verified, report.nonces_pruned
+            "records: {} ({} Web Bot Auth, {} batch-signed)  epochs: {}  aggregates: {}  signatures verified: {}  pruned nonces: {}",
+            report.records,
+            report.web_bot_auth_records,
+            report.batch_member_records,
+            report.epochs,
+            report.aggregates,
+            report.signatures_verified,
+            report.nonces_pruned
         );
         for problem in &report.problems {
             println!("PROBLEM: {problem}");

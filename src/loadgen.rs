@@ -22,6 +22,7 @@ use anyhow::Context;
 use ed25519_dalek::{Signer, SigningKey};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use tally_core::batch::{BatchStatement, leaf_hash, merkle_root};
 use tally_core::verify::{VerifyItem, verify_many};
 use tally_core::{Iou, Outcome};
 use tally_ingest::convert::code_from_proto;
@@ -89,6 +90,10 @@ pub struct LoadgenArgs {
     /// `POST /settle` per IOU, instead of gRPC batches.
     #[arg(long)]
     pub http: Option<String>,
+    /// Batch-signed commitments: each batch is one payer's IOUs under one
+    /// signature over their Merkle root (`StreamSignedBatches`).
+    #[arg(long, conflicts_with = "http")]
+    pub batch_signed: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -181,15 +186,35 @@ pub async fn register(args: &LoadgenArgs, admin: &mut client::Admin) -> anyhow::
     Ok(())
 }
 
-/// Signs every IOU of the run on all cores, already cut into batches.
-fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<SubmitBatchRequest>> {
+/// One pre-signed request of either kind.
+enum Presigned {
+    Single(SubmitBatchRequest),
+    Signed(SubmitSignedBatchRequest),
+}
+
+/// The IOU's evidence of payment: its own signature, or (batch-signed) none,
+/// the batch's signature covering it.
+fn wire_iou(iou: Iou, key: Option<&SigningKey>) -> proto::Iou {
+    let signature = key.map_or([0; 64], |key| key.sign(&iou.signing_bytes()).to_bytes());
+    let mut wire = tally_ingest::convert::iou_to_proto(&tally_core::SignedIou { iou, signature });
+    if key.is_none() {
+        wire.signature.clear();
+    }
+    wire
+}
+
+/// Signs every IOU of the run (or, batch-signed, every batch) on all cores,
+/// already cut into batches.
+fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<Presigned>> {
     let mut run_id = [0u8; 8];
     getrandom::fill(&mut run_id).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let now_s = tally_ledger::unix_now_ms() / 1000;
     let batches = args.ious.div_ceil(args.batch as u64) as usize;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_thread = batches.div_ceil(threads);
-    let mut out: Vec<SubmitBatchRequest> = Vec::with_capacity(batches);
+    let mut out: Vec<Presigned> = Vec::with_capacity(batches);
+    // (key, batch_seq) names a batch forever: this run's sequence numbers start at a random base.
+    let batch_seq_base = u64::from_be_bytes(run_id) & 0xffff_ffff_0000_0000;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -201,9 +226,15 @@ fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<Submit
                         .map(|b| {
                             let start = b as u64 * args.batch as u64;
                             let end = (start + args.batch as u64).min(args.ious);
-                            let ious = (start..end)
+                            // A signed batch is one payer's; single IOUs mix payers.
+                            let batch_key = &keys[b % keys.len()];
+                            let ious: Vec<(&SigningKey, Iou)> = (start..end)
                                 .map(|n| {
-                                    let key = &keys[(rng.next() % keys.len() as u64) as usize];
+                                    let key = if args.batch_signed {
+                                        batch_key
+                                    } else {
+                                        &keys[(rng.next() % keys.len() as u64) as usize]
+                                    };
                                     let mut nonce = [0u8; 16];
                                     nonce[..8].copy_from_slice(&run_id);
                                     nonce[8..].copy_from_slice(&n.to_be_bytes());
@@ -219,11 +250,27 @@ fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<Submit
                                         expires_at_s: now_s + 3_600,
                                         resource: format!("https://{}/page/{n}", payee_id(payee)),
                                     };
-                                    let signature = key.sign(&iou.signing_bytes()).to_bytes();
-                                    tally_ingest::convert::iou_to_proto(&tally_core::SignedIou { iou, signature })
+                                    (key, iou)
                                 })
                                 .collect();
-                            SubmitBatchRequest { batch_id: b as u64, ious }
+                            if !args.batch_signed {
+                                let ious = ious.into_iter().map(|(key, iou)| wire_iou(iou, Some(key))).collect();
+                                return Presigned::Single(SubmitBatchRequest { batch_id: b as u64, ious });
+                            }
+                            let leaves: Vec<_> = ious.iter().map(|(_, iou)| leaf_hash(&iou.signing_bytes())).collect();
+                            let statement = BatchStatement {
+                                payer_key: batch_key.verifying_key().to_bytes(),
+                                batch_seq: batch_seq_base + b as u64,
+                                count: leaves.len() as u32,
+                                root: merkle_root(&leaves),
+                            };
+                            Presigned::Signed(SubmitSignedBatchRequest {
+                                batch_id: b as u64,
+                                batch_seq: statement.batch_seq,
+                                root: statement.root.to_vec(),
+                                signature: batch_key.sign(&statement.to_bytes()).to_bytes().to_vec(),
+                                ious: ious.into_iter().map(|(_, iou)| wire_iou(iou, None)).collect(),
+                            })
                         })
                         .collect::<Vec<_>>()
                 })
@@ -286,9 +333,31 @@ struct Pace {
     phase: Duration,
 }
 
-async fn drive_stream(
+/// Opens a stream of requests `R` and returns its responses.
+type OpenStream<R> =
+    fn(
+        IngestClient<tonic::transport::Channel>,
+        ReceiverStream<R>,
+    ) -> futures::future::BoxFuture<'static, Result<tonic::Streaming<SubmitBatchResponse>, tonic::Status>>;
+
+fn open_single(
     mut client: IngestClient<tonic::transport::Channel>,
-    batches: Vec<SubmitBatchRequest>,
+    requests: ReceiverStream<SubmitBatchRequest>,
+) -> futures::future::BoxFuture<'static, Result<tonic::Streaming<SubmitBatchResponse>, tonic::Status>> {
+    Box::pin(async move { Ok(client.stream_batches(requests).await?.into_inner()) })
+}
+
+fn open_signed(
+    mut client: IngestClient<tonic::transport::Channel>,
+    requests: ReceiverStream<SubmitSignedBatchRequest>,
+) -> futures::future::BoxFuture<'static, Result<tonic::Streaming<SubmitBatchResponse>, tonic::Status>> {
+    Box::pin(async move { Ok(client.stream_signed_batches(requests).await?.into_inner()) })
+}
+
+async fn drive_stream<R: Send + 'static>(
+    client: IngestClient<tonic::transport::Channel>,
+    batches: Vec<R>,
+    open: OpenStream<R>,
     window: usize,
     pace: Option<Pace>,
     progress: ProgressBar,
@@ -320,7 +389,7 @@ async fn drive_stream(
             }
         })
     };
-    let mut responses = client.stream_batches(ReceiverStream::new(receiver)).await?.into_inner();
+    let mut responses = open(client, ReceiverStream::new(receiver)).await?;
     let mut stats = StreamStats {
         latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
         outcomes: BTreeMap::new(),
@@ -380,6 +449,13 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     let batches = tokio::task::spawn_blocking(move || presign(&args_for_signing, &keys)).await??;
 
     if let Some(url) = &args.http {
+        let batches = batches
+            .into_iter()
+            .filter_map(|b| match b {
+                Presigned::Single(batch) => Some(batch),
+                Presigned::Signed(_) => None,
+            })
+            .collect();
         return run_http(args, url, batches, verify_rate, cores, quiet).await;
     }
     let connections = args.connections.min(args.streams);
@@ -387,7 +463,7 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
     for _ in 0..connections {
         channels.push(client::channel(&args.admin.server).await?);
     }
-    let mut per_stream: Vec<Vec<SubmitBatchRequest>> = (0..args.streams).map(|_| Vec::new()).collect();
+    let mut per_stream: Vec<Vec<Presigned>> = (0..args.streams).map(|_| Vec::new()).collect();
     for (i, batch) in batches.into_iter().enumerate() {
         per_stream[i % args.streams].push(batch);
     }
@@ -409,7 +485,20 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);
             let pace = period.map(|period| Pace { period, phase: period.mul_f64(s as f64 / args.streams as f64) });
-            tokio::spawn(drive_stream(client, batches, args.window, pace, progress.clone()))
+            let progress = progress.clone();
+            if args.batch_signed {
+                let batches = batches.into_iter().filter_map(|b| match b {
+                    Presigned::Signed(batch) => Some(batch),
+                    Presigned::Single(_) => None,
+                });
+                tokio::spawn(drive_stream(client, batches.collect(), open_signed, args.window, pace, progress))
+            } else {
+                let batches = batches.into_iter().filter_map(|b| match b {
+                    Presigned::Single(batch) => Some(batch),
+                    Presigned::Signed(_) => None,
+                });
+                tokio::spawn(drive_stream(client, batches.collect(), open_single, args.window, pace, progress))
+            }
         })
         .collect();
     gather(tasks, started, progress, verify_rate, cores).await
@@ -539,11 +628,12 @@ pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {
             match &args.http {
                 Some(url) => format!("{} concurrent POST {url}/settle, one IOU each", args.streams * args.window),
                 None => format!(
-                    "{} streams x {} batches in flight x {} IOUs, {} connections",
+                    "{} streams x {} batches in flight x {} IOUs, {} connections{}",
                     args.streams,
                     args.window,
                     args.batch,
-                    args.connections.min(args.streams)
+                    args.connections.min(args.streams),
+                    if args.batch_signed { ", one signature per batch" } else { "" }
                 ),
             },
         ],

@@ -24,6 +24,15 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: deferred settlement for x402 payments")]
 struct Cli {
+    /// Where the admin API (Admin, Settlement) listens. `serve`: bind them
+    /// only on this address (default: on --grpc-addr). Other commands: send
+    /// admin calls there (`host:port` or a URL; default: --server).
+    #[arg(long, global = true, env = "TALLY_ADMIN_ADDR")]
+    admin_addr: Option<String>,
+    /// CA certificate (PEM) that signed the engine's TLS certificate: client
+    /// commands then connect over TLS.
+    #[arg(long, global = true, env = "TALLY_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +56,8 @@ enum Command {
     Balance(finance::BalanceArgs),
     /// List settlement epochs.
     Epochs(finance::EpochsArgs),
+    /// Print an accepted IOU's receipt: the proof its payer signed it (JSON).
+    Receipt(finance::ReceiptArgs),
     /// Operate on epochs.
     #[command(subcommand)]
     Epoch(finance::EpochCommand),
@@ -79,7 +90,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.admin_addr = cli.admin_addr.clone(),
+        // The demo runs its own engine and connects to it directly.
+        Command::Demo(_) => {}
+        _ => client::configure(client::Connection {
+            admin_addr: cli.admin_addr.clone().filter(|addr| !addr.is_empty() && addr != "off"),
+            tls_ca: cli.tls_ca.clone(),
+        }),
+    }
     // The engine logs at info; interactive commands only warn, so their
     // tables are not interleaved with log lines. TALLY_LOG overrides both.
     let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
@@ -106,6 +126,7 @@ fn main() -> std::process::ExitCode {
             Command::Asset(command) => accounts::asset(command).await,
             Command::Balance(args) => finance::balance(args).await,
             Command::Epochs(args) => finance::epochs(args).await,
+            Command::Receipt(args) => finance::receipt(args).await,
             Command::Epoch(command) => finance::epoch(command).await,
             Command::Settle(args) => settle::settle(args).await,
             Command::Settlements(args) => settle::reports(args).await,

@@ -1,14 +1,25 @@
 //! `tally serve`: open the engine, serve gRPC and metrics until a signal.
+//!
+//! Listeners: public gRPC (ingest, query, health, reflection), the admin
+//! side (Admin, Settlement) on the same listener or, with `--admin-addr`,
+//! on its own; the x402 facilitator over HTTP on the hardened listener of
+//! `tally_ingest::server::http`; Prometheus metrics. With `[tls]` every
+//! gRPC and HTTP listener speaks TLS only (metrics stay plaintext: bind them
+//! to loopback).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use std::sync::Arc;
 
+use tally_ingest::server::http::{HttpLimits, HttpOptions};
+use tally_ingest::server::tls::TlsIdentity;
+use tally_ingest::server::{GrpcListeners, serve_listeners};
 use tally_ingest::{AdminAuth, Engine, EngineConfig, ExtraServices, GrpcLimits};
 use tally_settler::grpc::{SettlementServer, SettlementService};
 use tally_settler::{Schedule, SettleRequest, Settler};
-use tally_x402::{Facilitator, FacilitatorConfig, serve_http};
+use tally_x402::facilitator::serve_http_with;
+use tally_x402::{Facilitator, FacilitatorConfig};
 
 use crate::config::{ServeArgs, ServeConfig};
 
@@ -17,8 +28,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    // Checked before the ledger opens: a bad certificate or limit is a
+    // configuration error, not a half-started engine.
+    let tls = config.tls.as_ref().map(TlsIdentity::load).transpose()?;
+    http_limits(&config).check().map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
     let engine = Arc::new(open_engine(&config)?);
-    let result = serve_engine(&config, &engine).await;
+    let result = serve_engine(&config, &engine, tls).await;
     // Whether serving ended by a signal or failed to start (a port in use),
     // the engine stops off the async threads: its writer joins a thread.
     if let Ok(engine) = Arc::try_unwrap(engine) {
@@ -27,7 +42,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Result<()> {
+async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<TlsIdentity>) -> anyhow::Result<()> {
     let limits = grpc_limits(config);
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(start_metrics(addr)?),
@@ -42,9 +57,12 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Res
     .await
     .context("starting settlement")?;
     let extra = settlement_services(engine, &settler, &config.admin_token.0);
-    let server = tally_ingest::serve(engine, config.grpc_addr, &config.admin_token.0, &limits, extra)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting gRPC on {}: {e}", config.grpc_addr))?;
+    let listeners = GrpcListeners { addr: config.grpc_addr, admin_addr: config.admin_addr, tls: tls.clone() };
+    let servers = serve_listeners(engine, &listeners, &config.admin_token.0, &limits, extra).await.map_err(|e| {
+        let admin = config.admin_addr.map(|a| format!(" / admin {a}")).unwrap_or_default();
+        anyhow::anyhow!("starting gRPC on {}{admin}: {e}", config.grpc_addr)
+    })?;
+    let admin_addr = servers.admin.as_ref().map(|a| a.local_addr);
     let http = match config.http_addr {
         Some(addr) => {
             let facilitator = Facilitator::new(
@@ -52,7 +70,12 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Res
                 engine.pipeline.clone(),
                 engine.ledger.clone(),
             );
-            Some(serve_http(&facilitator, addr).await.with_context(|| format!("binding HTTP on {addr}"))?)
+            let options = HttpOptions { limits: http_limits(config), tls };
+            Some(
+                serve_http_with(&facilitator, addr, options)
+                    .await
+                    .with_context(|| format!("binding HTTP on {addr}"))?,
+            )
         }
         None => None,
     };
@@ -60,7 +83,9 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Res
     // schedule (if any) takes over.
     let background = tokio::spawn(settlement_loop(settler.clone(), config.settlement.schedule.clone()));
     tracing::info!(
-        grpc = %server.local_addr,
+        grpc = %servers.public.local_addr,
+        admin = ?admin_addr,
+        tls = config.tls.is_some(),
         metrics = ?metrics_addr,
         data_dir = %config.data_dir.display(),
         network = %config.network,
@@ -68,7 +93,9 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Res
     );
     if let Some(path) = &config.ready_file {
         let ready = serde_json::json!({
-            "grpc_addr": server.local_addr.to_string(),
+            "grpc_addr": servers.public.local_addr.to_string(),
+            "admin_addr": admin_addr.map(|a| a.to_string()),
+            "tls": config.tls.is_some(),
             "metrics_addr": metrics_addr.map(|a| a.to_string()),
             "http_addr": http.as_ref().map(|h| h.local_addr.to_string()),
             "pid": std::process::id(),
@@ -83,7 +110,7 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>) -> anyhow::Res
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, http.stop()).await;
     }
-    server.stop_within(SHUTDOWN_GRACE).await?;
+    servers.stop_within(SHUTDOWN_GRACE).await?;
     Ok(())
 }
 
@@ -127,6 +154,10 @@ pub fn open_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
     p.verify_threads = l.verify_threads.unwrap_or(p.verify_threads);
     p.validity.clock_skew_max_s = l.clock_skew_max_s.unwrap_or(p.validity.clock_skew_max_s);
     p.validity.validity_max_s = l.validity_max_s.unwrap_or(p.validity.validity_max_s);
+    if config.skip_signature_verification {
+        tracing::warn!("signature verification is OFF (--unsafe-skip-signature-verification): benchmarks only");
+        p.verify_signatures = false;
+    }
     engine_config.writer_queue_depth_max = l.writer_queue_depth_max.unwrap_or(engine_config.writer_queue_depth_max);
     engine_config.writer_group_ious_max = l.writer_group_ious_max.unwrap_or(engine_config.writer_group_ious_max);
     Engine::open(engine_config).with_context(|| format!("opening the ledger in {}", config.data_dir.display()))
@@ -141,6 +172,20 @@ fn grpc_limits(config: &ServeConfig) -> GrpcLimits {
         stream_batches_inflight_max: l.stream_batches_inflight_max.unwrap_or(defaults.stream_batches_inflight_max),
         requests_per_connection_max: defaults.requests_per_connection_max,
         requests_max: l.requests_max.unwrap_or(defaults.requests_max),
+    }
+}
+
+/// The facilitator listener's bounds: `[limits]` over the defaults.
+fn http_limits(config: &ServeConfig) -> HttpLimits {
+    let defaults = HttpLimits::default();
+    let l = &config.limits;
+    let ms = |value: Option<u64>, default: Duration| value.map(Duration::from_millis).unwrap_or(default);
+    HttpLimits {
+        header_read_timeout: ms(l.http_header_read_timeout_ms, defaults.header_read_timeout),
+        request_timeout: ms(l.http_request_timeout_ms, defaults.request_timeout),
+        connections_max: l.http_connections_max.unwrap_or(defaults.connections_max),
+        header_bytes_max: l.http_header_bytes_max.unwrap_or(defaults.header_bytes_max),
+        headers_max: l.http_headers_max.unwrap_or(defaults.headers_max),
     }
 }
 
@@ -165,6 +210,15 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     metrics::describe_histogram!("tally_commit_group_ious", "IOUs accepted per group commit");
     metrics::describe_counter!("tally_commit_groups_total", "Group commits written");
     metrics::describe_counter!("tally_commit_failures_total", "Group commits that failed and were not acknowledged");
+    metrics::describe_gauge!("tally_http_connections_open", "Facilitator HTTP connections being served");
+    metrics::describe_counter!(
+        "tally_http_header_timeouts_total",
+        "Facilitator connections closed for not sending a request head (or TLS handshake) in time"
+    );
+    metrics::describe_counter!(
+        "tally_http_request_timeouts_total",
+        "Facilitator requests answered 503 for not completing in time"
+    );
     Ok(bound)
 }
 

@@ -74,7 +74,7 @@ async fn supported_verify_settle_and_every_reason_code() {
     assert_eq!(supported["kinds"][0]["scheme"], "batch-settlement");
     assert_eq!(supported["kinds"][0]["network"], NETWORK);
     assert_eq!(supported["kinds"][0]["x402Version"], 2);
-    assert_eq!(supported["extensions"], json!(["payment-identifier"]));
+    assert_eq!(supported["extensions"], json!(["payment-identifier", "http-message-signatures"]));
 
     let key = signer(1);
     let signed = iou_with(&key, 700, nonce(40, 1));

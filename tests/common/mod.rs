@@ -258,3 +258,180 @@ pub fn run_tally(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// How to start `tally serve` beyond [`ServerProcess::start_with`]: extra
+/// flags, and a file that receives its stdout and stderr (for tests that
+/// read what it printed).
+#[derive(Default)]
+pub struct ServeOptions<'a> {
+    pub config: Option<&'a Path>,
+    pub env: &'a [(&'a str, &'a str)],
+    pub args: &'a [&'a str],
+    pub output: Option<&'a Path>,
+    /// `TALLY_LOG`; `warn` when `None`.
+    pub log: Option<&'a str>,
+}
+
+impl ServerProcess {
+    /// Starts `tally serve` with `options`; returns it and its ready file
+    /// (which holds `admin_addr`, `tls`, … beyond the fields kept here).
+    pub fn start_opts(data_dir: &Path, options: &ServeOptions) -> (ServerProcess, serde_json::Value) {
+        let ready: PathBuf = data_dir.with_extension(format!("ready-opts-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let mut command = Command::new(tally_binary());
+        command
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(options.args)
+            .env("TALLY_ADMIN_TOKEN", TOKEN)
+            .env("TALLY_LOG", options.log.unwrap_or("warn"))
+            .env_remove("TALLY_FAILPOINTS")
+            .env_remove("TALLY_ADMIN_ADDR")
+            .env_remove("TALLY_TLS_CA");
+        if let Some(config) = options.config {
+            command.arg("--config").arg(config);
+        }
+        for (key, value) in options.env {
+            command.env(key, value);
+        }
+        let (stdout, stderr) = match options.output {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
+        let mut child =
+            command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().expect("starting tally serve");
+        let text = poll(Duration::from_secs(60), || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("tally serve exited before it was ready: {status:?}");
+            }
+            std::fs::read_to_string(&ready).ok()
+        });
+        let _ = std::fs::remove_file(&ready);
+        let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let server = ServerProcess {
+            child,
+            addr: ready["grpc_addr"].as_str().unwrap().to_owned(),
+            metrics_addr: ready["metrics_addr"].as_str().unwrap_or_default().to_owned(),
+            http_addr: ready["http_addr"].as_str().unwrap_or_default().to_owned(),
+        };
+        (server, ready)
+    }
+}
+
+/// Sends raw bytes as an HTTP/1.1 client would (over any stream) and reads
+/// the whole answer until the server closes; returns (status, body).
+pub async fn http_exchange<S>(mut stream: S, request: &[u8]) -> std::io::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    let mut answer = Vec::new();
+    // A TLS peer may close without close_notify after `Connection: close`;
+    // what arrived before that is the answer.
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {:?}", &text[..text.len().min(200)])))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A `Connection: close` HTTP/1.1 request with an optional JSON body.
+pub fn http_request(method: &str, path: &str, json: Option<&str>) -> Vec<u8> {
+    let body = json.unwrap_or("");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if json.is_some() {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    request.into_bytes()
+}
+
+/// A `tally serve` that is allowed to fail at startup (tests of damaged or full disks), with
+/// its stderr kept in a file for assertions.
+pub struct FaultServer {
+    pub child: Child,
+    pub addr: String,
+    pub stderr_path: PathBuf,
+}
+
+/// How a [`start_may_exit`] attempt ended.
+pub enum Started {
+    Ready(FaultServer),
+    Exited { status: std::process::ExitStatus, stderr: String },
+}
+
+/// Starts `tally serve` on `data_dir` (ready file and stderr under `dir`, named by `tag`) and
+/// waits until it is listening or has exited, whichever comes first.
+pub fn start_may_exit(dir: &Path, data_dir: &Path, env: &[(String, String)], tag: &str) -> Started {
+    let ready = dir.join(format!("ready-{tag}"));
+    let stderr_path = dir.join(format!("stderr-{tag}"));
+    let _ = std::fs::remove_file(&ready);
+    let mut command = Command::new(tally_binary());
+    command
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("TALLY_ADMIN_TOKEN", TOKEN)
+        .env("TALLY_LOG", "warn")
+        .env_remove("TALLY_FAILPOINTS")
+        .env_remove(tally_ledger::failpoint::ENV_VAR);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("starting tally serve");
+    let outcome = poll(Duration::from_secs(60), || {
+        if let Some(status) = child.try_wait().expect("polling the child") {
+            return Some(Err(status));
+        }
+        let text = std::fs::read_to_string(&ready).ok()?;
+        let ready: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(Ok(ready["grpc_addr"].as_str()?.to_owned()))
+    });
+    match outcome {
+        Ok(addr) => Started::Ready(FaultServer { child, addr, stderr_path }),
+        Err(status) => Started::Exited { status, stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default() },
+    }
+}
+
+/// [`start_may_exit`] for a start that must succeed.
+pub fn start_ready(dir: &Path, data_dir: &Path, env: &[(String, String)], tag: &str) -> FaultServer {
+    match start_may_exit(dir, data_dir, env, tag) {
+        Started::Ready(server) => server,
+        Started::Exited { status, stderr } => panic!("tally serve exited ({status}):\n{stderr}"),
+    }
+}
+
+impl FaultServer {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -11,7 +11,9 @@
 //!        || epoch                     8 bytes, u64 big-endian
 //!        || accepted_at_ms            8 bytes, u64 big-endian, Unix milliseconds
 //!        || signature                64 bytes
-//!        || signing_bytes            the IOU's canonical signing bytes )
+//!        || evidence                 what the payer signed, as stored: the IOU's
+//!                                    signing bytes, or a Web Bot Auth record
+//!                                    (see `crate::evidence`) )
 //! ```
 //!
 //! The pair `(seq, hash)` is the IOU's **commitment identifier**: its place
@@ -41,7 +43,7 @@ pub fn link_hash(
     epoch: u64,
     accepted_at_ms: u64,
     signature: &SignatureBytes,
-    signing_bytes: &[u8],
+    evidence: &[u8],
 ) -> RecordHash {
     let mut hasher = Sha256::new();
     hasher.update(LOG_DOMAIN_TAG);
@@ -50,7 +52,7 @@ pub fn link_hash(
     hasher.update(epoch.to_be_bytes());
     hasher.update(accepted_at_ms.to_be_bytes());
     hasher.update(signature);
-    hasher.update(signing_bytes);
+    hasher.update(evidence);
     hasher.finalize().into()
 }
 

@@ -12,6 +12,11 @@
 //!   (no floats anywhere near money);
 //! - [`account`]: payers, payees and their statuses;
 //! - [`outcome`]: the per-IOU result codes the engine answers with;
+//! - [`batch`]: batch-signed commitments (one signature over the Merkle root
+//!   of a batch of IOUs) and their inclusion proofs;
+//! - [`evidence`]: what the ledger stores as proof of each IOU (the bytes the
+//!   payer signed: IOU signing bytes, or a Web Bot Auth signature base) and
+//!   the rule that derives an IOU from a Web Bot Auth payment;
 //! - [`chain`]: the ledger's hash-chain link and the commitment identifier
 //!   returned to clients;
 //! - [`destination`]: payout destinations (EVM address, IBAN, ACH) and the
@@ -24,8 +29,12 @@
 
 pub mod account;
 pub mod amount;
+pub mod batch;
 pub mod chain;
 pub mod destination;
+pub mod evidence;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod iou;
 pub mod outcome;
 pub mod settlement;
@@ -35,5 +44,6 @@ pub use account::{Payee, Payer, PayerStatus};
 pub use amount::{Asset, format_amount, parse_amount};
 pub use chain::{CommitmentId, GENESIS_HASH, RecordHash, link_hash};
 pub use destination::{PayoutDestination, Rail};
+pub use evidence::{Commitment, Evidence, EvidenceError, EvidenceKind, parse_evidence};
 pub use iou::{Iou, IouError, Nonce, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
 pub use outcome::Outcome;

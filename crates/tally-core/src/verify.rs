@@ -49,6 +49,8 @@ pub enum KeyError {
     NotAPoint,
     #[error("key has small order: signatures under it can be forged")]
     WeakKey,
+    #[error("key is not the canonical encoding of its point")]
+    NonCanonical,
 }
 
 /// Decodes a public key for registration, refusing invalid and weak ones.
@@ -56,6 +58,12 @@ pub fn parse_registration_key(bytes: &PublicKeyBytes) -> Result<VerifyingKey, Ke
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::NotAPoint)?;
     if key.is_weak() {
         return Err(KeyError::WeakKey);
+    }
+    // Several byte strings decode to the same point (y ≥ p, or x = 0 with the sign bit set). One
+    // payer key must have one spelling, or the key index, JWK thumbprints and replay index could be
+    // split across aliases of the same key.
+    if key.to_edwards().compress().to_bytes() != *bytes {
+        return Err(KeyError::NonCanonical);
     }
     Ok(key)
 }

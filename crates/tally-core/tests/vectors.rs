@@ -435,3 +435,54 @@ fn print_vectors() {
         prev = hash;
     }
 }
+
+/// The batch-signed vector of section 13: Vector 1's key signs a batch of three IOUs (Vector 1's
+/// IOU, then the same IOU with amounts 2 and 3 and nonces ending in 10 and 11).
+fn batch_vector_values() -> Vec<(&'static str, String)> {
+    use tally_core::batch::{BatchStatement, inclusion_proof, leaf_hash, merkle_root};
+    let key = SigningKey::from_bytes(&hex::decode(VECTOR_1.seed).unwrap().try_into().unwrap());
+    let first = Iou::from_signing_bytes(&hex::decode(VECTOR_1.signing_bytes).unwrap()).unwrap();
+    let ious: Vec<Iou> = (0..3u8)
+        .map(|i| {
+            let mut iou = first.clone();
+            iou.amount = u64::from(i) + 1;
+            if i > 0 {
+                iou.nonce[15] = 0x0f + i;
+            }
+            iou
+        })
+        .collect();
+    let leaves: Vec<[u8; 32]> = ious.iter().map(|iou| leaf_hash(&iou.signing_bytes())).collect();
+    let statement = BatchStatement {
+        payer_key: key.verifying_key().to_bytes(),
+        batch_seq: 1,
+        count: 3,
+        root: merkle_root(&leaves),
+    };
+    let signature = key.sign(&statement.to_bytes()).to_bytes();
+    let proof: Vec<String> = inclusion_proof(&leaves, 2).iter().map(hex::encode).collect();
+    vec![
+        ("batch_leaf_0", hex::encode(leaves[0])),
+        ("batch_leaf_1", hex::encode(leaves[1])),
+        ("batch_leaf_2", hex::encode(leaves[2])),
+        ("batch_root", hex::encode(statement.root)),
+        ("batch_statement", hex::encode(statement.to_bytes())),
+        ("batch_signature", hex::encode(signature)),
+        ("batch_proof_of_leaf_2", proof.join(" ")),
+    ]
+}
+
+#[test]
+fn batch_vector_matches_the_document() {
+    for (name, value) in batch_vector_values() {
+        assert_eq!(doc_values(name), vec![value.as_str()], "{name} in docs/iou-format.md section 13");
+    }
+}
+
+#[test]
+#[ignore = "prints the batch vector for docs/iou-format.md"]
+fn print_batch_vector() {
+    for (name, value) in batch_vector_values() {
+        println!("{name:<22}= {value}");
+    }
+}

@@ -30,6 +30,42 @@ pub fn iou_from_proto(iou: proto::Iou) -> Result<SignedIou, Outcome> {
     })
 }
 
+/// A protobuf IOU of a batch-signed commitment: its own `signature` must be empty.
+pub fn batch_iou_from_proto(iou: proto::Iou) -> Result<Iou, Outcome> {
+    if !iou.signature.is_empty() {
+        return Err(Outcome::Malformed);
+    }
+    Ok(Iou {
+        network: iou.network,
+        payer_key: iou.payer_key.as_slice().try_into().map_err(|_| Outcome::Malformed)?,
+        payee: iou.payee,
+        asset: iou.asset,
+        amount: iou.amount,
+        nonce: iou.nonce.as_slice().try_into().map_err(|_| Outcome::Malformed)?,
+        issued_at_s: iou.issued_at,
+        expires_at_s: iou.expires_at,
+        resource: iou.resource,
+    })
+}
+
+/// A batch-signed request as the pipeline wants it. `None` when its root or
+/// signature has the wrong length (every IOU is then `MALFORMED`), or it has
+/// more IOUs than a batch statement can count. The payer key is the first
+/// IOU's; the pipeline refuses a batch that names two keys.
+pub fn signed_batch_from_proto(request: proto::SubmitSignedBatchRequest) -> Option<crate::pipeline::SignedBatch> {
+    if request.ious.len() > tally_core::batch::BATCH_IOUS_MAX {
+        return None;
+    }
+    let payer_key = request.ious.first().and_then(|iou| iou.payer_key.as_slice().try_into().ok()).unwrap_or([0; 32]);
+    Some(crate::pipeline::SignedBatch {
+        payer_key,
+        batch_seq: request.batch_seq,
+        root: request.root.as_slice().try_into().ok()?,
+        signature: request.signature.as_slice().try_into().ok()?,
+        ious: request.ious.into_iter().map(batch_iou_from_proto).collect(),
+    })
+}
+
 pub fn iou_to_proto(signed: &SignedIou) -> proto::Iou {
     let iou = &signed.iou;
     proto::Iou {

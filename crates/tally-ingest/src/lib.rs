@@ -13,6 +13,7 @@
 //! [`server`] assembles an [`server::Engine`] (ledger + writer + pipeline)
 //! and serves it, with gRPC health and reflection, on one listener.
 
+pub mod codec;
 pub mod convert;
 pub mod grpc;
 pub mod pipeline;
@@ -28,5 +29,5 @@ pub mod proto {
 }
 
 pub use grpc::auth::AdminAuth;
-pub use pipeline::{Pipeline, PipelineConfig, PipelineError};
+pub use pipeline::{Pipeline, PipelineConfig, PipelineError, SignedBatch};
 pub use server::{Engine, EngineConfig, ExtraServices, GrpcLimits, RunningServer, serve};

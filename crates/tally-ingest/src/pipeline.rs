@@ -22,9 +22,12 @@ use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use futures::future::join_all;
-use tally_core::verify::{VerifyItem, verify_many};
-use tally_core::{Outcome, SignedIou, ValidityPolicy};
-use tally_ledger::{AppendItem, AppendResult, Clock, LedgerError, WriterHandle};
+use tally_core::batch::{BatchStatement, leaf_hash, merkle_root};
+use tally_core::evidence::{BATCH_MEMBER_EVIDENCE_TAG, BATCH_MEMBER_HEADER_LEN};
+use tally_core::iou::SIGNING_BYTES_LEN_MAX;
+use tally_core::verify::{VerifyItem, verify_many, verify_one};
+use tally_core::{Commitment, Iou, Outcome, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
+use tally_ledger::{AppendItem, AppendResult, BatchRecord, Clock, LedgerError, WriterHandle};
 use tokio::sync::{Semaphore, oneshot};
 
 /// Bounds and policy of the pipeline.
@@ -42,6 +45,10 @@ pub struct PipelineConfig {
     /// A batch is split into chunks of at least this many IOUs: big enough
     /// for batched verification to pay off, small enough to use all cores.
     pub verify_chunk_ious_min: usize,
+    /// Verify signatures (always, in service). `false` exists only so the
+    /// benchmark harness can measure the ledger alone ("verification off on
+    /// both sides"); `tally serve` sets it from a flag named `--unsafe-…`.
+    pub verify_signatures: bool,
 }
 
 impl PipelineConfig {
@@ -54,6 +61,7 @@ impl PipelineConfig {
             verify_threads: cores,
             verify_jobs_max: cores * 4,
             verify_chunk_ious_min: 128,
+            verify_signatures: true,
         }
     }
 }
@@ -142,11 +150,22 @@ impl Drop for VerifierPool {
     }
 }
 
-/// An IOU that passed the cheap checks, on its way to verification.
+/// A batch-signed commitment as a transport decoded it (`tally_core::batch`).
+#[derive(Clone, Debug)]
+pub struct SignedBatch {
+    pub payer_key: PublicKeyBytes,
+    pub batch_seq: u64,
+    pub root: [u8; 32],
+    /// The payer's signature over the batch statement.
+    pub signature: SignatureBytes,
+    /// The IOUs in statement order; `Err` for one the transport could not decode.
+    pub ious: Vec<Result<Iou, Outcome>>,
+}
+
+/// A commitment that passed the cheap checks, on its way to verification.
 struct Candidate {
     index: usize,
-    signed: SignedIou,
-    signing_bytes: Vec<u8>,
+    commitment: Commitment,
     key: VerifyingKey,
 }
 
@@ -171,11 +190,33 @@ impl Pipeline {
         &self.writer
     }
 
-    /// Submits one batch. `Err(outcome)` entries are IOUs the transport could
-    /// not even decode; they are answered in place. The reply arrives after
-    /// every accepted IOU in it is durable; `Err` means none of it was
-    /// written.
+    /// Now, in Unix seconds, by the pipeline's clock (the one validity
+    /// windows are judged by).
+    pub fn now_s(&self) -> u64 {
+        (self.clock)() / 1000
+    }
+
+    /// Submits one batch of Tally IOUs. `Err(outcome)` entries are IOUs the
+    /// transport could not even decode; they are answered in place. The reply
+    /// arrives after every accepted IOU in it is durable; `Err` means none of
+    /// it was written.
     pub async fn submit(&self, batch: Vec<Result<SignedIou, Outcome>>) -> Result<Vec<AppendResult>, PipelineError> {
+        // Only a well-shaped IOU has signing bytes to carry as evidence.
+        let commitments = batch
+            .into_iter()
+            .map(|item| item.and_then(|signed| Commitment::tally_iou(signed).map_err(|_| Outcome::Malformed)))
+            .collect();
+        self.submit_commitments(commitments).await
+    }
+
+    /// Submits one batch of commitments of any evidence form (Tally IOUs,
+    /// Web Bot Auth payments): the same checks, verification, replay and
+    /// credit rules and durability as [`Pipeline::submit`]. Each signature is
+    /// verified over its commitment's signed message.
+    pub async fn submit_commitments(
+        &self,
+        batch: Vec<Result<Commitment, Outcome>>,
+    ) -> Result<Vec<AppendResult>, PipelineError> {
         let len = batch.len();
         if len > self.config.batch_ious_max {
             return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
@@ -186,21 +227,18 @@ impl Pipeline {
         // 1. Stateless checks.
         let mut checked = Vec::with_capacity(len);
         for (index, item) in batch.into_iter().enumerate() {
-            match item.and_then(|signed| self.check(&signed, now_s).map(|()| signed)) {
-                Ok(signed) => checked.push((index, signed)),
+            match item.and_then(|commitment| self.check(&commitment.signed.iou, now_s).map(|()| commitment)) {
+                Ok(commitment) => checked.push((index, commitment)),
                 Err(outcome) => results[index] = Some(AppendResult::rejected(outcome)),
             }
         }
 
         // 2. Key lookup, one read lock for the batch.
-        let keys = self.writer.directory().lookup_many(checked.iter().map(|(_, s)| &s.iou.payer_key));
+        let keys = self.writer.directory().lookup_many(checked.iter().map(|(_, c)| &c.signed.iou.payer_key));
         let mut candidates = Vec::with_capacity(checked.len());
-        for ((index, signed), key) in checked.into_iter().zip(keys) {
+        for ((index, commitment), key) in checked.into_iter().zip(keys) {
             match key {
-                Some(key) => {
-                    let signing_bytes = signed.iou.signing_bytes();
-                    candidates.push(Candidate { index, signed, signing_bytes, key });
-                }
+                Some(key) => candidates.push(Candidate { index, commitment, key }),
                 None => results[index] = Some(AppendResult::rejected(Outcome::UnknownPayer)),
             }
         }
@@ -212,7 +250,7 @@ impl Pipeline {
         for (candidate, valid) in verified {
             if valid {
                 indices.push(candidate.index);
-                items.push(AppendItem { signed: candidate.signed, signing_bytes: candidate.signing_bytes });
+                items.push(AppendItem::from(candidate.commitment));
             } else {
                 results[candidate.index] = Some(AppendResult::rejected(Outcome::BadSignature));
             }
@@ -236,26 +274,132 @@ impl Pipeline {
         Ok(results)
     }
 
-    /// Checks one IOU exactly as [`Pipeline::submit`] would up to the commit
-    /// (shape, network, validity window, registered key, signature) and
-    /// records nothing. Replay and credit are the writer's decisions; a
-    /// caller that wants to preview them reads the ledger. `Accepted` here
-    /// means "would reach the writer".
-    pub async fn verify_only(&self, signed: SignedIou) -> Result<Outcome, PipelineError> {
+    /// Submits one **batch-signed commitment** (`tally_core::batch`): one
+    /// signature over a statement whose Merkle root covers every IOU. The
+    /// statement is checked once (root recomputed from the IOUs, one Ed25519
+    /// verification) on the verifier pool; then each IOU gets the same
+    /// per-IOU checks, replay, credit and durability as [`Pipeline::submit`].
+    ///
+    /// The whole batch is refused (every IOU answered the same code) when the
+    /// root cannot be recomputed (an IOU failed to decode or is malformed:
+    /// `MALFORMED`; an IOU names another payer: `MALFORMED`), when the key is
+    /// unknown (`UNKNOWN_PAYER`), when the root or signature does not match
+    /// (`BAD_SIGNATURE`), or when another batch already holds
+    /// `(key, batch_seq)` (`CONFLICT`).
+    pub async fn submit_signed_batch(&self, batch: SignedBatch) -> Result<Vec<AppendResult>, PipelineError> {
+        let len = batch.ious.len();
+        if len > self.config.batch_ious_max {
+            return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
+        }
+        let refuse_all = |outcome: Outcome| {
+            metrics::counter!("tally_ious_total", "outcome" => outcome.as_str()).increment(len as u64);
+            Ok(vec![AppendResult::rejected(outcome); len])
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ious = Vec::with_capacity(len);
+        for item in batch.ious {
+            match item {
+                Ok(iou) if iou.payer_key == batch.payer_key && iou.check_shape().is_ok() => ious.push(iou),
+                _ => return refuse_all(Outcome::Malformed),
+            }
+        }
+        let Some(key) = self.writer.directory().lookup(&batch.payer_key) else {
+            return refuse_all(Outcome::UnknownPayer);
+        };
+        let statement = BatchStatement {
+            payer_key: batch.payer_key,
+            batch_seq: batch.batch_seq,
+            count: u32::try_from(len).expect("bounded by batch_ious_max"),
+            root: batch.root,
+        };
+        let (signature, verify_signature) = (batch.signature, self.config.verify_signatures);
+        let job_statement = statement.clone();
+        // Evidence, leaves, root and the one signature: CPU work, on the pool.
+        let (ious, evidences, leaves, valid) = self
+            .verifier
+            .run(move || {
+                let statement = job_statement;
+                let mut evidences = Vec::with_capacity(ious.len());
+                let mut leaves = Vec::with_capacity(ious.len());
+                for (index, iou) in ious.iter().enumerate() {
+                    let mut evidence = Vec::with_capacity(BATCH_MEMBER_HEADER_LEN + SIGNING_BYTES_LEN_MAX);
+                    evidence.extend_from_slice(BATCH_MEMBER_EVIDENCE_TAG);
+                    evidence.extend_from_slice(&statement.batch_seq.to_be_bytes());
+                    evidence.extend_from_slice(&u32::try_from(index).expect("bounded").to_be_bytes());
+                    iou.write_signing_bytes(&mut evidence);
+                    leaves.push(leaf_hash(&evidence[BATCH_MEMBER_HEADER_LEN..]));
+                    evidences.push(evidence);
+                }
+                let valid = merkle_root(&leaves) == statement.root
+                    && (!verify_signature
+                        || verify_one(&VerifyItem {
+                            key: &key,
+                            message: &statement.to_bytes(),
+                            signature: &signature,
+                        }));
+                (ious, evidences, leaves, valid)
+            })
+            .await?;
+        if !valid {
+            return refuse_all(Outcome::BadSignature);
+        }
+
+        let now_s = self.now_s();
+        let mut results: Vec<Option<AppendResult>> = vec![None; len];
+        let mut indices = Vec::with_capacity(len);
+        let mut items = Vec::with_capacity(len);
+        for (index, (iou, evidence)) in ious.into_iter().zip(evidences).enumerate() {
+            match self.check(&iou, now_s) {
+                Ok(()) => {
+                    indices.push(index);
+                    items.push(AppendItem { signed: SignedIou { iou, signature }, evidence });
+                }
+                Err(outcome) => results[index] = Some(AppendResult::rejected(outcome)),
+            }
+        }
+        if !items.is_empty() {
+            let record = BatchRecord {
+                payer_key: statement.payer_key,
+                batch_seq: statement.batch_seq,
+                root: statement.root,
+                signature,
+                leaves,
+            };
+            let committed = self.writer.append_batch(record, items).await?;
+            assert_eq!(committed.len(), indices.len(), "the writer answers every item");
+            for (index, result) in indices.into_iter().zip(committed) {
+                results[index] = Some(result);
+            }
+        }
+        let results: Vec<AppendResult> =
+            results.into_iter().map(|r| r.expect("every IOU gets exactly one result")).collect();
+        for result in &results {
+            metrics::counter!("tally_ious_total", "outcome" => result.outcome.as_str()).increment(1);
+        }
+        metrics::histogram!("tally_batch_ious").record(len as f64);
+        Ok(results)
+    }
+
+    /// Checks one commitment exactly as [`Pipeline::submit_commitments`]
+    /// would up to the commit (shape, network, validity window, registered
+    /// key, signature) and records nothing. Replay and credit are the
+    /// writer's decisions; a caller that wants to preview them reads the
+    /// ledger. `Accepted` here means "would reach the writer".
+    pub async fn verify_only(&self, commitment: Commitment) -> Result<Outcome, PipelineError> {
         let now_s = (self.clock)() / 1000;
-        if let Err(outcome) = self.check(&signed, now_s) {
+        if let Err(outcome) = self.check(&commitment.signed.iou, now_s) {
             return Ok(outcome);
         }
-        let Some(key) = self.writer.directory().lookup(&signed.iou.payer_key) else {
+        let Some(key) = self.writer.directory().lookup(&commitment.signed.iou.payer_key) else {
             return Ok(Outcome::UnknownPayer);
         };
-        let signing_bytes = signed.iou.signing_bytes();
-        let verified = self.verify(vec![Candidate { index: 0, signed, signing_bytes, key }]).await?;
+        let verified = self.verify(vec![Candidate { index: 0, commitment, key }]).await?;
         Ok(if verified.first().is_some_and(|(_, valid)| *valid) { Outcome::Accepted } else { Outcome::BadSignature })
     }
 
-    fn check(&self, signed: &SignedIou, now_s: u64) -> Result<(), Outcome> {
-        let iou = &signed.iou;
+    fn check(&self, iou: &Iou, now_s: u64) -> Result<(), Outcome> {
         iou.check_shape().map_err(|_| Outcome::Malformed)?;
         if iou.network != self.config.network {
             return Err(Outcome::WrongNetwork);
@@ -271,6 +415,9 @@ impl Pipeline {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
+        if !self.config.verify_signatures {
+            return Ok(candidates.into_iter().map(|c| (c, true)).collect());
+        }
         let chunk_len = candidates.len().div_ceil(self.config.verify_threads).max(self.config.verify_chunk_ious_min);
         let mut chunks = Vec::new();
         let mut rest = candidates;
@@ -284,7 +431,11 @@ impl Pipeline {
             self.verifier.run(move || {
                 let items: Vec<VerifyItem> = chunk
                     .iter()
-                    .map(|c| VerifyItem { key: &c.key, message: &c.signing_bytes, signature: &c.signed.signature })
+                    .map(|c| VerifyItem {
+                        key: &c.key,
+                        message: c.commitment.signed_message(),
+                        signature: &c.commitment.signed.signature,
+                    })
                     .collect();
                 let valid = verify_many(&items);
                 drop(items);

@@ -4,7 +4,14 @@
 //! of it: everything that holds state. [`serve`] puts the gRPC services,
 //! health and reflection on one TCP listener in front of an engine and
 //! returns once the listener is bound, reporting the real address (so tests
-//! and tools can bind port 0).
+//! and tools can bind port 0). [`serve_listeners`] can put the admin-side
+//! services on a second, separate listener and serve both over TLS
+//! ([`tls`]); [`http`] is the hardened HTTP listener the x402 facilitator
+//! is served on.
+
+pub mod http;
+pub mod request_limit;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +33,7 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::ingest_server::IngestServer;
 use crate::proto::query_server::QueryServer;
+use tls::TlsIdentity;
 
 /// Everything needed to open an engine.
 #[derive(Clone)]
@@ -167,8 +175,42 @@ pub struct ExtraServices {
     pub descriptor_sets: Vec<&'static [u8]>,
 }
 
+/// Where and how the gRPC services listen.
+#[derive(Clone, Debug)]
+pub struct GrpcListeners {
+    /// Ingest, query, health and reflection; also admin and the extra
+    /// services when `admin_addr` is `None`.
+    pub addr: SocketAddr,
+    /// When set, `Admin` and the extra (admin-side) services are served only
+    /// here, and the public listener answers them `UNIMPLEMENTED`: the admin
+    /// API can then sit on a loopback or private address that the internet
+    /// cannot reach at all, with the token as a second lock.
+    pub admin_addr: Option<SocketAddr>,
+    /// TLS for both listeners, if configured.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The running gRPC listeners.
+pub struct RunningServers {
+    pub public: RunningServer,
+    pub admin: Option<RunningServer>,
+}
+
+impl RunningServers {
+    /// [`RunningServer::stop_within`] for each listener.
+    pub async fn stop_within(self, grace: std::time::Duration) -> Result<(), tonic::transport::Error> {
+        let admin = match self.admin {
+            Some(admin) => admin.stop_within(grace).await,
+            None => Ok(()),
+        };
+        self.public.stop_within(grace).await?;
+        admin
+    }
+}
+
 /// Binds `addr` and serves ingest, query, admin (behind `admin_token`),
-/// health, reflection and any `extra` services for `engine`.
+/// health, reflection and any `extra` services for `engine`, in plaintext,
+/// on one listener. [`serve_listeners`] separates admin and adds TLS.
 pub async fn serve(
     engine: &Engine,
     addr: SocketAddr,
@@ -176,8 +218,26 @@ pub async fn serve(
     limits: &GrpcLimits,
     extra: ExtraServices,
 ) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
+    let listeners = GrpcListeners { addr, admin_addr: None, tls: None };
+    Ok(serve_listeners(engine, &listeners, admin_token, limits, extra).await?.public)
+}
+
+/// Binds the listeners of `listeners` and serves `engine` on them. The
+/// `extra` services are admin-side (settlement): they go wherever admin goes.
+pub async fn serve_listeners(
+    engine: &Engine,
+    listeners: &GrpcListeners,
+    admin_token: &str,
+    limits: &GrpcLimits,
+    extra: ExtraServices,
+) -> Result<RunningServers, Box<dyn std::error::Error + Send + Sync>> {
+    // Bind everything before serving anything: a taken port fails startup
+    // as a whole.
+    let public_listener = TcpListener::bind(listeners.addr).await?;
+    let admin_listener = match listeners.admin_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
 
     let ingest = IngestServer::new(IngestService::new(engine.pipeline.clone(), limits.stream_batches_inflight_max))
         .max_decoding_message_size(limits.message_bytes_max);
@@ -186,32 +246,89 @@ pub async fn serve(
         AdminService::new(engine.ledger.clone(), engine.pipeline.writer().clone()),
         AdminAuth::new(admin_token),
     );
+    let tls = listeners.tls.as_ref();
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<IngestServer<IngestService>>().await;
-    reporter.set_serving::<QueryServer<QueryService>>().await;
-    reporter.set_serving::<AdminServer<AdminService>>().await;
-    // The empty name stands for the server as a whole.
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    let Some(admin_listener) = admin_listener else {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<IngestServer<IngestService>>().await;
+        health.set_serving::<QueryServer<QueryService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+        // The empty name stands for the server as a whole.
+        health.set_service_status("", ServingStatus::Serving).await;
+        let mut routes = extra.routes;
+        add_reflection(&mut routes, &extra.descriptor_sets, None)?;
+        routes.add_service(health_service).add_service(ingest).add_service(query).add_service(admin);
+        let public = spawn_listener(public_listener, routes, limits, tls, "gRPC")?;
+        return Ok(RunningServers { public, admin: None });
+    };
 
-    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for set in &extra.descriptor_sets {
-        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
-        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
-    }
-    let reflection_v1 = reflection_v1.build_v1()?;
-    let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
+    // Public: ingest and query only. Reflection advertises only what is
+    // served here.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health.set_serving::<QueryServer<QueryService>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let public_names = [
+        <IngestServer<IngestService> as tonic::server::NamedService>::NAME,
+        <QueryServer<QueryService> as tonic::server::NamedService>::NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let mut public_routes = tonic::service::RoutesBuilder::default();
+    add_reflection(&mut public_routes, &[], Some(&public_names))?;
+    public_routes.add_service(health_service).add_service(ingest).add_service(query);
+    let public = spawn_listener(public_listener, public_routes, limits, tls, "gRPC")?;
 
+    // Admin: admin, the extra services, health and reflection.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServer<AdminService>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let mut admin_routes = extra.routes;
+    add_reflection(&mut admin_routes, &extra.descriptor_sets, None)?;
+    admin_routes.add_service(health_service).add_service(admin);
+    let admin = spawn_listener(admin_listener, admin_routes, limits, tls, "admin gRPC")?;
+    Ok(RunningServers { public, admin: Some(admin) })
+}
+
+/// Adds reflection (v1, and v1alpha, which grpcurl 1.8 needs) over Tally's
+/// descriptors and `extra_sets` to `routes`, advertising only `names` when
+/// given.
+fn add_reflection(
+    routes: &mut tonic::service::RoutesBuilder,
+    extra_sets: &[&'static [u8]],
+    names: Option<&[&str]>,
+) -> Result<(), tonic_reflection::server::Error> {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in extra_sets {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        for name in names.unwrap_or_default() {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    routes.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?);
+    Ok(())
+}
+
+/// Serves `routes` on `listener` with the transport limits and TLS.
+fn spawn_listener(
+    listener: TcpListener,
+    routes: tonic::service::RoutesBuilder,
+    limits: &GrpcLimits,
+    tls: Option<&TlsIdentity>,
+    what: &'static str,
+) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
+    let local_addr = listener.local_addr()?;
     let (shutdown, stopped) = oneshot::channel::<()>();
     // The builder's `tcp_nodelay` applies only to listeners tonic binds
-    // itself; ours is bound above (to report port 0's real port), so set
-    // TCP_NODELAY on every accepted socket here. Without it, small responses
-    // wait on Nagle and delayed ACKs: ~40 ms stalls.
+    // itself; ours is bound by the caller (to report port 0's real port), so
+    // set TCP_NODELAY on every accepted socket here. Without it, small
+    // responses wait on Nagle and delayed ACKs: ~40 ms stalls.
     let incoming = TcpListenerStream::new(listener).map(|accepted| {
         if let Ok(stream) = &accepted
             && let Err(error) = stream.set_nodelay(true)
@@ -220,22 +337,18 @@ pub async fn serve(
         }
         accepted
     });
-    let mut routes = extra.routes;
-    routes
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(query)
-        .add_service(admin);
-    let router = Server::builder()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.requests_max))
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.grpc())?;
+    }
+    let router = builder
+        .layer(request_limit::RequestLimitLayer::new(limits.requests_max))
         .max_concurrent_streams(limits.streams_per_connection_max)
         .concurrency_limit_per_connection(limits.requests_per_connection_max)
         .add_routes(routes.routes());
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));
-    tracing::info!(%local_addr, "gRPC listening");
+    tracing::info!(%local_addr, tls = tls.is_some(), "{what} listening");
     Ok(RunningServer { local_addr, shutdown, task })
 }

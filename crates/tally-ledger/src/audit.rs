@@ -6,8 +6,12 @@
 //! 2. every record's `prev_hash` is its predecessor's hash and its own hash
 //!    recomputes from its content (the hash chain);
 //! 3. every record parses, names a registered payer key, and lies inside
-//!    its epoch's sequence range;
-//! 4. every signature verifies (in batches, like ingest does);
+//!    its epoch's sequence range; a Web Bot Auth record's IOU is re-derived
+//!    from its signature base and must equal the stored one;
+//! 4. every signature verifies over what it covers (the IOU's signing bytes,
+//!    the Web Bot Auth signature base, or a batch statement), in batches like
+//!    ingest; a batch member is leaf `index` of its stored batch, whose leaves
+//!    hash to the signed root;
 //! 5. the replay index points back at the record (or has been pruned,
 //!    which is legal only well after the IOU expired);
 //! 6. both aggregate column families equal the sums recomputed from the log,
@@ -21,8 +25,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::VerifyingKey;
 use rocksdb::IteratorMode;
+use std::collections::VecDeque;
 use tally_core::verify::{VerifyItem, verify_many};
-use tally_core::{GENESIS_HASH, PublicKeyBytes};
+
+use tally_core::batch::{BatchStatement, leaf_hash, merkle_root};
+use tally_core::evidence::Signed;
+use tally_core::{EvidenceKind, GENESIS_HASH, PublicKeyBytes};
 
 use crate::LedgerError;
 use crate::layout::*;
@@ -48,6 +56,10 @@ pub struct AuditReport {
     pub aggregates: u64,
     pub signatures_verified: u64,
     pub nonces_pruned: u64,
+    /// Records whose evidence is a Web Bot Auth signature base.
+    pub web_bot_auth_records: u64,
+    /// Records signed as part of a batch (one signature per batch statement).
+    pub batch_member_records: u64,
     pub problems: Vec<String>,
     pub problems_total: u64,
 }
@@ -68,10 +80,64 @@ impl AuditReport {
 type AggregateKey = (u64, String, String, String);
 
 struct PendingSignature {
-    seq: u64,
+    /// What is signed, for the report ("record 7", "batch 3 of key …").
+    what: String,
     key: VerifyingKey,
     signature: [u8; 64],
-    signing_bytes: Vec<u8>,
+    /// The signature covers `bytes[start..]`.
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+/// Batches the audit has loaded recently. A batch's members are appended together, so a small
+/// cache sees each batch once; an evicted batch met again is simply checked again.
+#[derive(Default)]
+struct BatchCache {
+    loaded: VecDeque<([u8; 40], BatchRecord)>,
+    /// Statements of newly loaded batches whose signatures still need checking.
+    unverified: Vec<(PublicKeyBytes, BatchStatement, [u8; 64])>,
+}
+
+/// Batches kept by the audit's cache.
+const AUDIT_BATCHES_CACHED_MAX: usize = 64;
+
+impl BatchCache {
+    /// Checks that leaf `index` of batch `(payer_key, batch_seq)` is this IOU. A batch loaded for
+    /// the first time also has its root recomputed from its leaves, and its statement queued for
+    /// signature verification. `Ok(Some(problem))` is a finding; `Err` a read failure.
+    fn check_member(
+        &mut self,
+        ledger: &Ledger,
+        payer_key: &PublicKeyBytes,
+        batch_seq: u64,
+        index: u32,
+        iou_bytes: &[u8],
+    ) -> Result<Option<String>, LedgerError> {
+        let key = batch_key(payer_key, batch_seq);
+        if !self.loaded.iter().any(|(k, _)| *k == key) {
+            let Some(batch) = ledger.batch(payer_key, batch_seq)? else {
+                return Ok(Some(format!("its batch {batch_seq} is missing")));
+            };
+            if batch.leaves.is_empty() || merkle_root(&batch.leaves) != batch.root {
+                return Ok(Some(format!("batch {batch_seq}: its leaves do not hash to its root")));
+            }
+            self.unverified.push((*payer_key, batch.statement(), batch.signature));
+            if self.loaded.len() == AUDIT_BATCHES_CACHED_MAX {
+                self.loaded.pop_front();
+            }
+            self.loaded.push_back((key, batch));
+        }
+        let (_, batch) = self.loaded.iter().find(|(k, _)| *k == key).expect("loaded just above");
+        Ok(match batch.leaves.get(index as usize) {
+            Some(leaf) if *leaf == leaf_hash(iou_bytes) => None,
+            Some(_) => Some(format!("it is not leaf {index} of batch {batch_seq}")),
+            None => Some(format!("index {index} is outside batch {batch_seq}")),
+        })
+    }
+
+    fn take_unverified(&mut self) -> Vec<(PublicKeyBytes, BatchStatement, [u8; 64])> {
+        std::mem::take(&mut self.unverified)
+    }
 }
 
 pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, LedgerError> {
@@ -84,6 +150,7 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
     let mut keys: HashMap<PublicKeyBytes, Option<VerifyingKey>> = HashMap::new();
     let mut computed: BTreeMap<AggregateKey, AggregateValue> = BTreeMap::new();
     let mut pending: Vec<PendingSignature> = Vec::with_capacity(AUDIT_VERIFY_BATCH_LEN);
+    let mut batches = BatchCache::default();
     let mut expected_seq = 1u64;
     let mut prev_hash = GENESIS_HASH;
     let mut epoch_index = 0usize;
@@ -119,8 +186,25 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
             _ => report.problem(format!("record {seq}: epoch {} does not cover this sequence", record.epoch)),
         }
 
-        let iou = match record.iou() {
-            Ok(iou) => iou,
+        // What the record's signature covers: a suffix of its evidence, or
+        // (batch members) its batch's statement, checked once per batch.
+        let (iou, message_start) = match record.evidence() {
+            Ok(evidence) => match evidence.signed {
+                Signed::Message(message) => {
+                    if evidence.kind == EvidenceKind::WebBotAuth {
+                        report.web_bot_auth_records += 1;
+                    }
+                    (evidence.iou, Some(record.evidence.len() - message.len()))
+                }
+                Signed::Batch { batch_seq, index, iou_bytes } => {
+                    report.batch_member_records += 1;
+                    let problem = batches.check_member(ledger, &evidence.iou.payer_key, batch_seq, index, iou_bytes)?;
+                    if let Some(problem) = problem {
+                        report.problem(format!("record {seq}: {problem}"));
+                    }
+                    (evidence.iou, None)
+                }
+            },
             Err(e) => {
                 report.problem(e.to_string());
                 continue;
@@ -151,14 +235,29 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
 
         if options.verify_signatures {
             let key = *keys.entry(iou.payer_key).or_insert_with(|| VerifyingKey::from_bytes(&iou.payer_key).ok());
-            match key {
-                Some(key) => pending.push(PendingSignature {
-                    seq,
+            match (key, message_start) {
+                (Some(key), Some(start)) => pending.push(PendingSignature {
+                    what: format!("record {seq}"),
                     key,
                     signature: record.signature,
-                    signing_bytes: record.signing_bytes,
+                    bytes: record.evidence,
+                    start,
                 }),
-                None => report.problem(format!("record {seq}: payer key is not a valid point")),
+                // The batch's signature covers it; a newly loaded batch queued its statement.
+                (Some(_), None) => {}
+                (None, _) => report.problem(format!("record {seq}: payer key is not a valid point")),
+            }
+            for (payer_key, statement, signature) in batches.take_unverified() {
+                match keys.entry(payer_key).or_insert_with(|| VerifyingKey::from_bytes(&payer_key).ok()) {
+                    Some(key) => pending.push(PendingSignature {
+                        what: format!("batch {} of key {}", statement.batch_seq, hex::encode(payer_key)),
+                        key: *key,
+                        signature,
+                        bytes: statement.to_bytes().to_vec(),
+                        start: 0,
+                    }),
+                    None => report.problem(format!("batch key {} is not a valid point", hex::encode(payer_key))),
+                }
             }
             if pending.len() == AUDIT_VERIFY_BATCH_LEN {
                 verify_pending(&mut pending, &mut report);
@@ -201,12 +300,12 @@ fn check_epochs(epochs: &[EpochRecord], report: &mut AuditReport) {
 fn verify_pending(pending: &mut Vec<PendingSignature>, report: &mut AuditReport) {
     let items: Vec<VerifyItem> = pending
         .iter()
-        .map(|p| VerifyItem { key: &p.key, message: &p.signing_bytes, signature: &p.signature })
+        .map(|p| VerifyItem { key: &p.key, message: &p.bytes[p.start..], signature: &p.signature })
         .collect();
     let valid = verify_many(&items);
     for (p, ok) in pending.iter().zip(valid) {
         if !ok {
-            report.problem(format!("record {}: signature does not verify", p.seq));
+            report.problem(format!("{}: signature does not verify", p.what));
         }
     }
     report.signatures_verified += pending.len() as u64;

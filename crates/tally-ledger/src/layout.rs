@@ -7,7 +7,8 @@
 //! `"abc"` in a scan. The table in `ARCHITECTURE.md` mirrors this file.
 
 use serde::{Deserialize, Serialize};
-use tally_core::{Iou, RecordHash, SignatureBytes};
+use tally_core::batch::BatchStatement;
+use tally_core::{Evidence, Iou, PublicKeyBytes, RecordHash, SignatureBytes, parse_evidence};
 
 use crate::LedgerError;
 
@@ -28,8 +29,12 @@ pub const CF_EPOCHS: &str = "epochs";
 pub const CF_SETTLEMENT: &str = "settlement";
 
 /// Every column family, in creation order.
-pub const COLUMN_FAMILIES: [&str; 7] =
-    [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS, CF_SETTLEMENT];
+/// Batch-signed commitments: `payer key ‖ batch_seq` → the statement's count and root, the payer's
+/// signature and every leaf hash (see [`BatchRecord`]). Put once, never updated.
+pub const CF_BATCHES: &str = "batches";
+
+pub const COLUMN_FAMILIES: [&str; 8] =
+    [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS, CF_SETTLEMENT, CF_BATCHES];
 
 pub const ACCOUNT_ASSET_PREFIX: &[u8] = b"asset/";
 pub const ACCOUNT_PAYER_PREFIX: &[u8] = b"payer/";
@@ -195,7 +200,8 @@ pub fn merge_aggregates(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb
 ///  16  32  prev_hash
 ///  48  32  hash (see tally_core::chain)
 ///  80  64  signature
-/// 144   .  the IOU's canonical signing bytes
+/// 144   .  the evidence: what the payer signed (tally_core::evidence):
+///           the IOU's canonical signing bytes, or a Web Bot Auth record
 /// ```
 pub const LOG_HEADER_LEN: usize = 144;
 
@@ -208,14 +214,19 @@ pub struct StoredIou {
     pub prev_hash: RecordHash,
     pub hash: RecordHash,
     pub signature: SignatureBytes,
-    pub signing_bytes: Vec<u8>,
+    pub evidence: Vec<u8>,
 }
 
 impl StoredIou {
-    /// Parses the IOU out of the stored signing bytes.
+    /// Parses the stored evidence: the IOU and the message its signature
+    /// covers. Web Bot Auth evidence is re-derived from its signature base.
+    pub fn evidence(&self) -> Result<Evidence<'_>, LedgerError> {
+        parse_evidence(&self.evidence).map_err(|e| LedgerError::Corruption(format!("log record {}: {e}", self.seq)))
+    }
+
+    /// The IOU this record holds.
     pub fn iou(&self) -> Result<Iou, LedgerError> {
-        Iou::from_signing_bytes(&self.signing_bytes)
-            .map_err(|e| LedgerError::Corruption(format!("log record {}: {e}", self.seq)))
+        self.evidence().map(|evidence| evidence.iou)
     }
 
     /// Recomputes this record's hash from its content and `prev_hash`.
@@ -226,20 +237,20 @@ impl StoredIou {
             self.epoch,
             self.accepted_at_ms,
             &self.signature,
-            &self.signing_bytes,
+            &self.evidence,
         )
     }
 }
 
-/// Encodes a log record value. The signing bytes are stored verbatim: what
-/// was signed and hashed is exactly what is kept.
+/// Encodes a log record value. The evidence is stored verbatim: what was
+/// signed and hashed is exactly what is kept.
 pub fn encode_log_record(record: &StoredIou, out: &mut Vec<u8>) {
     out.extend_from_slice(&record.epoch.to_be_bytes());
     out.extend_from_slice(&record.accepted_at_ms.to_be_bytes());
     out.extend_from_slice(&record.prev_hash);
     out.extend_from_slice(&record.hash);
     out.extend_from_slice(&record.signature);
-    out.extend_from_slice(&record.signing_bytes);
+    out.extend_from_slice(&record.evidence);
 }
 
 pub fn decode_log_record(key: &[u8], value: &[u8]) -> Result<StoredIou, LedgerError> {
@@ -256,8 +267,78 @@ pub fn decode_log_record(key: &[u8], value: &[u8]) -> Result<StoredIou, LedgerEr
         prev_hash: value[16..48].try_into().expect("32 bytes"),
         hash: value[48..80].try_into().expect("32 bytes"),
         signature: value[80..144].try_into().expect("64 bytes"),
-        signing_bytes: value[144..].to_vec(),
+        evidence: value[144..].to_vec(),
     })
+}
+
+/// A batch-signed commitment as stored: enough to re-verify the payer's signature and to serve an
+/// inclusion proof for any IOU of the batch, including those the engine refused (they are leaves too).
+///
+/// ```text
+/// key:   payer key 32 ‖ batch_seq u64 BE
+/// value: count u32 BE ‖ root 32 ‖ signature 64 ‖ leaf hashes (32 × count)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub payer_key: PublicKeyBytes,
+    pub batch_seq: u64,
+    pub root: [u8; 32],
+    pub signature: SignatureBytes,
+    pub leaves: Vec<[u8; 32]>,
+}
+
+pub const BATCH_RECORD_HEADER_LEN: usize = 4 + 32 + 64;
+
+pub fn batch_key(payer_key: &PublicKeyBytes, batch_seq: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(payer_key);
+    key[32..].copy_from_slice(&batch_seq.to_be_bytes());
+    key
+}
+
+impl BatchRecord {
+    /// The statement the payer signed.
+    pub fn statement(&self) -> BatchStatement {
+        BatchStatement {
+            payer_key: self.payer_key,
+            batch_seq: self.batch_seq,
+            count: u32::try_from(self.leaves.len()).expect("a batch is bounded"),
+            root: self.root,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BATCH_RECORD_HEADER_LEN + 32 * self.leaves.len());
+        out.extend_from_slice(&u32::try_from(self.leaves.len()).expect("a batch is bounded").to_be_bytes());
+        out.extend_from_slice(&self.root);
+        out.extend_from_slice(&self.signature);
+        for leaf in &self.leaves {
+            out.extend_from_slice(leaf);
+        }
+        out
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<BatchRecord, LedgerError> {
+        let bad = || LedgerError::Corruption(format!("batch record {}", hex::encode(key)));
+        let key: &[u8; 40] = key.try_into().map_err(|_| bad())?;
+        if value.len() < BATCH_RECORD_HEADER_LEN {
+            return Err(bad());
+        }
+        let count = u32::from_be_bytes(value[0..4].try_into().expect("4 bytes")) as usize;
+        if value.len() != BATCH_RECORD_HEADER_LEN + 32 * count {
+            return Err(bad());
+        }
+        Ok(BatchRecord {
+            payer_key: key[..32].try_into().expect("32 bytes"),
+            batch_seq: u64::from_be_bytes(key[32..].try_into().expect("8 bytes")),
+            root: value[4..36].try_into().expect("32 bytes"),
+            signature: value[36..100].try_into().expect("64 bytes"),
+            leaves: value[BATCH_RECORD_HEADER_LEN..]
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        })
+    }
 }
 
 /// Where an epoch is in its life.
@@ -340,12 +421,29 @@ mod tests {
         ) {
             let record = StoredIou {
                 seq, epoch, accepted_at_ms: at, prev_hash: prev, hash,
-                signature: sig.try_into().unwrap(), signing_bytes: body,
+                signature: sig.try_into().unwrap(), evidence: body,
             };
             let mut value = Vec::new();
             encode_log_record(&record, &mut value);
             prop_assert_eq!(decode_log_record(&log_key(seq), &value).unwrap(), record);
         }
+    }
+
+    #[test]
+    fn batch_records_round_trip_and_refuse_damage() {
+        let record = BatchRecord {
+            payer_key: [1; 32],
+            batch_seq: 77,
+            root: [2; 32],
+            signature: [3; 64],
+            leaves: vec![[4; 32], [5; 32], [6; 32]],
+        };
+        let key = batch_key(&record.payer_key, record.batch_seq);
+        let value = record.encode();
+        assert_eq!(BatchRecord::decode(&key, &value).unwrap(), record);
+        assert_eq!(record.statement().count, 3);
+        assert!(BatchRecord::decode(&key, &value[..value.len() - 1]).is_err());
+        assert!(BatchRecord::decode(&key[1..], &value).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@
 
 pub mod audit;
 pub mod directory;
+pub mod failpoint;
 pub mod layout;
 pub mod settlement;
 pub mod state;
@@ -39,7 +40,7 @@ pub mod writer;
 
 pub use audit::{AuditOptions, AuditReport, audit};
 pub use directory::KeyDirectory;
-pub use layout::{AggregateValue, EpochRecord, EpochStatus, StoredIou};
+pub use layout::{AggregateValue, BatchRecord, EpochRecord, EpochStatus, StoredIou};
 pub use settlement::SettlementCommand;
 pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions};
 pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, Writer, WriterConfig, WriterHandle};
@@ -49,7 +50,7 @@ pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult,
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("storage error: {0}")]
-    Storage(#[from] rocksdb::Error),
+    Storage(rocksdb::Error),
     #[error("ledger corruption: {0}")]
     Corruption(String),
     /// The environment refused something the ledger needs (a directory, a
@@ -60,6 +61,17 @@ pub enum LedgerError {
     WriterStopped,
     #[error("the group commit failed, nothing in it was written: {0}")]
     WriteFailed(String),
+}
+
+/// RocksDB's own corruption findings (a bad block checksum, say) are
+/// corruption, answered `DATA_LOSS`, not a transient storage failure.
+impl From<rocksdb::Error> for LedgerError {
+    fn from(error: rocksdb::Error) -> LedgerError {
+        match error.kind() {
+            rocksdb::ErrorKind::Corruption => LedgerError::Corruption(error.to_string()),
+            _ => LedgerError::Storage(error),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -88,6 +88,7 @@ impl Ledger {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
+
             cf.set_block_based_table_factory(&table);
             match *name {
                 CF_AGG_BY_PAYER | CF_AGG_BY_PAYEE => {
@@ -139,6 +140,15 @@ impl Ledger {
             Some(item) => {
                 let (key, value) = item?;
                 let record = decode_log_record(&key, &value)?;
+                // The head is what every new record chains to: a damaged head
+                // would extend the chain from a lie, so it is checked on every
+                // load (cheap: one hash). `tally ledger verify` checks the rest.
+                if record.computed_hash() != record.hash {
+                    return Err(LedgerError::Corruption(format!(
+                        "the last log record ({}) does not match its hash; run `tally ledger verify`",
+                        record.seq
+                    )));
+                }
                 Ok((record.seq, record.hash))
             }
         }
@@ -174,6 +184,15 @@ impl Ledger {
             .record(entry.seq)?
             .ok_or_else(|| LedgerError::Corruption(format!("nonce points at missing record {}", entry.seq)))?;
         Ok(Some(record))
+    }
+
+    /// A batch-signed commitment by payer key and batch sequence.
+    pub fn batch(&self, payer_key: &PublicKeyBytes, batch_seq: u64) -> Result<Option<BatchRecord>, LedgerError> {
+        let key = batch_key(payer_key, batch_seq);
+        match self.db.get_pinned_cf(self.cf(CF_BATCHES), key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(BatchRecord::decode(&key, &value)?)),
+        }
     }
 
     /// Every epoch, oldest first.

@@ -31,6 +31,7 @@ use tally_core::account::{
     DISPLAY_NAME_LEN_MAX, PAYER_KEYS_MAX, PAYOUT_DESTINATION_LEN_MAX, SIGNATURE_AGENT_LEN_MAX, is_valid_account_id,
     is_valid_signature_agent,
 };
+use tally_core::evidence::evidence_iou_bytes;
 use tally_core::verify::parse_registration_key;
 use tally_core::{Asset, CommitmentId, Nonce, Outcome, Payee, Payer, PayerStatus, PublicKeyBytes, SignedIou};
 use tokio::sync::{mpsc, oneshot};
@@ -60,10 +61,17 @@ impl Default for WriterConfig {
     }
 }
 
-/// An IOU whose signature the caller has verified, with its signing bytes.
+/// An IOU whose signature the caller has verified, with the evidence to
+/// store (`tally_core::evidence`: its signing bytes, or a Web Bot Auth record).
 pub struct AppendItem {
     pub signed: SignedIou,
-    pub signing_bytes: Vec<u8>,
+    pub evidence: Vec<u8>,
+}
+
+impl From<tally_core::Commitment> for AppendItem {
+    fn from(commitment: tally_core::Commitment) -> AppendItem {
+        AppendItem { signed: commitment.signed, evidence: commitment.evidence }
+    }
 }
 
 /// The writer's verdict on one IOU.
@@ -154,8 +162,16 @@ pub enum AdminError {
 }
 
 enum Command {
-    Append { items: Vec<AppendItem>, reply: oneshot::Sender<Result<Vec<AppendResult>, LedgerError>> },
-    Admin { command: AdminCommand, reply: oneshot::Sender<Result<AdminReply, AdminError>> },
+    Append {
+        items: Vec<AppendItem>,
+        /// Set when the items are one batch-signed commitment's IOUs.
+        batch: Option<BatchRecord>,
+        reply: oneshot::Sender<Result<Vec<AppendResult>, LedgerError>>,
+    },
+    Admin {
+        command: AdminCommand,
+        reply: oneshot::Sender<Result<AdminReply, AdminError>>,
+    },
     Stop,
 }
 
@@ -180,7 +196,25 @@ impl WriterHandle {
     /// is fsynced. `Err` means nothing of this call was written.
     pub async fn append(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Command::Append { items, reply }).await.map_err(|_| LedgerError::WriterStopped)?;
+        self.sender
+            .send(Command::Append { items, batch: None, reply })
+            .await
+            .map_err(|_| LedgerError::WriterStopped)?;
+        answer.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    /// Appends the IOUs of one batch-signed commitment whose statement the
+    /// caller has verified (signature and Merkle root). The batch record is
+    /// stored with the first of its IOUs to be accepted; a different batch
+    /// under the same `(payer key, batch_seq)` is refused whole (`Conflict`).
+    pub async fn append_batch(
+        &self,
+        batch: BatchRecord,
+        items: Vec<AppendItem>,
+    ) -> Result<Vec<AppendResult>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Append { items, batch: Some(batch), reply };
+        self.sender.send(command).await.map_err(|_| LedgerError::WriterStopped)?;
         answer.await.map_err(|_| LedgerError::WriterStopped)?
     }
 
@@ -201,7 +235,8 @@ impl WriterHandle {
     /// The blocking twin of [`WriterHandle::append`].
     pub fn append_blocking(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.sender.blocking_send(Command::Append { items, reply }).map_err(|_| LedgerError::WriterStopped)?;
+        let command = Command::Append { items, batch: None, reply };
+        self.sender.blocking_send(command).map_err(|_| LedgerError::WriterStopped)?;
         answer.blocking_recv().map_err(|_| LedgerError::WriterStopped)?
     }
 
@@ -273,7 +308,8 @@ type NonceKey = (PublicKeyBytes, Nonce);
 struct Staged {
     commitment: CommitmentId,
     epoch: u64,
-    signing_bytes: Vec<u8>,
+    /// The accepted IOU's signing bytes (replays compare IOUs, not how they were signed).
+    iou_bytes: Vec<u8>,
 }
 
 enum Reply {
@@ -292,6 +328,8 @@ pub(crate) struct WriterCore {
 pub(crate) struct Group {
     pub(crate) batch: WriteBatch,
     staged: HashMap<NonceKey, Staged>,
+    /// Roots of the batch records this group writes, by `batch_key`.
+    batches: HashMap<[u8; 40], [u8; 32]>,
     pub(crate) aggregates: HashMap<(u64, String, String, String), AggregateValue>,
     new_keys: Vec<VerifyingKey>,
     pub(crate) now_ms: u64,
@@ -337,10 +375,29 @@ impl WriterCore {
         Ok(())
     }
 
+    /// Writes one group's batch with `sync = true`. A failure means nothing
+    /// of the batch is visible: RocksDB applies a batch to its memtables only
+    /// after the WAL append succeeded. A full disk is felt here and turns into
+    /// a `WriteFailed` that says so; RocksDB then refuses further writes
+    /// until its own recovery sees free space again (it polls for it), so
+    /// later groups fail fast with the same clear error instead of hanging.
     fn write(&self, batch: WriteBatch) -> Result<(), LedgerError> {
+        if let Some(error) = crate::failpoint::write_enospc() {
+            return Err(LedgerError::WriteFailed(format!(
+                "disk full, nothing was written ({error}; failpoint {})",
+                crate::failpoint::LEDGER_WRITE_ENOSPC
+            )));
+        }
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.ledger.db.write_opt(batch, &options)?;
+        self.ledger.db.write_opt(batch, &options).map_err(|error| {
+            let text = error.to_string();
+            if text.contains("No space left") || text.contains("NoSpace") || text.contains("no space") {
+                LedgerError::WriteFailed(format!("disk full, nothing was written; retry once space is freed ({text})"))
+            } else {
+                LedgerError::Storage(error)
+            }
+        })?;
         Ok(())
     }
 
@@ -376,6 +433,7 @@ impl WriterCore {
         let mut group = Group {
             batch: WriteBatch::default(),
             staged: HashMap::new(),
+            batches: HashMap::new(),
             aggregates: HashMap::new(),
             new_keys: Vec::new(),
             now_ms: (self.config.clock)(),
@@ -387,8 +445,26 @@ impl WriterCore {
         let mut appended: u64 = 0;
         for command in commands {
             match command {
-                Command::Append { items, reply } => {
+                Command::Append { items, batch, reply } => {
                     let mut results = Vec::with_capacity(items.len());
+                    let batch_key_bytes = batch.as_ref().map(|b| batch_key(&b.payer_key, b.batch_seq));
+                    if let (Some(batch), Some(key)) = (&batch, &batch_key_bytes) {
+                        match self.batch_root(&group, key) {
+                            Ok(Some(root)) if root != batch.root => {
+                                // Another batch owns this (key, batch_seq): refuse this one whole.
+                                results = vec![AppendResult::rejected(Outcome::Conflict); items.len()];
+                                replies.push(Reply::Append(reply, results));
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                failure.get_or_insert(error);
+                                replies.push(Reply::Append(reply, results));
+                                continue;
+                            }
+                        }
+                    }
+                    let accepted_before = appended;
                     for item in items {
                         match self.append_one(&mut group, item) {
                             Ok(result) => {
@@ -398,6 +474,22 @@ impl WriterCore {
                             Err(error) => {
                                 failure.get_or_insert(error);
                                 break;
+                            }
+                        }
+                    }
+                    if let (Some(batch), Some(key)) = (batch, batch_key_bytes)
+                        && appended > accepted_before
+                        && !group.batches.contains_key(&key)
+                        && failure.is_none()
+                    {
+                        match self.batch_root(&group, &key) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                group.batch.put_cf(self.ledger.cf(CF_BATCHES), key, batch.encode());
+                                group.batches.insert(key, batch.root);
+                            }
+                            Err(error) => {
+                                failure.get_or_insert(error);
                             }
                         }
                     }
@@ -455,7 +547,11 @@ impl WriterCore {
     fn fail_group(&mut self, replies: Vec<Reply>, error: &LedgerError) {
         tracing::error!(%error, "group commit failed; nothing in it was acknowledged");
         metrics::counter!("tally_commit_failures_total").increment(1);
-        let message = error.to_string();
+        let message = match error {
+            // Already says that nothing was written; do not say it twice.
+            LedgerError::WriteFailed(message) => message.clone(),
+            other => other.to_string(),
+        };
         for reply in replies {
             match reply {
                 Reply::Append(sender, _) => {
@@ -466,26 +562,62 @@ impl WriterCore {
                 }
             }
         }
-        match State::load(&self.ledger) {
-            Ok(state) => self.state = state,
-            Err(reload) => {
-                // The disk no longer yields a consistent state: refusing all
-                // further work is the only safe answer.
-                tracing::error!(%reload, "cannot reload ledger state; the writer stops");
-                panic!("ledger state cannot be reloaded after a failed write: {reload}");
+        // The group's staged changes (head of the chain, exposures, accounts)
+        // are in memory only: throw them away by reading back what is
+        // durable. Reads need no free space, so a full disk does not stop
+        // this; a transient read error is retried a bounded number of times.
+        let mut pause_ms = RELOAD_PAUSE_MS_FIRST;
+        for attempt in 1..=RELOAD_ATTEMPTS_MAX {
+            match State::load(&self.ledger) {
+                Ok(state) => {
+                    self.state = state;
+                    return;
+                }
+                Err(reload) if attempt < RELOAD_ATTEMPTS_MAX => {
+                    tracing::warn!(%reload, attempt, "cannot reload ledger state after a failed write; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+                    pause_ms = pause_ms.saturating_mul(2);
+                }
+                Err(reload) => {
+                    // The disk no longer yields a consistent state: carrying on
+                    // with the failed group's staged state would fork the hash
+                    // chain, so this thread stops; every later command is
+                    // answered `WriterStopped` (gRPC UNAVAILABLE).
+                    tracing::error!(%reload, "cannot reload ledger state; the writer stops");
+                    panic!("ledger state cannot be reloaded after a failed write: {reload}");
+                }
             }
+        }
+        const RELOAD_ATTEMPTS_MAX: u32 = 6;
+        const RELOAD_PAUSE_MS_FIRST: u64 = 50;
+    }
+
+    /// The root of the batch stored (or staged in this group) under `key`.
+    fn batch_root(&self, group: &Group, key: &[u8; 40]) -> Result<Option<[u8; 32]>, LedgerError> {
+        if let Some(root) = group.batches.get(key) {
+            return Ok(Some(*root));
+        }
+        match self.ledger.db.get_pinned_cf(self.ledger.cf(CF_BATCHES), key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(BatchRecord::decode(key, &value)?.root)),
         }
     }
 
     fn append_one(&mut self, group: &mut Group, item: AppendItem) -> Result<AppendResult, LedgerError> {
         let iou = &item.signed.iou;
-        debug_assert_eq!(item.signing_bytes, iou.signing_bytes(), "caller passes the IOU's own bytes");
+        debug_assert_eq!(
+            tally_core::parse_evidence(&item.evidence).map(|e| e.iou).as_ref(),
+            Ok(iou),
+            "the evidence stands for the IOU"
+        );
         let nonce_key_bytes = nonce_key(&iou.payer_key, &iou.nonce);
 
         // Replay first: a resubmission of an accepted IOU is answered with its
         // original acceptance, whatever has changed since.
+        let iou_bytes = evidence_iou_bytes(&item.evidence)
+            .ok_or_else(|| LedgerError::Corruption("an append carries bytes that are not evidence".into()))?;
         if let Some(staged) = group.staged.get(&(iou.payer_key, iou.nonce)) {
-            return Ok(replay_answer(staged.commitment, staged.epoch, &staged.signing_bytes, &item.signing_bytes));
+            return Ok(replay_answer(staged.commitment, staged.epoch, &staged.iou_bytes, iou_bytes));
         }
         if let Some(value) = self.ledger.db.get_pinned_cf(self.ledger.cf(CF_NONCES), nonce_key_bytes)? {
             let entry = decode_nonce_entry(&value)?;
@@ -494,7 +626,9 @@ impl WriterCore {
                 .record(entry.seq)?
                 .ok_or_else(|| LedgerError::Corruption(format!("nonce points at missing record {}", entry.seq)))?;
             let commitment = CommitmentId { seq: entry.seq, hash: entry.hash };
-            return Ok(replay_answer(commitment, original.epoch, &original.signing_bytes, &item.signing_bytes));
+            let original_iou = evidence_iou_bytes(&original.evidence)
+                .ok_or_else(|| LedgerError::Corruption(format!("record {} holds no IOU", entry.seq)))?;
+            return Ok(replay_answer(commitment, original.epoch, original_iou, iou_bytes));
         }
 
         // The replay index forgets nonces some time after expiry; refusing
@@ -540,10 +674,10 @@ impl WriterCore {
             prev_hash: self.state.head_hash,
             hash: [0; 32],
             signature: item.signed.signature,
-            signing_bytes: item.signing_bytes,
+            evidence: item.evidence,
         };
         let record = StoredIou { hash: record.computed_hash(), ..record };
-        let mut value = Vec::with_capacity(LOG_HEADER_LEN + record.signing_bytes.len());
+        let mut value = Vec::with_capacity(LOG_HEADER_LEN + record.evidence.len());
         encode_log_record(&record, &mut value);
         group.batch.put_cf(self.ledger.cf(CF_LOG), log_key(seq), value);
         let entry = NonceEntry { seq, hash: record.hash, expires_at_s: iou.expires_at_s };
@@ -560,9 +694,8 @@ impl WriterCore {
         self.state.head_hash = record.hash;
 
         let commitment = CommitmentId { seq, hash: record.hash };
-        group
-            .staged
-            .insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, signing_bytes: record.signing_bytes });
+        let iou_bytes = evidence_iou_bytes(&record.evidence).map(<[u8]>::to_vec).unwrap_or_default();
+        group.staged.insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, iou_bytes });
         Ok(AppendResult { outcome: Outcome::Accepted, commitment: Some(commitment), epoch })
     }
 
@@ -782,6 +915,8 @@ pub(crate) fn agent_index_key(agent: &str) -> Vec<u8> {
     key
 }
 
+/// A resubmitted `(key, nonce)`: the same IOU (however it was signed: alone, in a batch, as a
+/// Web Bot Auth request) is answered with its original commitment; a different one is a conflict.
 fn replay_answer(commitment: CommitmentId, epoch: u64, original: &[u8], resubmitted: &[u8]) -> AppendResult {
     if original == resubmitted {
         AppendResult { outcome: Outcome::Duplicate, commitment: Some(commitment), epoch }

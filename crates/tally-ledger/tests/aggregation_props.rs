@@ -46,7 +46,7 @@ fn item(payer: u8, payee: usize, amount: u64, nonce: u8) -> AppendItem {
     };
     let signing_bytes = iou.signing_bytes();
     let signature = key.sign(&signing_bytes).to_bytes();
-    AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
+    AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
 }
 
 proptest! {

@@ -204,7 +204,7 @@ impl Fixture {
         };
         let signing_bytes = iou.signing_bytes();
         let signature = key.sign(&signing_bytes).to_bytes();
-        AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
+        AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
     }
 
     fn pay(&self, seed: u8, payee: &str, amount: u64) -> AppendResult {

@@ -80,7 +80,7 @@ fn iou(seed: u8, payee: &str, amount: u64, nonce: u8) -> AppendItem {
     };
     let signing_bytes = iou.signing_bytes();
     let signature = key.sign(&signing_bytes).to_bytes();
-    AppendItem { signed: SignedIou { iou, signature }, signing_bytes }
+    AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
 }
 
 fn clean_audit(ledger: &Ledger) -> tally_ledger::AuditReport {
@@ -157,10 +157,10 @@ fn rejects_by_account_state() {
     let stranger = iou(9, "news.example", 1, 1);
     let mut unknown_payee = iou(1, "news.example", 1, 2);
     unknown_payee.signed.iou.payee = "nobody".into();
-    unknown_payee.signing_bytes = unknown_payee.signed.iou.signing_bytes();
+    unknown_payee.evidence = unknown_payee.signed.iou.signing_bytes();
     let mut unknown_asset = iou(1, "news.example", 1, 3);
     unknown_asset.signed.iou.asset = "EUR".into();
-    unknown_asset.signing_bytes = unknown_asset.signed.iou.signing_bytes();
+    unknown_asset.evidence = unknown_asset.signed.iou.signing_bytes();
     let zero = iou(1, "news.example", 0, 4);
     let results = w.append_blocking(vec![stranger, unknown_payee, unknown_asset, zero]).unwrap();
     let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
@@ -279,7 +279,7 @@ fn tampering_with_a_record_is_detected() {
     {
         let ledger = Ledger::open(dir.path(), LedgerOptions::default()).unwrap();
         let mut record = ledger.record(3).unwrap().unwrap();
-        record.signing_bytes[60 + 7] ^= 0x01;
+        record.evidence[60 + 7] ^= 0x01;
         let mut value = Vec::new();
         encode_log_record(&record, &mut value);
         drop(ledger);
@@ -287,7 +287,7 @@ fn tampering_with_a_record_is_detected() {
             .unwrap();
         db.put_cf(db.cf_handle(CF_LOG).unwrap(), log_key(3), &value).unwrap();
         let stored = db.get_cf(db.cf_handle(CF_LOG).unwrap(), log_key(3)).unwrap().unwrap();
-        assert_eq!(decode_log_record(&log_key(3), &stored).unwrap().signing_bytes, record.signing_bytes);
+        assert_eq!(decode_log_record(&log_key(3), &stored).unwrap().evidence, record.evidence);
     }
     let ledger = Ledger::open(dir.path(), LedgerOptions { read_only: true, ..LedgerOptions::default() }).unwrap();
     let report =

@@ -89,6 +89,12 @@ fn admin_error(error: AdminError) -> SettleError {
     SettleError::Ledger(error.to_string())
 }
 
+/// Runs a settlement failpoint (see [`crate::failpoint`]); an injected error
+/// fails the step as a rail failure would.
+fn fail_at(name: &'static str) -> Result<(), SettleError> {
+    failpoint::hit(name).map_err(|e| SettleError::Rail(e.to_string()))
+}
+
 impl Settler {
     /// Validates the configuration and tries to connect the EVM rail, if
     /// any. An unreachable chain does not stop the engine from starting
@@ -193,7 +199,7 @@ impl Settler {
                 AdminReply::Sealed { sealed, .. } => progress(Progress::Sealed { epoch: sealed.epoch }),
                 other => return Err(SettleError::Ledger(format!("seal answered {other:?}"))),
             }
-            failpoint::hit("settle-after-seal");
+            fail_at("settle-after-seal")?;
         }
         let mut reports = Vec::new();
         let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
@@ -226,7 +232,7 @@ impl Settler {
                 Ok(_) => {
                     tracing::info!(epoch, payouts, batches = batch_count, "settlement plan recorded");
                     progress(Progress::Planned { epoch, payouts, batches: batch_count });
-                    failpoint::hit("settle-after-plan");
+                    fail_at("settle-after-plan")?;
                     return Ok(());
                 }
                 // The carries into the epoch (or its IOUs) changed since
@@ -239,6 +245,7 @@ impl Settler {
     }
 
     async fn step(&self, command: SettlementCommand) -> Result<(), SettleError> {
+        failpoint::hit("ledger-step").map_err(|e| SettleError::Ledger(e.to_string()))?;
         self.writer.admin(AdminCommand::Settlement(command)).await.map(|_| ()).map_err(admin_error)
     }
 
@@ -248,6 +255,7 @@ impl Settler {
             return Ok(());
         }
         self.step(SettlementCommand::SetStatus { epoch, status: SettlementStatus::Submitting }).await?;
+        fail_at("settle-after-submitting")?;
         let payouts: HashMap<String, PayoutRecord> =
             self.ledger.payouts(epoch)?.into_iter().map(|p| (p.payout.id.clone(), p)).collect();
         let total = batches.len() as u64;
@@ -349,7 +357,7 @@ impl Settler {
                     signed_for: context.clone(),
                 };
                 self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
-                failpoint::hit("evm-after-prepare");
+                fail_at("evm-after-prepare")?;
                 (tx.tx_hash, tx.raw)
             }
         };
@@ -366,7 +374,7 @@ impl Settler {
             }
             Err(error) => return Err(error.into()),
         }
-        failpoint::hit("evm-after-broadcast");
+        fail_at("evm-after-broadcast")?;
         let mined = evm.wait_receipt(tx_hash).await?;
         if !mined.success {
             // Reverted: maybe a concurrent copy of the batch won; ask the chain.
@@ -397,7 +405,7 @@ impl Settler {
         let state = BatchState::EvmMined { tx_hash: tx_hash.0, block_number, gas_used };
         self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
         tracing::info!(epoch, batch = index, %tx_hash, gas_used, "EVM batch mined");
-        failpoint::hit("evm-after-receipt");
+        fail_at("evm-after-receipt")?;
         Ok(())
     }
 
@@ -547,15 +555,21 @@ impl Settler {
             _ => {
                 let state = BatchState::FilePrepared { file_name: file_name.clone(), sha256 };
                 self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+                fail_at("bank-after-prepare")?;
             }
         }
         let outcome = outbox::write_atomically(&self.outbox, &file_name, &bytes)?;
         if let OutboxWrite::AlreadyPresent(path) = &outcome {
             tracing::info!(path = %path.display(), "identical file already in the outbox");
         }
-        failpoint::hit("bank-after-write");
-        self.step(SettlementCommand::UpdateBatch { epoch, index, state: BatchState::FileWritten { file_name, sha256 } })
-            .await
+        fail_at("bank-after-write")?;
+        self.step(SettlementCommand::UpdateBatch {
+            epoch,
+            index,
+            state: BatchState::FileWritten { file_name, sha256 },
+        })
+        .await?;
+        fail_at("bank-after-record")
     }
 
     /// Applies a bank's `pain.002` status report: accepted payouts become

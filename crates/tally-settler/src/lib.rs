@@ -20,7 +20,7 @@
 //! - [`outbox`]: atomic, durable placement of bank files.
 //! - [`report`]: settlement reports and per-party statements.
 //! - [`schedule`]: when `tally serve` settles on its own.
-//! - [`failpoint`]: named crash points for the exactly-once tests.
+//! - [`failpoint`]: named crash and error points for the exactly-once tests.
 //! - [`grpc`]: the `Settlement` gRPC service the CLI talks to.
 //!
 //! Must never depend on: `tally-ingest` (a peer), or any HTTP framework.

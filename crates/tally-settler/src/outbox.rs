@@ -15,7 +15,9 @@
 //! there?" cannot tell a rerun whether a file was already submitted. Every
 //! file is therefore also hard-linked into `.sent/` (ignored by readers, like
 //! every dot-name) before it is renamed into place: a name found in `.sent/`
-//! was published, whatever has happened to the outbox copy since.
+//! was published, whatever has happened to the outbox copy since. The one
+//! exception is a crash between the link and the rename: then the complete
+//! hidden temporary file is still there, and the rerun finishes the rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -75,6 +77,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Runs an outbox failpoint (see [`crate::failpoint`]); an injected error is
+/// the I/O error a failing disk would give.
+fn fail_at(name: &'static str, path: &Path) -> Result<(), OutboxError> {
+    failpoint::hit(name).map_err(|e| OutboxError::Io { path: path.to_owned(), source: std::io::Error::other(e) })
+}
+
 /// Places `bytes` at `dir/name` atomically and durably.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWrite, OutboxError> {
     let name_ok = !name.is_empty()
@@ -84,10 +92,12 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
     if !name_ok {
         return Err(OutboxError::BadName(name.to_owned()));
     }
+    fail_at("outbox-write", dir)?;
     let sent_dir = dir.join(SENT_DIR);
     fs::create_dir_all(&sent_dir).map_err(io(&sent_dir))?;
     let target = dir.join(name);
     let sent = sent_dir.join(name);
+    let temporary = dir.join(format!(".{name}.partial"));
     match (compare(&sent, bytes)?, compare(&target, bytes)?) {
         (_, Existing::Different) => return Err(OutboxError::Different(target)),
         (Existing::Different, _) => return Err(OutboxError::Different(sent)),
@@ -99,24 +109,35 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
             }
             return Ok(OutboxWrite::AlreadyPresent(target));
         }
-        // Published before, and since picked up by the uploader.
-        (Existing::Same, Existing::Missing) => return Ok(OutboxWrite::AlreadyPresent(sent)),
+        (Existing::Same, Existing::Missing) => {
+            // Linked into .sent/ but never renamed into place (a crash
+            // between the two): the complete temporary file is still there,
+            // so the bank has not seen it yet. Finish the rename; treating
+            // it as "picked up" would lose the file and its payouts.
+            if compare(&temporary, bytes)? == Existing::Same {
+                fs::rename(&temporary, &target).map_err(io(&target))?;
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+                return Ok(OutboxWrite::Written(target));
+            }
+            // Published before, and since picked up by the uploader.
+            return Ok(OutboxWrite::AlreadyPresent(sent));
+        }
         (Existing::Missing, Existing::Missing) => {}
     }
-    let temporary = dir.join(format!(".{name}.partial"));
     {
         let mut file =
             OpenOptions::new().write(true).create(true).truncate(true).open(&temporary).map_err(io(&temporary))?;
         let half = bytes.len() / 2;
         file.write_all(&bytes[..half]).map_err(io(&temporary))?;
         file.flush().map_err(io(&temporary))?;
-        failpoint::hit("bank-mid-write");
+        fail_at("bank-mid-write", &temporary)?;
         file.write_all(&bytes[half..]).map_err(io(&temporary))?;
         file.sync_all().map_err(io(&temporary))?;
     }
     // The record first, then the visible file; both directories fsynced.
     fs::hard_link(&temporary, &sent).map_err(io(&sent))?;
     File::open(&sent_dir).and_then(|d| d.sync_all()).map_err(io(&sent_dir))?;
+    fail_at("bank-after-sent-link", &target)?;
     fs::rename(&temporary, &target).map_err(io(&target))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(OutboxWrite::Written(target))
@@ -149,6 +170,28 @@ mod tests {
         assert!(matches!(write_atomically(dir.path(), "b.ach", b"payments").unwrap(), OutboxWrite::AlreadyPresent(_)));
         assert!(!dir.path().join("b.ach").exists(), "not published a second time");
         assert!(matches!(write_atomically(dir.path(), "b.ach", b"other"), Err(OutboxError::Different(_))));
+    }
+
+    /// Regression: a crash after the `.sent/` link and before the rename
+    /// left the file only in `.sent/`; the rerun took it for a file the
+    /// uploader had picked up and never published it (a missed payout).
+    #[test]
+    fn a_file_linked_but_not_renamed_is_published_on_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        // The state such a crash leaves: the complete temporary file, and
+        // its hard link in .sent/, nothing visible in the outbox.
+        let sent_dir = dir.path().join(SENT_DIR);
+        fs::create_dir_all(&sent_dir).unwrap();
+        let temporary = dir.path().join(".d.xml.partial");
+        fs::write(&temporary, b"payments").unwrap();
+        fs::hard_link(&temporary, sent_dir.join("d.xml")).unwrap();
+        assert!(matches!(write_atomically(dir.path(), "d.xml", b"payments").unwrap(), OutboxWrite::Written(_)));
+        assert_eq!(fs::read(dir.path().join("d.xml")).unwrap(), b"payments");
+        assert!(!temporary.exists());
+        // Once published, a rerun after the uploader took it writes nothing.
+        fs::remove_file(dir.path().join("d.xml")).unwrap();
+        assert!(matches!(write_atomically(dir.path(), "d.xml", b"payments").unwrap(), OutboxWrite::AlreadyPresent(_)));
+        assert!(!dir.path().join("d.xml").exists());
     }
 
     #[test]

@@ -17,10 +17,10 @@
 //! 4. The retry is also signed with **Web Bot Auth** (RFC 9421): the
 //!    `Signature-Agent`, `Signature-Input` and `Signature` headers cover
 //!    `@authority`, `signature-agent` and `payment-signature`, binding the
-//!    payment to the crawler's key. Tally's facilitator does not check these
-//!    headers yet (it authenticates the payer by the IOU's own signature), but
-//!    resource servers and CDNs that speak the Cloudflare binding do, so a
-//!    well-behaved crawler sends them.
+//!    payment to the crawler's key. With [`PaymentFormat::WebBotAuth`] that
+//!    signature *is* the commitment: `PAYMENT-SIGNATURE` carries only
+//!    `{amount, asset}` (the Cloudflare binding), and Tally's facilitator
+//!    verifies the request signature and records the IOU it implies.
 //!
 //! The answer ([`PaidResponse`]) carries the status, the body (bounded by
 //! [`Crawler::with_body_bytes_max`]), the decoded `PAYMENT-RESPONSE` receipt on
@@ -104,7 +104,18 @@ impl PaidResponse {
     }
 }
 
-/// A crawler that pays for what it fetches with Tally IOUs.
+/// How a crawler commits to a payment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PaymentFormat {
+    /// A signed Tally IOU inside `PAYMENT-SIGNATURE` (`tally-iou-v1`).
+    #[default]
+    TallyIou,
+    /// The Cloudflare binding: `PAYMENT-SIGNATURE` carries only `{amount, asset}`, and the Web Bot
+    /// Auth signature over the request (which covers it) is the commitment.
+    WebBotAuth,
+}
+
+/// A crawler that pays for what it fetches with Tally IOUs or Web Bot Auth commitments.
 #[derive(Clone, Debug)]
 pub struct Crawler {
     key: SigningKey,
@@ -113,6 +124,7 @@ pub struct Crawler {
     signature_agent: String,
     max_price: Option<u64>,
     body_bytes_max: usize,
+    format: PaymentFormat,
 }
 
 fn unix_now_s() -> u64 {
@@ -151,7 +163,14 @@ impl Crawler {
             signature_agent: SIGNATURE_AGENT_DEFAULT.to_owned(),
             max_price: None,
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            format: PaymentFormat::default(),
         }
+    }
+
+    /// Commits with `format` (default: a Tally IOU).
+    pub fn with_format(mut self, format: PaymentFormat) -> Crawler {
+        self.format = format;
+        self
     }
 
     /// Uses this HTTP client instead of the default one.
@@ -235,6 +254,11 @@ impl Crawler {
 
         let payment_signature = self.payment_signature(url, &required, &offer, price, payment_id)?;
         let now = unix_now_s();
+        // A fresh signature nonce makes every signed request distinct: under Web Bot Auth the
+        // signature is the payment, and two fetches within one second must be two payments.
+        let mut signature_nonce = [0u8; 16];
+        getrandom::fill(&mut signature_nonce).map_err(|e| CrawlerError::Randomness(e.to_string()))?;
+        let signature_nonce = hex::encode(signature_nonce);
         let headers = sign_web_bot_auth(
             &self.key,
             &authority,
@@ -242,7 +266,7 @@ impl Crawler {
             &payment_signature,
             now,
             now + IOU_VALIDITY_S,
-            None,
+            Some(&signature_nonce),
         )
         .map_err(|e| CrawlerError::Signing(e.to_string()))?;
         let retry = self
@@ -266,6 +290,34 @@ impl Crawler {
         price: u64,
         payment_id: Option<&str>,
     ) -> Result<String, CrawlerError> {
+        let payload = match self.format {
+            PaymentFormat::TallyIou => self.signed_iou_payload(url, offer, price, payment_id)?,
+            // The amount is committed by the Web Bot Auth signature, which covers this header.
+            PaymentFormat::WebBotAuth => json!({ "amount": price.to_string(), "asset": offer.asset }),
+        };
+        let extensions = payment_id.map(|id| json!({ EXTENSION_PAYMENT_IDENTIFIER: { "info": { "id": id } } }));
+        let payment = PaymentPayload {
+            x402_version: X402_VERSION,
+            resource: Some(required.resource.clone()),
+            accepted: offer.clone(),
+            payload,
+            extensions,
+        };
+        let encoded = encode_header_json(&payment);
+        if encoded.len() > PAYMENT_SIGNATURE_BYTES_MAX {
+            return Err(CrawlerError::InvalidOffer("the payment header would be too large".into()));
+        }
+        Ok(encoded)
+    }
+
+    /// A signed Tally IOU for the offer, as a `tally-iou-v1` payload.
+    fn signed_iou_payload(
+        &self,
+        url: &str,
+        offer: &PaymentRequirements,
+        price: u64,
+        payment_id: Option<&str>,
+    ) -> Result<serde_json::Value, CrawlerError> {
         let nonce = match payment_id {
             Some(id) => nonce_for_payment_id(id),
             None => {
@@ -289,20 +341,7 @@ impl Crawler {
         iou.check_shape().map_err(|e| CrawlerError::InvalidOffer(e.to_string()))?;
         let signature = self.key.sign(&iou.signing_bytes()).to_bytes();
         let payload = TallyIouPayload::from_signed(&SignedIou { iou, signature });
-        let payload = serde_json::to_value(payload).map_err(|e| CrawlerError::Signing(e.to_string()))?;
-        let extensions = payment_id.map(|id| json!({ EXTENSION_PAYMENT_IDENTIFIER: { "info": { "id": id } } }));
-        let payment = PaymentPayload {
-            x402_version: X402_VERSION,
-            resource: Some(required.resource.clone()),
-            accepted: offer.clone(),
-            payload,
-            extensions,
-        };
-        let encoded = encode_header_json(&payment);
-        if encoded.len() > PAYMENT_SIGNATURE_BYTES_MAX {
-            return Err(CrawlerError::InvalidOffer("the payment header would be too large".into()));
-        }
-        Ok(encoded)
+        serde_json::to_value(payload).map_err(|e| CrawlerError::Signing(e.to_string()))
     }
 
     async fn finish(&self, response: reqwest::Response, paid: bool) -> Result<PaidResponse, CrawlerError> {

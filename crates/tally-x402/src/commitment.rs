@@ -12,6 +12,11 @@
 //!  "signature":"<128 hex>"}
 //! ```
 //!
+//! **`web-bot-auth`**: a Web Bot Auth payment ([`WebBotAuthPayload`]): the
+//! resource server forwards `@authority`, `Signature-Agent`, `Signature-Input`,
+//! `Signature` and the `PAYMENT-SIGNATURE` value; the IOU is derived from the
+//! signature base (`tally_core::evidence`).
+//!
 //! **Payment identifiers** (the `payment-identifier` extension) map onto the
 //! ledger's replay index: the IOU's nonce must be
 //! [`nonce_for_payment_id`]`(id)`. The same id with the same payload is then
@@ -20,15 +25,14 @@
 //! restarts, because the replay index is durable.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tally_core::{Iou, Nonce, SignedIou};
+use tally_core::{Iou, SignedIou};
 
 use crate::types::Reason;
 
 pub const FORMAT_TALLY_IOU: &str = "tally-iou-v1";
-/// Payment identifiers: 16..=128 characters of `[A-Za-z0-9_-]`.
-pub const PAYMENT_ID_LEN_MIN: usize = 16;
-pub const PAYMENT_ID_LEN_MAX: usize = 128;
+/// The Web Bot Auth format: the resource server forwards the signed request's parts.
+pub const FORMAT_WEB_BOT_AUTH: &str = "web-bot-auth";
+pub use tally_core::evidence::{PAYMENT_ID_LEN_MAX, PAYMENT_ID_LEN_MIN};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -102,17 +106,24 @@ impl TallyIouPayload {
     }
 }
 
-/// Checks a payment identifier's syntax.
-pub fn payment_id_is_valid(id: &str) -> bool {
-    (PAYMENT_ID_LEN_MIN..=PAYMENT_ID_LEN_MAX).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use tally_core::evidence::{nonce_for_payment_id, payment_id_is_valid};
 
-/// The IOU nonce a payment identifier stands for: the first 16 bytes of
-/// SHA-256("tally-payment-id-v1" ‖ id).
-pub fn nonce_for_payment_id(id: &str) -> Nonce {
-    let digest = Sha256::new().chain_update(b"tally-payment-id-v1").chain_update(id.as_bytes()).finalize();
-    digest[..16].try_into().expect("16 of 32 bytes")
+/// `paymentPayload.payload` for a Web Bot Auth payment: what the resource server forwards from the
+/// crawler's signed request. The commitment is the RFC 9421 signature itself; the crawler's own
+/// `PAYMENT-SIGNATURE` payload (`{"amount", "asset"}` plus `accepted`) is one of the covered
+/// components, so the amount is bound to the crawler's key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebBotAuthPayload {
+    pub format: String,
+    /// The request's `@authority` (host, lowercase, non-default port kept).
+    pub authority: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_agent: Option<String>,
+    pub signature_input: String,
+    pub signature: String,
+    /// The `PAYMENT-SIGNATURE` header value, verbatim (base64 JSON).
+    pub payment_signature: String,
 }
 
 #[cfg(test)]

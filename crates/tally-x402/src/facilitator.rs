@@ -26,20 +26,28 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tally_core::{Outcome, PayerStatus, SignedIou};
+use tally_core::evidence::{evidence_iou_bytes, signature_base_value};
+use tally_core::{Commitment, CommitmentId, EvidenceKind, Outcome, Payer, PayerStatus};
 use tally_ingest::Pipeline;
-use tally_ledger::AppendResult;
-use tally_ledger::Ledger;
+use tally_ledger::{AppendResult, Ledger, LedgerError, StoredIou};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::commitment::{FORMAT_TALLY_IOU, TallyIouPayload, nonce_for_payment_id, payment_id_is_valid};
+use crate::commitment::{
+    FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, TallyIouPayload, WebBotAuthPayload, nonce_for_payment_id,
+    payment_id_is_valid,
+};
+use crate::middleware::decode_header_json;
 use crate::types::*;
+use crate::webbotauth::{
+    PAYMENT_SIGNATURE_BYTES_MAX, SignedRequestParts, VerifyPolicy, WebBotAuthError, check_web_bot_auth,
+};
 
 /// Bounds and identity of the facilitator.
 #[derive(Clone, Debug)]
@@ -49,11 +57,20 @@ pub struct FacilitatorConfig {
     pub network: String,
     /// Largest request body.
     pub body_bytes_max: usize,
+    /// Web Bot Auth: clock skew tolerated on `created` and `expires`.
+    pub web_bot_auth_skew_max_s: u64,
+    /// Web Bot Auth: largest `expires - created`.
+    pub web_bot_auth_validity_max_s: u64,
 }
 
 impl FacilitatorConfig {
     pub fn new(network: &str) -> FacilitatorConfig {
-        FacilitatorConfig { network: network.to_owned(), body_bytes_max: 64 * 1024 }
+        FacilitatorConfig {
+            network: network.to_owned(),
+            body_bytes_max: 64 * 1024,
+            web_bot_auth_skew_max_s: 30,
+            web_bot_auth_validity_max_s: 300,
+        }
     }
 }
 
@@ -71,11 +88,11 @@ pub struct Facilitator {
     config: FacilitatorConfig,
     pipeline: Arc<Pipeline>,
     ledger: Ledger,
-    settle_queue: mpsc::Sender<(SignedIou, SettleReply)>,
+    settle_queue: mpsc::Sender<(Commitment, SettleReply)>,
 }
 
 /// Drains the settle queue into pipeline batches until every sender is gone.
-async fn coalesce(pipeline: Arc<Pipeline>, mut queue: mpsc::Receiver<(SignedIou, SettleReply)>) {
+async fn coalesce(pipeline: Arc<Pipeline>, mut queue: mpsc::Receiver<(Commitment, SettleReply)>) {
     let inflight = Arc::new(Semaphore::new(SETTLE_BATCHES_INFLIGHT_MAX));
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -88,8 +105,8 @@ async fn coalesce(pipeline: Arc<Pipeline>, mut queue: mpsc::Receiver<(SignedIou,
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
-            let (ious, replies): (Vec<SignedIou>, Vec<SettleReply>) = batch.into_iter().unzip();
-            let results = pipeline.submit(ious.into_iter().map(Ok).collect()).await;
+            let (commitments, replies): (Vec<Commitment>, Vec<SettleReply>) = batch.into_iter().unzip();
+            let results = pipeline.submit_commitments(commitments.into_iter().map(Ok).collect()).await;
             drop(permit);
             match results {
                 Ok(results) => {
@@ -128,8 +145,89 @@ impl Refusal {
 
 /// A request that passed every check that needs no ledger.
 struct Checked {
-    signed: SignedIou,
+    commitment: Commitment,
     payment_id: Option<String>,
+    /// Set for Web Bot Auth payments.
+    web_bot_auth: Option<WebBotAuthRequest>,
+}
+
+/// What the ledger-side checks of a Web Bot Auth payment need from the request.
+struct WebBotAuthRequest {
+    /// The `Signature-Agent` value, unquoted (checked against the payer's registered agent).
+    signature_agent: Option<String>,
+    /// The `PAYMENT-SIGNATURE` value: a payment identifier's retries must repeat it.
+    payment_signature: String,
+}
+
+/// What a key's earlier use of the same nonce means for a new commitment.
+enum Replay {
+    /// No earlier use.
+    Fresh,
+    /// The same payment again: answer with the original commitment.
+    Same(StoredIou),
+    /// A different payment under the same nonce.
+    Conflict,
+}
+
+/// Compares a stored record with a new commitment under the same `(key, nonce)`. Identical
+/// evidence is the same payment. So is a Web Bot Auth payment with a payment identifier whose
+/// retry carries the same `PAYMENT-SIGNATURE` under a fresh HTTP signature (the id fixes the nonce).
+fn classify_replay(stored: Option<StoredIou>, checked: &Checked) -> Replay {
+    let Some(stored) = stored else { return Replay::Fresh };
+    // The writer's rule: the same IOU is the same promise, however it was signed.
+    if evidence_iou_bytes(&stored.evidence) == evidence_iou_bytes(&checked.commitment.evidence) {
+        return Replay::Same(stored);
+    }
+    let same_payment = match (&checked.web_bot_auth, &checked.payment_id, stored.evidence()) {
+        (Some(request), Some(_), Ok(evidence)) if evidence.kind == EvidenceKind::WebBotAuth => evidence
+            .signed_message()
+            .and_then(|base| std::str::from_utf8(base).ok())
+            .and_then(|base| signature_base_value(base, "payment-signature"))
+            .is_some_and(|value| value == request.payment_signature),
+        _ => false,
+    };
+    if same_payment { Replay::Same(stored) } else { Replay::Conflict }
+}
+
+/// The `Signature-Agent` value as a plain URL: a structured-field string (`"https://…"`), a
+/// dictionary with one string member (`agent1="https://…"`), or a bare value.
+fn unquote_signature_agent(value: &str) -> String {
+    if let Ok(item) = sfv::Parser::new(value).parse_item()
+        && let Some(text) = item.bare_item.as_string()
+    {
+        return text.as_str().to_owned();
+    }
+    if let Ok(dictionary) = sfv::Parser::new(value).parse_dictionary()
+        && dictionary.len() == 1
+        && let Some((_, sfv::ListEntry::Item(item))) = dictionary.iter().next()
+        && let Some(text) = item.bare_item.as_string()
+    {
+        return text.as_str().to_owned();
+    }
+    value.to_owned()
+}
+
+/// Web Bot Auth's identity rule: a payer that registered a signature agent must sign as that agent;
+/// a payer that did not may not claim an agent registered to someone else.
+/// `Ok(false)` is a refusal; `Err` means the ledger could not answer.
+fn signature_agent_allowed(ledger: &Ledger, payer: &Payer, claimed: Option<&str>) -> Result<bool, LedgerError> {
+    let claimed = claimed.map(unquote_signature_agent);
+    Ok(match (&payer.signature_agent, claimed) {
+        (Some(registered), Some(claimed)) => *registered == claimed,
+        (Some(_), None) => false,
+        (None, Some(claimed)) => ledger.payer_by_signature_agent(&claimed)?.is_none_or(|owner| owner.id == payer.id),
+        (None, None) => true,
+    })
+}
+
+/// A Web Bot Auth refusal's x402 reason (the Cloudflare binding's codes).
+fn web_bot_auth_reason(error: &WebBotAuthError) -> Reason {
+    match error.reason_code() {
+        "invalid_payment_signature" => Reason::InvalidPaymentSignature,
+        "invalid_payload" => Reason::InvalidPayload,
+        "signature_agent_unknown" => Reason::SignatureAgentUnknown,
+        _ => Reason::InvalidSignature,
+    }
 }
 
 fn outcome_reason(outcome: Outcome) -> Reason {
@@ -170,16 +268,28 @@ impl Facilitator {
                 x402_version: X402_VERSION,
                 scheme: SCHEME_BATCH_SETTLEMENT.to_owned(),
                 network: self.config.network.clone(),
-                extra: Some(json!({ "formats": [FORMAT_TALLY_IOU], "trustModel": "credit-backed" })),
+                extra: Some(json!({
+                    "formats": [FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH],
+                    "trustModel": "credit-backed",
+                    "webBotAuth": {
+                        "signatureSchemes": ["ed25519"],
+                        "tags": [crate::webbotauth::WEB_BOT_AUTH_TAG],
+                        "clockSkewMaxSeconds": self.config.web_bot_auth_skew_max_s,
+                        "validityMaxSeconds": self.config.web_bot_auth_validity_max_s,
+                    },
+                })),
             }],
-            extensions: vec![EXTENSION_PAYMENT_IDENTIFIER.to_owned()],
+            extensions: vec![
+                EXTENSION_PAYMENT_IDENTIFIER.to_owned(),
+                crate::middleware::EXTENSION_HTTP_MESSAGE_SIGNATURES.to_owned(),
+            ],
             signers: serde_json::Map::new(),
         }
     }
 
     /// Everything that needs no ledger: version, scheme, network, the
     /// requirements echo, the payload's format and fields, the amount cap,
-    /// the payment identifier.
+    /// the payment identifier; for Web Bot Auth also the RFC 9421 rules.
     fn check_request(&self, body: &[u8]) -> Result<Checked, Refusal> {
         let request: FacilitatorRequest =
             serde_json::from_slice(body).map_err(|_| Refusal::bad_request(Reason::InvalidPayload))?;
@@ -193,25 +303,23 @@ impl Facilitator {
         if requirements.network != self.config.network {
             return Err(Refusal::ok(Reason::InvalidNetwork));
         }
-        let accepted = &request.payment_payload.accepted;
-        if accepted.scheme != requirements.scheme
-            || accepted.network != requirements.network
-            || accepted.amount != requirements.amount
-            || accepted.asset != requirements.asset
-            || accepted.pay_to != requirements.pay_to
-        {
+        if !echoes(&request.payment_payload.accepted, requirements) {
             return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
         }
         let max_amount: u64 =
             requirements.amount.parse().map_err(|_| Refusal::ok(Reason::InvalidPaymentRequirements))?;
 
-        let payload = &request.payment_payload.payload;
-        match payload.get("format").and_then(Value::as_str) {
-            Some(FORMAT_TALLY_IOU) => {}
-            _ => return Err(Refusal::ok(Reason::InvalidPayload)),
+        match request.payment_payload.payload.get("format").and_then(Value::as_str) {
+            Some(FORMAT_TALLY_IOU) => self.check_tally_iou(&request, max_amount),
+            Some(FORMAT_WEB_BOT_AUTH) => self.check_web_bot_auth(&request, max_amount),
+            _ => Err(Refusal::ok(Reason::InvalidPayload)),
         }
-        let payload: TallyIouPayload =
-            serde_json::from_value(payload.clone()).map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    }
+
+    fn check_tally_iou(&self, request: &FacilitatorRequest, max_amount: u64) -> Result<Checked, Refusal> {
+        let requirements = &request.payment_requirements;
+        let payload: TallyIouPayload = serde_json::from_value(request.payment_payload.payload.clone())
+            .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
         let signed = payload.to_signed().map_err(Refusal::ok)?;
         let iou = &signed.iou;
         if iou.network != requirements.network {
@@ -223,21 +331,74 @@ impl Facilitator {
         if iou.amount > max_amount {
             return Err(Refusal::ok(Reason::PriceNotAcceptable));
         }
+        let payment_id = payment_identifier(request.payment_payload.extensions.as_ref())?;
+        if let Some(id) = &payment_id
+            && nonce_for_payment_id(id) != iou.nonce
+        {
+            return Err(Refusal::bad_request(Reason::InvalidPayload));
+        }
+        let commitment = Commitment::tally_iou(signed).map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+        Ok(Checked { commitment, payment_id, web_bot_auth: None })
+    }
 
-        let extension = request.payment_payload.extensions.as_ref().and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER));
-        let required = extension.and_then(|e| e.get("required")).and_then(Value::as_bool).unwrap_or(false);
-        let payment_id = extension.and_then(|e| e.get("info")).and_then(|i| i.get("id")).and_then(Value::as_str);
-        let payment_id = match payment_id {
-            None if required => return Err(Refusal::bad_request(Reason::PaymentIdentifierRequired)),
-            None => None,
-            Some(id) => {
-                if !payment_id_is_valid(id) || nonce_for_payment_id(id) != iou.nonce {
-                    return Err(Refusal::bad_request(Reason::InvalidPayload));
-                }
-                Some(id.to_owned())
-            }
+    /// A Web Bot Auth payment: the crawler's `PAYMENT-SIGNATURE` payload
+    /// names the amount; the RFC 9421 signature over the request binds it to
+    /// the crawler's key. The IOU is derived from the signature base, and the
+    /// signature itself is verified by the pipeline.
+    fn check_web_bot_auth(&self, request: &FacilitatorRequest, max_amount: u64) -> Result<Checked, Refusal> {
+        let requirements = &request.payment_requirements;
+        let forwarded: WebBotAuthPayload = serde_json::from_value(request.payment_payload.payload.clone())
+            .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+        // The crawler's own payload, which its signature covers.
+        let signed_payload: PaymentPayload =
+            decode_header_json(forwarded.payment_signature.as_bytes(), PAYMENT_SIGNATURE_BYTES_MAX)
+                .map_err(|_| Refusal::ok(Reason::InvalidPaymentSignature))?;
+        if signed_payload.x402_version != X402_VERSION {
+            return Err(Refusal::ok(Reason::InvalidX402Version));
+        }
+        if !echoes(&signed_payload.accepted, requirements) {
+            return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+        }
+        let committed = &signed_payload.payload;
+        let asset = committed.get("asset").and_then(Value::as_str);
+        let amount = committed.get("amount").and_then(Value::as_str).and_then(|a| a.parse::<u64>().ok());
+        let (Some(asset), Some(amount)) = (asset, amount) else {
+            return Err(Refusal::ok(Reason::InvalidPaymentSignature));
         };
-        Ok(Checked { signed, payment_id })
+        if asset != requirements.asset {
+            return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+        }
+        if amount > max_amount {
+            return Err(Refusal::ok(Reason::PriceNotAcceptable));
+        }
+        let payment_id = payment_identifier(signed_payload.extensions.as_ref())?;
+
+        let parts = SignedRequestParts {
+            authority: forwarded.authority,
+            signature_agent: forwarded.signature_agent,
+            signature_input: forwarded.signature_input,
+            signature: forwarded.signature,
+            payment_signature: forwarded.payment_signature,
+        };
+        let policy = VerifyPolicy {
+            now_s: self.pipeline.now_s(),
+            skew_max_s: self.config.web_bot_auth_skew_max_s,
+            validity_max_s: self.config.web_bot_auth_validity_max_s,
+        };
+        let directory = self.pipeline.writer().directory();
+        let checked = check_web_bot_auth(&parts, &policy, |keyid| directory.lookup_thumbprint(keyid))
+            .map_err(|e| Refusal::ok(web_bot_auth_reason(&e)))?;
+        let commitment =
+            Commitment::web_bot_auth(checked.verified.public_key, checked.signature, &checked.signature_base)
+                .map_err(|_| Refusal::ok(Reason::InvalidPaymentSignature))?;
+        Ok(Checked {
+            commitment,
+            payment_id,
+            web_bot_auth: Some(WebBotAuthRequest {
+                signature_agent: parts.signature_agent,
+                payment_signature: parts.payment_signature,
+            }),
+        })
     }
 
     fn unavailable(reason: Reason) -> Refusal {
@@ -250,49 +411,36 @@ impl Facilitator {
         let checked = self.check_request(body)?;
         let outcome = self
             .pipeline
-            .verify_only(checked.signed.clone())
+            .verify_only(checked.commitment.clone())
             .await
             .map_err(|_| Facilitator::unavailable(Reason::UnexpectedVerifyError))?;
         if outcome != Outcome::Accepted {
             return Err(Refusal::ok(outcome_reason(outcome)));
         }
         let ledger = self.ledger.clone();
-        let signed = checked.signed;
-        let has_payment_id = checked.payment_id.is_some();
         tokio::task::spawn_blocking(move || -> Result<String, Refusal> {
             let unavailable = |_| Facilitator::unavailable(Reason::UnexpectedVerifyError);
-            let iou = &signed.iou;
-            let payer_id = ledger
-                .key_owner(&iou.payer_key)
-                .map_err(unavailable)?
-                .ok_or_else(|| Refusal::ok(Reason::SignatureAgentUnknown))?;
+            let (payer, replay) = ledger_checks(&ledger, &checked).map_err(unavailable)??;
             let with_payer =
-                |reason: Reason, status: StatusCode| Refusal { reason, status, payer: Some(payer_id.clone()) };
-            if let Some(stored) = ledger.lookup_iou(&iou.payer_key, &iou.nonce).map_err(unavailable)? {
-                // Already recorded: the same IOU verifies (a retry), a
-                // different one under the same nonce never will.
-                if stored.signing_bytes == iou.signing_bytes() {
-                    return Ok(payer_id);
-                }
-                let status = if has_payment_id { StatusCode::CONFLICT } else { StatusCode::OK };
-                let reason =
-                    if has_payment_id { Reason::PaymentIdentifierConflict } else { Reason::InvalidTransactionState };
-                return Err(with_payer(reason, status));
+                |reason: Reason, status: StatusCode| Refusal { reason, status, payer: Some(payer.id.clone()) };
+            match replay {
+                // Already recorded: a retry verifies (and settles to the
+                // original commitment); a different payment never will.
+                Replay::Same(_) => return Ok(payer.id),
+                Replay::Conflict => return Err(conflict(checked.payment_id.is_some(), Some(payer.id.clone()))),
+                Replay::Fresh => {}
             }
-            let payer = ledger
-                .payer(&payer_id)
-                .map_err(unavailable)?
-                .ok_or_else(|| Refusal::ok(Reason::SignatureAgentUnknown))?;
             if payer.status != PayerStatus::Active {
                 return Err(with_payer(Reason::PayerSuspended, StatusCode::OK));
             }
-            let owed = ledger.unsettled_owed(Some(&payer_id)).map_err(unavailable)?;
-            let owed = owed.get(&(payer_id.clone(), iou.asset.clone())).copied().unwrap_or(0);
+            let iou = &checked.commitment.signed.iou;
+            let owed = ledger.unsettled_owed(Some(&payer.id)).map_err(unavailable)?;
+            let owed = owed.get(&(payer.id.clone(), iou.asset.clone())).copied().unwrap_or(0);
             let within = owed.checked_add(u128::from(iou.amount)).is_some_and(|t| t <= payer.credit_limit(&iou.asset));
             if !within {
                 return Err(with_payer(Reason::InsufficientFunds, StatusCode::OK));
             }
-            Ok(payer_id)
+            Ok(payer.id)
         })
         .await
         .map_err(|_| Facilitator::unavailable(Reason::UnexpectedVerifyError))?
@@ -300,12 +448,39 @@ impl Facilitator {
 
     /// `/settle`: records through the pipeline; answers after the fsync.
     async fn settle(&self, body: &[u8]) -> Result<SettleResponse, Refusal> {
-        let checked = self.check_request(body)?;
-        let amount = checked.signed.iou.amount.to_string();
-        let payer_key = checked.signed.iou.payer_key;
+        let mut checked = self.check_request(body)?;
+        // Web Bot Auth needs the ledger before the writer: the signature
+        // agent belongs to the payer, and a payment identifier's retry under
+        // a fresh signature is answered from the record, not re-submitted.
+        if checked.web_bot_auth.is_some() {
+            let ledger = self.ledger.clone();
+            let (returned, verdict) = tokio::task::spawn_blocking(move || {
+                let verdict = ledger_checks(&ledger, &checked);
+                (checked, verdict)
+            })
+            .await
+            .map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
+            checked = returned;
+            let (payer, replay) = verdict.map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))??;
+            match replay {
+                Replay::Same(stored) => {
+                    let iou = stored.iou().map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
+                    return Ok(self.success(
+                        Some(payer.id),
+                        CommitmentId { seq: stored.seq, hash: stored.hash },
+                        iou.amount,
+                    ));
+                }
+                Replay::Conflict => return Err(conflict(checked.payment_id.is_some(), Some(payer.id))),
+                Replay::Fresh => {}
+            }
+        }
+        let amount = checked.commitment.signed.iou.amount;
+        let payer_key = checked.commitment.signed.iou.payer_key;
+        let has_payment_id = checked.payment_id.is_some();
         let (reply, answer) = oneshot::channel();
         self.settle_queue
-            .send((checked.signed, reply))
+            .send((checked.commitment, reply))
             .await
             .map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
         let result =
@@ -314,29 +489,97 @@ impl Facilitator {
         let payer =
             tokio::task::spawn_blocking(move || ledger.key_owner(&payer_key).ok().flatten()).await.ok().flatten();
         match (result.outcome, result.commitment) {
-            (Outcome::Accepted | Outcome::Duplicate, Some(commitment)) => Ok(SettleResponse {
-                success: true,
-                error_reason: None,
-                payer,
-                transaction: commitment.to_string(),
-                network: self.config.network.clone(),
-                amount: Some(amount),
-            }),
-            (Outcome::Conflict, _) if checked.payment_id.is_some() => {
-                Err(Refusal { reason: Reason::PaymentIdentifierConflict, status: StatusCode::CONFLICT, payer })
-            }
+            (Outcome::Accepted | Outcome::Duplicate, Some(commitment)) => Ok(self.success(payer, commitment, amount)),
+            (Outcome::Conflict, _) => Err(conflict(has_payment_id, payer)),
             (outcome, _) if outcome.is_success() => Err(Facilitator::unavailable(Reason::UnexpectedSettleError)),
             (outcome, _) => Err(Refusal { reason: outcome_reason(outcome), status: StatusCode::OK, payer }),
         }
     }
+
+    fn success(&self, payer: Option<String>, commitment: CommitmentId, amount: u64) -> SettleResponse {
+        SettleResponse {
+            success: true,
+            error_reason: None,
+            payer,
+            transaction: commitment.to_string(),
+            network: self.config.network.clone(),
+            amount: Some(amount.to_string()),
+        }
+    }
+}
+
+/// Whether a payload's `accepted` echoes the server's requirements.
+fn echoes(accepted: &PaymentRequirements, requirements: &PaymentRequirements) -> bool {
+    accepted.scheme == requirements.scheme
+        && accepted.network == requirements.network
+        && accepted.amount == requirements.amount
+        && accepted.asset == requirements.asset
+        && accepted.pay_to == requirements.pay_to
+}
+
+/// The `payment-identifier` extension: a well-formed id, or none (400 when it is required).
+fn payment_identifier(extensions: Option<&Value>) -> Result<Option<String>, Refusal> {
+    let extension = extensions.and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER));
+    let required = extension.and_then(|e| e.get("required")).and_then(Value::as_bool).unwrap_or(false);
+    match extension.and_then(|e| e.get("info")).and_then(|i| i.get("id")) {
+        None | Some(Value::Null) if required => Err(Refusal::bad_request(Reason::PaymentIdentifierRequired)),
+        None | Some(Value::Null) => Ok(None),
+        Some(id) => match id.as_str() {
+            Some(id) if payment_id_is_valid(id) => Ok(Some(id.to_owned())),
+            _ => Err(Refusal::bad_request(Reason::InvalidPayload)),
+        },
+    }
+}
+
+/// A different payment under a used nonce: 409 with a payment identifier, otherwise a plain refusal.
+fn conflict(has_payment_id: bool, payer: Option<String>) -> Refusal {
+    if has_payment_id {
+        Refusal { reason: Reason::PaymentIdentifierConflict, status: StatusCode::CONFLICT, payer }
+    } else {
+        Refusal { reason: Reason::InvalidTransactionState, status: StatusCode::OK, payer }
+    }
+}
+
+/// The ledger reads shared by `/verify` and Web Bot Auth `/settle`: the payer
+/// behind the key, its signature agent, and any earlier use of the nonce. The
+/// outer `Err` is a ledger failure; the inner one a refusal.
+fn ledger_checks(ledger: &Ledger, checked: &Checked) -> Result<Result<(Payer, Replay), Refusal>, LedgerError> {
+    let iou = &checked.commitment.signed.iou;
+    let Some(payer_id) = ledger.key_owner(&iou.payer_key)? else {
+        return Ok(Err(Refusal::ok(Reason::SignatureAgentUnknown)));
+    };
+    let Some(payer) = ledger.payer(&payer_id)? else {
+        return Ok(Err(Refusal::ok(Reason::SignatureAgentUnknown)));
+    };
+    if let Some(request) = &checked.web_bot_auth
+        && !signature_agent_allowed(ledger, &payer, request.signature_agent.as_deref())?
+    {
+        return Ok(Err(Refusal {
+            reason: Reason::SignatureAgentUnknown,
+            status: StatusCode::OK,
+            payer: Some(payer.id),
+        }));
+    }
+    let replay = classify_replay(ledger.lookup_iou(&iou.payer_key, &iou.nonce)?, checked);
+    Ok(Ok((payer, replay)))
 }
 
 async fn supported(State(facilitator): State<Arc<Facilitator>>) -> Response {
     axum::Json(facilitator.supported()).into_response()
 }
 
-async fn verify(State(facilitator): State<Arc<Facilitator>>, body: Bytes) -> Response {
-    let (status, answer) = match facilitator.verify(&body).await {
+/// A body axum could not read (over the size limit, or cut off): its status (413 for an oversized
+/// body) with the x402 reason code, never axum's plain-text answer.
+fn unreadable_body(rejection: &BytesRejection) -> Refusal {
+    Refusal { reason: Reason::InvalidPayload, status: rejection.status(), payer: None }
+}
+
+async fn verify(State(facilitator): State<Arc<Facilitator>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let verdict = match &body {
+        Ok(body) => facilitator.verify(body).await,
+        Err(rejection) => Err(unreadable_body(rejection)),
+    };
+    let (status, answer) = match verdict {
         Ok(payer) => (StatusCode::OK, VerifyResponse { is_valid: true, invalid_reason: None, payer: Some(payer) }),
         Err(refusal) => (
             refusal.status,
@@ -352,9 +595,13 @@ async fn verify(State(facilitator): State<Arc<Facilitator>>, body: Bytes) -> Res
     (status, axum::Json(answer)).into_response()
 }
 
-async fn settle(State(facilitator): State<Arc<Facilitator>>, body: Bytes) -> Response {
+async fn settle(State(facilitator): State<Arc<Facilitator>>, body: Result<Bytes, BytesRejection>) -> Response {
     let network = facilitator.config.network.clone();
-    let (status, answer) = match facilitator.settle(&body).await {
+    let verdict = match &body {
+        Ok(body) => facilitator.settle(body).await,
+        Err(rejection) => Err(unreadable_body(rejection)),
+    };
+    let (status, answer) = match verdict {
         Ok(answer) => (StatusCode::OK, answer),
         Err(refusal) => (
             refusal.status,
@@ -376,31 +623,36 @@ async fn settle(State(facilitator): State<Arc<Facilitator>>, body: Bytes) -> Res
 /// A running HTTP listener.
 pub struct RunningHttp {
     pub local_addr: SocketAddr,
-    shutdown: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tally_ingest::server::http::RunningHttpServer,
 }
 
 impl RunningHttp {
     /// Stops accepting and lets in-flight requests finish.
     pub async fn stop(self) -> std::io::Result<()> {
-        let _ = self.shutdown.send(());
-        self.task.await.unwrap_or(Ok(()))
+        self.server.stop().await;
+        Ok(())
     }
 }
 
-/// Binds `addr` and serves the facilitator until stopped.
+/// Binds `addr` and serves the facilitator until stopped, in plaintext with
+/// the default HTTP limits ([`tally_ingest::server::http::HttpLimits`]).
 pub async fn serve_http(facilitator: &Arc<Facilitator>, addr: SocketAddr) -> std::io::Result<RunningHttp> {
+    serve_http_with(facilitator, addr, tally_ingest::server::http::HttpOptions::default()).await
+}
+
+/// Binds `addr` and serves the facilitator until stopped, on the hardened
+/// listener of `tally_ingest::server::http` (connection, header, request and
+/// size bounds; TLS if `options.tls` is set).
+pub async fn serve_http_with(
+    facilitator: &Arc<Facilitator>,
+    addr: SocketAddr,
+    options: tally_ingest::server::http::HttpOptions,
+) -> std::io::Result<RunningHttp> {
     let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
-    let router = facilitator.router();
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!(%local_addr, "x402 facilitator listening");
-    Ok(RunningHttp { local_addr, shutdown, task })
+    let tls = options.tls.is_some();
+    let server = tally_ingest::server::http::serve_router(listener, facilitator.router(), options)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let local_addr = server.local_addr;
+    tracing::info!(%local_addr, tls, "x402 facilitator listening");
+    Ok(RunningHttp { local_addr, server })
 }

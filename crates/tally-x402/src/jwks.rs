@@ -126,6 +126,15 @@ mod tests {
         assert_eq!(thumbprint(&rfc8037_key()), RFC8037_THUMBPRINT);
     }
 
+    proptest::proptest! {
+        /// The ledger indexes keys by tally-core's thumbprint (no web-bot-auth dependency down
+        /// there); it must agree with Cloudflare's crate on every key.
+        #[test]
+        fn core_thumbprint_agrees_with_web_bot_auth(key in proptest::prelude::any::<[u8; 32]>()) {
+            proptest::prop_assert_eq!(tally_core::evidence::jwk_thumbprint(&key), thumbprint(&key));
+        }
+    }
+
     #[test]
     fn parses_and_filters() {
         let doc = format!(

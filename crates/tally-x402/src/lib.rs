@@ -6,8 +6,10 @@
 //! - [`types`]: the x402 v2 objects and reason codes, named as the spec names them.
 //! - [`commitment`]: Tally's commitment formats inside `paymentPayload.payload`,
 //!   and how payment identifiers map onto the ledger's replay index.
-//! - [`facilitator`]: the axum HTTP API (`/supported`, `/verify`, `/settle`),
-//!   which records through the same pipeline as gRPC.
+//! - `facilitator` (feature `facilitator`, on by default): the axum HTTP API
+//!   (`/supported`, `/verify`, `/settle`), which records through the same
+//!   pipeline as gRPC. Without the feature the crate needs no ledger (and so
+//!   no RocksDB): the fuzz targets build it that way.
 //! - [`webbotauth`], [`jwks`]: RFC 9421 HTTP message signatures (Web Bot Auth)
 //!   and key directories.
 //!
@@ -16,10 +18,14 @@
 
 pub mod client;
 pub mod commitment;
+#[cfg(feature = "facilitator")]
 pub mod facilitator;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwks;
 pub mod middleware;
 pub mod types;
 pub mod webbotauth;
 
+#[cfg(feature = "facilitator")]
 pub use facilitator::{Facilitator, FacilitatorConfig, RunningHttp, serve_http};

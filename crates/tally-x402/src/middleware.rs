@@ -33,9 +33,15 @@
 //! `signature_agent_unknown`, `insufficient_funds`); a payment identifier
 //! reused with a different payload is passed through as `409`.
 //!
-//! Web Bot Auth headers (`Signature-Agent`, `Signature-Input`, `Signature`)
-//! sent by crawlers are not checked here yet: the facilitator authenticates
-//! the payer by the Ed25519 signature on the IOU itself.
+//! **Two payment forms.** A `PAYMENT-SIGNATURE` payload in the `tally-iou-v1`
+//! format carries its own signed IOU and is forwarded as is. Any other payload
+//! (the Cloudflare binding's `{"amount", "asset"}`) on a request that carries
+//! Web Bot Auth headers is a Web Bot Auth payment: the paywall forwards the
+//! request's `@authority`, `Signature-Agent`, `Signature-Input`, `Signature` and
+//! the raw `PAYMENT-SIGNATURE` value (format `web-bot-auth`), and the
+//! facilitator verifies the RFC 9421 signature and records the payment. The
+//! paywall itself checks nothing cryptographic: the facilitator is the one
+//! place that decides, so the two can never disagree.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,10 +58,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::{Layer, Service};
 
+use crate::commitment::{FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, WebBotAuthPayload};
 use crate::types::*;
 
 /// The request header carrying the client's base64 JSON [`PaymentPayload`].
 pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";
+/// Web Bot Auth's request headers (RFC 9421 and the signature-agent draft).
+pub const HEADER_SIGNATURE_AGENT: &str = "signature-agent";
+pub const HEADER_SIGNATURE_INPUT: &str = "signature-input";
+pub const HEADER_SIGNATURE: &str = "signature";
 /// The 402 header carrying base64 JSON [`PaymentRequired`].
 pub const HEADER_PAYMENT_REQUIRED: &str = "payment-required";
 /// The success header carrying base64 JSON [`PaymentResponse`].
@@ -145,11 +156,7 @@ pub fn decode_header_json<T: DeserializeOwned>(value: &[u8], max: usize) -> Resu
     if value.len() > max {
         return Err(HeaderDecodeError::TooLarge { len: value.len(), max });
     }
-    let trimmed = value.trim_ascii();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(trimmed)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(trimmed))
-        .map_err(|_| HeaderDecodeError::NotBase64)?;
+    let bytes = tally_core::evidence::decode_header_base64(value).ok_or(HeaderDecodeError::NotBase64)?;
     serde_json::from_slice(&bytes).map_err(|e| HeaderDecodeError::NotJson(e.to_string()))
 }
 
@@ -297,6 +304,32 @@ fn payment_header(headers: &HeaderMap) -> Option<&HeaderValue> {
     headers.get(HEADER_PAYMENT_SIGNATURE)
 }
 
+/// The facilitator payload of a Web Bot Auth payment: the signed request's parts, verbatim.
+/// `None` when a header is not visible ASCII or the request names no usable host; sizes are
+/// bounded by the facilitator (which answers with a reason code) and by the server's header limit.
+fn web_bot_auth_payload(
+    headers: &HeaderMap,
+    payment_signature: &HeaderValue,
+    signed_payload: PaymentPayload,
+) -> Option<PaymentPayload> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().map(str::to_owned)).transpose();
+    // `@authority` is the Host the crawler signed, lowercased (RFC 9421 §2.2.3).
+    let authority = text(header::HOST.as_str())
+        .ok()
+        .flatten()
+        .filter(|h| !h.is_empty() && h.len() <= HOST_HEADER_BYTES_MAX)?
+        .to_ascii_lowercase();
+    let forwarded = WebBotAuthPayload {
+        format: FORMAT_WEB_BOT_AUTH.to_owned(),
+        authority,
+        signature_agent: text(HEADER_SIGNATURE_AGENT).ok()?,
+        signature_input: text(HEADER_SIGNATURE_INPUT).ok()??,
+        signature: text(HEADER_SIGNATURE).ok()??,
+        payment_signature: payment_signature.to_str().ok()?.to_owned(),
+    };
+    Some(PaymentPayload { payload: serde_json::to_value(forwarded).ok()?, ..signed_payload })
+}
+
 async fn paywall<S>(config: Arc<PaywallConfig>, mut inner: S, request: Request<Body>) -> Result<Response, S::Error>
 where
     S: Service<Request<Body>, Response = Response>,
@@ -315,11 +348,20 @@ where
         }
     };
 
-    let body = FacilitatorRequest {
-        x402_version: X402_VERSION,
-        payment_payload: payload,
-        payment_requirements: requirements(&config),
+    let is_tally_iou = payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
+    let payment_payload = if !is_tally_iou && request.headers().contains_key(HEADER_SIGNATURE_INPUT) {
+        match web_bot_auth_payload(request.headers(), header_value, payload) {
+            Some(forwarded) => forwarded,
+            None => {
+                let reason = Reason::InvalidPayload.as_str();
+                return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
+            }
+        }
+    } else {
+        payload
     };
+    let body =
+        FacilitatorRequest { x402_version: X402_VERSION, payment_payload, payment_requirements: requirements(&config) };
     let endpoint = format!("{}/settle", config.facilitator_url.trim_end_matches('/'));
     let answer = match config.http.post(&endpoint).timeout(SETTLE_TIMEOUT).json(&body).send().await {
         Ok(answer) => answer,

@@ -18,7 +18,6 @@
 //! mirrors it (same `sfv` serialization of the component identifiers and of `@signature-params`);
 //! sign → verify round trips prove the two agree, and the RFC 9421 B.2.6 vector checks both.
 
-use base64::Engine as _;
 use ed25519_dalek::Signer as _;
 use sfv::SerializeValue as _;
 use web_bot_auth::ImplementationError;
@@ -186,13 +185,9 @@ fn check_payment_signature(value: &str) -> Result<(), WebBotAuthError> {
         return Err(WebBotAuthError::InvalidPaymentSignature("empty"));
     }
     // x402 carries the payment payload as base64 JSON; its content is the facilitator's business,
-    // but a value that is not even base64 is refused here.
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    engine.decode(value.trim()).map_err(|_| WebBotAuthError::InvalidPaymentSignature("not base64"))?;
+    // but a value that is not even base64 is refused here (by the decoder every part uses).
+    tally_core::evidence::decode_header_base64(value.as_bytes())
+        .ok_or(WebBotAuthError::InvalidPaymentSignature("not base64"))?;
     Ok(())
 }
 
@@ -327,7 +322,9 @@ pub fn signature_base(components: &[(&str, &str)], signature_params: &str) -> Re
             .map_err(|_| WebBotAuthError::Malformed { header: "component", reason: "bad component name".into() })?;
         base.push_str(&sfv::Item::new(id).serialize_value());
         base.push_str(": ");
-        base.push_str(value);
+        // RFC 9421 §2.1: leading and trailing whitespace is not part of a component value (the
+        // verifier strips it too).
+        base.push_str(value.trim_matches([' ', '\t']));
         base.push('\n');
     }
     check_value("signature-params", signature_params, SIGNATURE_INPUT_BYTES_MAX)?;
@@ -367,6 +364,79 @@ pub fn verify_web_bot_auth(
     policy: &VerifyPolicy,
     lookup: impl Fn(&str) -> Option<[u8; 32]>,
 ) -> Result<VerifiedSignature, WebBotAuthError> {
+    let (verifier, verified) = check_rules(parts, policy, lookup)?;
+    verify_parsed(verifier, &verified.keyid, &verified.public_key)?;
+    Ok(verified)
+}
+
+/// A Web Bot Auth signature that passed every rule, with what its Ed25519 check needs, the check
+/// itself left to the caller (the facilitator hands it to the pipeline, which batch-verifies it with
+/// Tally's cofactored rule, the same rule `tally ledger verify` applies to the stored base).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedSignature {
+    pub verified: VerifiedSignature,
+    /// The RFC 9421 signature base: exactly the bytes the signature covers.
+    pub signature_base: String,
+    pub signature: [u8; 64],
+}
+
+/// Every rule of [`verify_web_bot_auth`] except the Ed25519 check, plus the refusal of weak keys;
+/// returns the signature base and signature for the caller to verify.
+pub fn check_web_bot_auth(
+    parts: &SignedRequestParts,
+    policy: &VerifyPolicy,
+    lookup: impl Fn(&str) -> Option<[u8; 32]>,
+) -> Result<CheckedSignature, WebBotAuthError> {
+    let (verifier, verified) = check_rules(parts, policy, lookup)?;
+    match ed25519_dalek::VerifyingKey::from_bytes(&verified.public_key) {
+        Ok(key) if !key.is_weak() => {}
+        _ => return Err(WebBotAuthError::WeakKey(verified.keyid)),
+    }
+    let signature: [u8; 64] = verifier
+        .parsed
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| WebBotAuthError::BadSignature("an Ed25519 signature is 64 bytes".into()))?;
+    let signature_base = base_ascii(&verifier.parsed.base)?;
+    Ok(CheckedSignature { verified, signature_base, signature })
+}
+
+/// The ASCII signature base web-bot-auth verifies against. Mirrors the crate's private
+/// `SignatureBase::into_ascii`; a test proves the two agree (a base built here verifies under the
+/// crate's check and under Tally's).
+fn base_ascii(base: &web_bot_auth::message_signatures::SignatureBase) -> Result<String, WebBotAuthError> {
+    let mut out = String::new();
+    let mut items = Vec::with_capacity(base.components.len());
+    for (component, value) in &base.components {
+        let item = match component.clone() {
+            CoveredComponent::HTTP(field) => sfv::Item::try_from(field),
+            CoveredComponent::Derived(derived) => sfv::Item::try_from(derived),
+        }
+        .map_err(map_crate_error)?;
+        out.push_str(&item.serialize_value());
+        out.push_str(": ");
+        out.push_str(value);
+        out.push('\n');
+        items.push(item);
+    }
+    let params = vec![sfv::ListEntry::InnerList(sfv::InnerList::with_params(items, base.parameters.raw.clone()))]
+        .serialize_value()
+        .ok_or_else(|| WebBotAuthError::Malformed { header: "signature-input", reason: "cannot serialize".into() })?;
+    out.push_str("\"@signature-params\": ");
+    out.push_str(&params);
+    if !out.is_ascii() {
+        return Err(WebBotAuthError::Malformed { header: "signature base", reason: "non-ASCII content".into() });
+    }
+    Ok(out)
+}
+
+/// The Web Bot Auth rules on a request, up to (not including) the Ed25519 check.
+fn check_rules(
+    parts: &SignedRequestParts,
+    policy: &VerifyPolicy,
+    lookup: impl Fn(&str) -> Option<[u8; 32]>,
+) -> Result<(MessageVerifier, VerifiedSignature), WebBotAuthError> {
     check_value("authority", &parts.authority, AUTHORITY_BYTES_MAX)?;
     if let Some(agent) = &parts.signature_agent {
         check_value("signature-agent", agent, SIGNATURE_AGENT_BYTES_MAX)?;
@@ -465,15 +535,15 @@ pub fn verify_web_bot_auth(
 
     let public_key = lookup(&keyid).ok_or_else(|| WebBotAuthError::UnknownKey(keyid.clone()))?;
     let label = label.to_owned();
-    verify_parsed(verifier, &keyid, &public_key)?;
-    Ok(VerifiedSignature {
+    let verified = VerifiedSignature {
         keyid,
         public_key,
         created_s,
         expires_s,
         signature_agent: parts.signature_agent.clone(),
         label,
-    })
+    };
+    Ok((verifier, verified))
 }
 
 /// Sign a request the way [`verify_web_bot_auth`] wants it: label `sig1`, covering `@authority`,

@@ -476,3 +476,62 @@ proptest! {
         let _ = parse_jwks(format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}]}}"#).as_bytes());
     }
 }
+
+/// The facilitator does not verify with web-bot-auth: it takes the signature base from
+/// `check_web_bot_auth` and lets the pipeline verify it with Tally's rule, and the ledger stores that
+/// base. So the base must be byte for byte the one the crate verifies (and the signer signed), for
+/// every accepted request, including those whose Signature-Agent is a dictionary member.
+#[test]
+fn checked_base_is_what_was_signed_and_verifies_under_tallys_rule() {
+    let parts = signed(NOW, NOW + 60);
+    let checked = check_web_bot_auth(&parts, &policy(NOW), directory).unwrap();
+    assert_eq!(checked.verified, verify(&parts).unwrap());
+    let key = crawler().verifying_key();
+    let item = tally_core::verify::VerifyItem {
+        key: &key,
+        message: checked.signature_base.as_bytes(),
+        signature: &checked.signature,
+    };
+    assert!(tally_core::verify::verify_one(&item));
+    assert_eq!(crawler().sign(checked.signature_base.as_bytes()).to_bytes(), checked.signature);
+    assert!(checked.signature_base.starts_with("\"@authority\": publisher.example\n\"signature-agent\": "));
+
+    // A tampered request still passes the rules (they are not cryptographic), but its base no
+    // longer verifies: the pipeline refuses it.
+    let mut tampered = signed(NOW, NOW + 60);
+    tampered.authority = "elsewhere.example".into();
+    let checked = check_web_bot_auth(&tampered, &policy(NOW), directory).unwrap();
+    let item = tally_core::verify::VerifyItem {
+        key: &key,
+        message: checked.signature_base.as_bytes(),
+        signature: &checked.signature,
+    };
+    assert!(!tally_core::verify::verify_one(&item));
+}
+
+#[test]
+fn checked_base_follows_a_keyed_signature_agent() {
+    // `"signature-agent";key="agent1"` covers one member of a Dictionary-valued header.
+    let key = crawler();
+    let agent = "agent1=\"https://crawler.example\"";
+    let params = format!(
+        "(\"@authority\" \"signature-agent\";key=\"agent1\" \"payment-signature\");created={NOW};keyid=\"{}\";expires={};tag=\"web-bot-auth\"",
+        thumbprint(&key.verifying_key().to_bytes()),
+        NOW + 60
+    );
+    let base = format!(
+        "\"@authority\": {AUTHORITY}\n\"signature-agent\";key=\"agent1\": \"https://crawler.example\"\n\"payment-signature\": {}\n\"@signature-params\": {params}",
+        payment()
+    );
+    let signature = STANDARD.encode(key.sign(base.as_bytes()).to_bytes());
+    let parts = SignedRequestParts {
+        authority: AUTHORITY.into(),
+        signature_agent: Some(agent.into()),
+        signature_input: format!("sig1={params}"),
+        signature: format!("sig1=:{signature}:"),
+        payment_signature: payment(),
+    };
+    verify(&parts).expect("web-bot-auth verifies the keyed form");
+    let checked = check_web_bot_auth(&parts, &policy(NOW), directory).unwrap();
+    assert_eq!(checked.signature_base, base);
+}

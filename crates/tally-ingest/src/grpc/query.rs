@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use tally_core::batch::inclusion_proof;
+use tally_core::evidence::Signed;
 use tally_core::format_amount;
 use tally_ledger::{BalanceFilter, EpochStatus, Ledger, LedgerError};
 use tonic::{Request, Response, Status};
@@ -128,29 +130,77 @@ impl Query for QueryService {
         Ok(Response::new(ExposureResponse { rows }))
     }
 
+    async fn get_receipt(&self, request: Request<GetIouRequest>) -> Result<Response<Receipt>, Status> {
+        let (payer_key, nonce) = iou_key(request.into_inner())?;
+        let found = self
+            .read(move |ledger| {
+                let Some(record) = ledger.lookup_iou(&payer_key, &nonce)? else { return Ok(None) };
+                let batch = match record.evidence()?.signed {
+                    Signed::Batch { batch_seq, .. } => Some(ledger.batch(&payer_key, batch_seq)?.ok_or_else(|| {
+                        LedgerError::Corruption(format!("record {} names a missing batch {batch_seq}", record.seq))
+                    })?),
+                    Signed::Message(_) => None,
+                };
+                Ok(Some((record, batch)))
+            })
+            .await?;
+        let Some((record, batch)) = found else {
+            return Ok(Response::new(Receipt::default()));
+        };
+        let evidence = record.evidence().map_err(super::ledger_status)?;
+        let mut receipt = Receipt {
+            found: true,
+            commitment: Some(commitment_to_proto(&tally_core::CommitmentId { seq: record.seq, hash: record.hash })),
+            epoch: record.epoch,
+            evidence_format: evidence.kind.as_str().to_owned(),
+            iou_signing_bytes: evidence.iou.signing_bytes(),
+            signature: record.signature.to_vec(),
+            ..Receipt::default()
+        };
+        match (&evidence.signed, batch) {
+            (Signed::Message(message), _) => receipt.signed_message = message.to_vec(),
+            (Signed::Batch { index, .. }, Some(batch)) => {
+                let leaf = *index as usize;
+                if leaf >= batch.leaves.len() {
+                    return Err(Status::data_loss(format!("record {} is outside its batch", record.seq)));
+                }
+                receipt.batch_statement = batch.statement().to_bytes().to_vec();
+                receipt.leaf_index = *index;
+                receipt.inclusion_proof =
+                    inclusion_proof(&batch.leaves, leaf).into_iter().map(|hash| hash.to_vec()).collect();
+            }
+            (Signed::Batch { .. }, None) => unreachable!("a batch member's batch was read above"),
+        }
+        Ok(Response::new(receipt))
+    }
+
     async fn get_iou(&self, request: Request<GetIouRequest>) -> Result<Response<GetIouResponse>, Status> {
-        let request = request.into_inner();
-        let payer_key: [u8; 32] = request
-            .payer_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("payer_key must be 32 bytes"))?;
-        let nonce: [u8; 16] =
-            request.nonce.as_slice().try_into().map_err(|_| Status::invalid_argument("nonce must be 16 bytes"))?;
+        let (payer_key, nonce) = iou_key(request.into_inner())?;
         let found = self.read(move |ledger| ledger.lookup_iou(&payer_key, &nonce)).await?;
         let Some(record) = found else {
             return Ok(Response::new(GetIouResponse::default()));
         };
-        let iou = record.iou().map_err(super::ledger_status)?;
-        let signed = tally_core::SignedIou { iou, signature: record.signature };
+        let evidence = record.evidence().map_err(super::ledger_status)?;
+        let evidence_format = evidence.kind.as_str().to_owned();
+        let signed = tally_core::SignedIou { iou: evidence.iou, signature: record.signature };
         Ok(Response::new(GetIouResponse {
             found: true,
             iou: Some(iou_to_proto(&signed)),
             commitment: Some(commitment_to_proto(&tally_core::CommitmentId { seq: record.seq, hash: record.hash })),
             epoch: record.epoch,
             accepted_at_ms: record.accepted_at_ms,
+            evidence: record.evidence.clone(),
+            evidence_format,
         }))
     }
+}
+
+/// The `(payer key, nonce)` an IOU is looked up by.
+fn iou_key(request: GetIouRequest) -> Result<([u8; 32], [u8; 16]), Status> {
+    let payer_key =
+        request.payer_key.as_slice().try_into().map_err(|_| Status::invalid_argument("payer_key must be 32 bytes"))?;
+    let nonce = request.nonce.as_slice().try_into().map_err(|_| Status::invalid_argument("nonce must be 16 bytes"))?;
+    Ok((payer_key, nonce))
 }
 
 /// Formats a decimal amount string from a query with its scale, for tools.

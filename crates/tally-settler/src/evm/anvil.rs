@@ -74,6 +74,18 @@ impl AnvilNode {
 
     /// Starts the anvil binary at `path` (see [`AnvilNode::start`]).
     pub fn start_at(path: &std::path::Path) -> Result<AnvilNode, EvmError> {
+        Self::spawn(path, 0)
+    }
+
+    /// Starts anvil on a given `port` of 127.0.0.1: how a fault test brings a
+    /// killed node back at the address the engine is configured with. Load
+    /// the chain saved by [`AnvilNode::dump_state`] with
+    /// [`AnvilNode::load_state`] before the engine uses it again.
+    pub fn start_on(port: u16) -> Result<AnvilNode, EvmError> {
+        Self::spawn(&anvil_path(), port)
+    }
+
+    fn spawn(path: &std::path::Path, port: u16) -> Result<AnvilNode, EvmError> {
         if !path.is_file() {
             return Err(EvmError::Anvil(format!(
                 "anvil binary not found at {}: run scripts/test.sh (or `npm ci --prefix tools/node`), \
@@ -87,7 +99,7 @@ impl AnvilNode {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
         let mut child = Command::new(path)
-            .args(["--host", "127.0.0.1", "--port", "0", "--mnemonic", DEV_MNEMONIC])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--mnemonic", DEV_MNEMONIC])
             .args(["--accounts", &DEV_ACCOUNTS.to_string(), "--chain-id", &DEV_CHAIN_ID.to_string()])
             .arg("--config-out")
             .arg(&config_out)
@@ -131,6 +143,43 @@ impl AnvilNode {
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The TCP port the node listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// One JSON-RPC call, for the node-control methods tests use
+    /// (`evm_setAutomine`, `anvil_dropAllTransactions`, `anvil_setBalance`, …).
+    pub async fn rpc(&self, method: &'static str, params: serde_json::Value) -> Result<serde_json::Value, EvmError> {
+        use alloy::providers::Provider;
+        let url = self
+            .rpc_url()
+            .parse()
+            .map_err(|e| EvmError::InvalidUrl { url: self.rpc_url(), message: format!("{e}") })?;
+        let provider = alloy::providers::RootProvider::<alloy::network::Ethereum>::new_http(url);
+        let call = provider.raw_request::<_, serde_json::Value>(method.into(), params);
+        match tokio::time::timeout(super::client::RPC_CALL_TIMEOUT, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(EvmError::rpc(method, e)),
+            Err(_) => Err(EvmError::Rpc { op: method, message: "no answer in time".into() }),
+        }
+    }
+
+    /// The whole chain (blocks, transactions, receipts, accounts) as
+    /// `anvil_dumpState` returns it: what a real node keeps on disk. The
+    /// pending pool is not part of it, as a node's mempool is not durable.
+    pub async fn dump_state(&self) -> Result<serde_json::Value, EvmError> {
+        self.rpc("anvil_dumpState", serde_json::json!([])).await
+    }
+
+    /// Restores a chain saved by [`AnvilNode::dump_state`].
+    pub async fn load_state(&self, state: serde_json::Value) -> Result<(), EvmError> {
+        match self.rpc("anvil_loadState", serde_json::json!([state])).await? {
+            serde_json::Value::Bool(true) => Ok(()),
+            other => Err(EvmError::Anvil(format!("anvil_loadState answered {other}"))),
+        }
     }
 
     /// The funded dev accounts, in derivation order (index 0 is the usual deployer).

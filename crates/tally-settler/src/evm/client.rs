@@ -176,11 +176,13 @@ impl EvmClient {
 
     /// The treasury's next nonce, counting transactions still in the node's pool.
     pub async fn pending_nonce(&self) -> Result<u64, EvmError> {
+        fail_at("evm-nonce", "eth_getTransactionCount")?;
         self.chain.nonce(true).await
     }
 
     /// The treasury's next nonce counting mined transactions only.
     pub async fn latest_nonce(&self) -> Result<u64, EvmError> {
+        fail_at("evm-nonce", "eth_getTransactionCount")?;
         self.chain.nonce(false).await
     }
 
@@ -199,6 +201,7 @@ impl EvmClient {
         nonce: u64,
     ) -> Result<PreparedTx, EvmError> {
         validate_batch(recipients, amounts)?;
+        fail_at("evm-sign", "eth_estimateGas")?;
         let call = TallyPayout::payBatchCall {
             batchId: batch_id,
             token: self.config.token,
@@ -214,17 +217,23 @@ impl EvmClient {
     /// transaction (pooled or mined), the answer is `Ok` with its hash. A nonce
     /// taken by a *different* transaction is [`EvmError::NonceTooLow`].
     pub async fn broadcast(&self, raw: &[u8]) -> Result<B256, EvmError> {
-        self.chain.broadcast(raw).await
+        let tx_hash = self.chain.broadcast(raw).await?;
+        // Injected after the node accepted the transaction: the worst case,
+        // an answer lost on the way back while the transaction is mined.
+        fail_at("evm-broadcast", "eth_sendRawTransaction")?;
+        Ok(tx_hash)
     }
 
     /// The receipt facts of a transaction, or `None` while it is not mined (or unknown).
     pub async fn receipt(&self, tx_hash: B256) -> Result<Option<MinedTx>, EvmError> {
+        fail_at("evm-receipt", "eth_getTransactionReceipt")?;
         self.chain.receipt(tx_hash).await
     }
 
     /// Polls for the receipt until `receipt_timeout` ([`EvmError::ReceiptTimeout`]).
     /// A mined but reverted transaction is returned with `success == false`, not as an error.
     pub async fn wait_receipt(&self, tx_hash: B256) -> Result<MinedTx, EvmError> {
+        fail_at("evm-receipt", "eth_getTransactionReceipt")?;
         self.chain.wait_receipt(tx_hash, self.config.receipt_timeout).await
     }
 
@@ -235,6 +244,7 @@ impl EvmClient {
     /// a scan from block 0 if the chain's `block.number` differs from its RPC block
     /// numbers, as on Arbitrum), and returns that transaction's receipt facts.
     pub async fn batch_executed(&self, batch_id: B256) -> Result<Option<MinedTx>, EvmError> {
+        fail_at("evm-batch-executed", "eth_call")?;
         let contract = self.config.payout_contract;
         let call = TallyPayout::executedBlockCall { payer: self.treasury(), batchId: batch_id };
         let block = self.chain.call(contract, call).await?;
@@ -294,6 +304,12 @@ impl EvmClient {
         }
         Ok(mined)
     }
+}
+
+/// Runs a rail failpoint (see [`crate::failpoint`]); an injected error is the
+/// error a failing node would give for `op`.
+fn fail_at(name: &'static str, op: &'static str) -> Result<(), EvmError> {
+    crate::failpoint::hit(name).map_err(|e| EvmError::Rpc { op, message: e.to_string() })
 }
 
 /// See [`EvmClient::recipients_per_tx_max`].

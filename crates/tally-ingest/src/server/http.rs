@@ -1,0 +1,242 @@
+//! A hardened HTTP/1.1 listener for an axum router (the x402 facilitator),
+//! optionally over TLS.
+//!
+//! `axum::serve` has no limits of its own: a client may hold a connection
+//! open forever by sending one header byte at a time (slow-loris), and any
+//! number of connections are accepted. This listener bounds each resource a
+//! client can hold, with hyper's own HTTP/1 options where hyper has one:
+//!
+//! - **Connections**: at most [`HttpLimits::connections_max`] are served at
+//!   once. The next connection is not accepted until one closes: it waits in
+//!   the kernel's listen backlog (its TCP handshake completes, no byte of it
+//!   is read), and a client that gives up simply leaves. Nothing is refused
+//!   with an error; memory stays bounded.
+//! - **Header read**: a request's head (request line and headers) must arrive
+//!   within [`HttpLimits::header_read_timeout`], measured from when the server
+//!   starts waiting for it, however slowly the bytes trickle in (hyper's
+//!   `header_read_timeout`). The same bound closes idle keep-alive
+//!   connections, and bounds a TLS handshake.
+//! - **Header size**: at most [`HttpLimits::header_bytes_max`] bytes and
+//!   [`HttpLimits::headers_max`] headers; beyond that hyper answers
+//!   `431 Request Header Fields Too Large` and closes.
+//! - **Request**: from a complete head to a complete response (reading the
+//!   body included) at most [`HttpLimits::request_timeout`]; past it the
+//!   request is answered `503` and the connection closed. An abandoned
+//!   `/settle` may still have been recorded; its retry is answered from the
+//!   replay index, so nothing is recorded twice.
+//! - **Body size**: the router's own `DefaultBodyLimit`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tower::ServiceExt;
+
+use super::tls::{TLS_HANDSHAKE_TIMEOUT, TlsIdentity};
+
+/// What one client may hold of the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Longest wait for a complete request head (and idle keep-alive).
+    pub header_read_timeout: Duration,
+    /// Longest time from a complete head to a complete response.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub connections_max: usize,
+    /// Largest request head in bytes (hyper's read buffer; at least 8 KiB).
+    pub header_bytes_max: usize,
+    /// Most header fields in one request.
+    pub headers_max: usize,
+}
+
+/// hyper refuses a read buffer below 8 KiB.
+pub const HEADER_BYTES_MIN: usize = 8 * 1024;
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            connections_max: 1_024,
+            header_bytes_max: 16 * 1024,
+            headers_max: 64,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Refuses limits that would disable a bound or that hyper rejects.
+    pub fn check(&self) -> Result<(), String> {
+        if self.header_read_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err("HTTP timeouts must be positive".into());
+        }
+        if self.connections_max == 0 {
+            return Err("http_connections_max must be at least 1".into());
+        }
+        if self.header_bytes_max < HEADER_BYTES_MIN {
+            return Err(format!("http_header_bytes_max must be at least {HEADER_BYTES_MIN}"));
+        }
+        if self.headers_max == 0 {
+            return Err("http_headers_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// How to serve: limits, and TLS if configured.
+#[derive(Clone, Debug, Default)]
+pub struct HttpOptions {
+    pub limits: HttpLimits,
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A running HTTP listener.
+pub struct RunningHttpServer {
+    pub local_addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHttpServer {
+    /// Stops accepting, lets in-flight requests finish (each is bounded by
+    /// the request timeout), and waits.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `router` on `listener` with `options` until stopped.
+pub fn serve_router(listener: TcpListener, router: Router, options: HttpOptions) -> Result<RunningHttpServer, String> {
+    options.limits.check()?;
+    let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(accept_loop(listener, router, options, stopped));
+    Ok(RunningHttpServer { local_addr, shutdown, task })
+}
+
+async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions, mut stopped: oneshot::Receiver<()>) {
+    let limits = options.limits;
+    let acceptor = options.tls.as_ref().map(TlsIdentity::http_acceptor);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_bytes_max.max(HEADER_BYTES_MIN))
+        .max_headers(limits.headers_max)
+        .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(limits.connections_max));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // A slot first, then accept: past the bound, connections wait in the
+        // backlog instead of costing a task and buffers each.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut stopped => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let request_timeout = limits.request_timeout;
+        let service = hyper::service::service_fn(move |request| handle(router.clone(), request_timeout, request));
+        let http1 = http1.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = OpenConnection::count();
+            match acceptor {
+                None => {
+                    let connection = http1.serve_connection(TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        connection_error(&error, "HTTP");
+                    }
+                }
+                Some(acceptor) => {
+                    let handshake = limits.header_read_timeout.min(TLS_HANDSHAKE_TIMEOUT);
+                    let tls: tokio_rustls::server::TlsStream<TcpStream> =
+                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::counter!("tally_http_header_timeouts_total").increment(1);
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = http1.serve_connection(TokioIo::new(tls), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        connection_error(&error, "HTTPS");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Counts a served connection in `tally_http_connections_open` for its life.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        metrics::gauge!("tally_http_connections_open").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("tally_http_connections_open").decrement(1.0);
+    }
+}
+
+/// A connection that ended badly: a client's fault, logged at debug only;
+/// header timeouts (slow or idle clients) are counted.
+fn connection_error(error: &hyper::Error, what: &str) {
+    if error.is_timeout() {
+        metrics::counter!("tally_http_header_timeouts_total").increment(1);
+    }
+    tracing::debug!(%error, "{what} connection ended with an error");
+}
+
+/// One request through the router, behind the request deadline.
+async fn handle(
+    router: Router,
+    request_timeout: Duration,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Body>, Infallible> {
+    match tokio::time::timeout(request_timeout, router.oneshot(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("tally_http_request_timeouts_total").increment(1);
+            let mut response = hyper::Response::new(Body::from("request did not complete in time\n"));
+            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            Ok(response)
+        }
+    }
+}

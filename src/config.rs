@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// creating it with a random token (mode 0600) on first start.
     #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Before serving, read the whole ledger once (hash chain, replay index,
+    /// aggregates; every block's checksum) and refuse to start on any damage.
+    /// Takes time proportional to the ledger's size.
+    #[arg(long, env = "TALLY_VERIFY_ON_START")]
+    pub verify_on_start: bool,
     /// Benchmarks only: accept IOUs without checking their signatures, to
     /// measure the ledger alone. Never use it with real money.
     #[arg(long, hide = true)]
@@ -67,6 +72,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    pub verify_on_start: Option<bool>,
     pub grpc_addr: Option<SocketAddr>,
     pub metrics_addr: Option<String>,
     pub http_addr: Option<String>,
@@ -127,6 +133,8 @@ pub struct ServeConfig {
     pub ready_file: Option<PathBuf>,
     /// Benchmarks only: see `ServeArgs::unsafe_skip_signature_verification`.
     pub skip_signature_verification: bool,
+    /// See `ServeArgs::verify_on_start`.
+    pub verify_on_start: bool,
     /// Settlement policy and rails; absent means the defaults (no rails:
     /// every credit carries forward, every debt is billed).
     pub settlement: tally_settler::SettlementConfig,
@@ -199,6 +207,7 @@ impl ServeArgs {
             limits: file.limits.unwrap_or_default(),
             ready_file: self.ready_file,
             skip_signature_verification: self.unsafe_skip_signature_verification,
+            verify_on_start: self.verify_on_start || file.verify_on_start.unwrap_or(false),
             settlement: file.settlement.unwrap_or_default(),
         })
     }

@@ -33,6 +33,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(TlsIdentity::load).transpose()?;
     http_limits(&config).check().map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
     let engine = Arc::new(open_engine(&config)?);
+    if config.verify_on_start
+        && let Err(error) = verify_before_serving(&engine.ledger)
+    {
+        if let Ok(engine) = Arc::try_unwrap(engine) {
+            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        }
+        return Err(error);
+    }
     let result = serve_engine(&config, &engine, tls).await;
     // Whether serving ended by a signal or failed to start (a port in use),
     // the engine stops off the async threads: its writer joins a thread.
@@ -144,6 +152,30 @@ async fn settlement_loop(settler: Arc<Settler>, schedule: Option<String>) {
             Err(error) => tracing::error!(%error, "scheduled settlement failed; it resumes at the next run"),
         }
     }
+}
+
+/// `--verify-on-start`: the audit `tally ledger verify` runs (signatures
+/// aside), before any request is served. Reading every record and aggregate
+/// makes RocksDB check every block's checksum, so damage anywhere refuses to
+/// start instead of surfacing on the first request that reads it.
+fn verify_before_serving(ledger: &tally_ledger::Ledger) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let options = tally_ledger::AuditOptions {
+        verify_signatures: false,
+        now_s: tally_ledger::unix_now_ms() / 1000,
+        nonce_retention_margin_s: tally_ledger::LedgerOptions::default().nonce_retention_margin_s,
+    };
+    let report = tally_ledger::audit(ledger, options)
+        .context("verify on start: reading the ledger failed (RocksDB detected damaged data)")?;
+    if !report.is_clean() {
+        anyhow::bail!(
+            "verify on start: the ledger has {} problems, the first: {}; run `tally ledger verify`",
+            report.problems_total,
+            report.problems.first().map_or("(none listed)", String::as_str)
+        );
+    }
+    tracing::info!(records = report.records, elapsed_ms = started.elapsed().as_millis() as u64, "ledger verified");
+    Ok(())
 }
 
 pub fn open_engine(config: &ServeConfig) -> anyhow::Result<Engine> {

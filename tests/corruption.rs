@@ -125,6 +125,16 @@ async fn a_flipped_byte_in_an_sst_data_block_is_a_clear_error_never_a_panic() {
     assert!(!clean, "verify must flag a flipped SST byte:\n{report}");
     assert!(report.to_lowercase().contains("corrupt") || report.contains("checksum"), "{report}");
 
+    // With --verify-on-start the whole ledger is read before serving: refused, clearly.
+    let verify_env = [("TALLY_VERIFY_ON_START".to_owned(), "true".to_owned())];
+    match start_may_exit(dir.path(), &data_dir, &verify_env, "verify-on-start") {
+        Started::Exited { status, stderr } => {
+            assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
+            assert!(stderr.to_lowercase().contains("corrupt") || stderr.contains("checksum"), "{stderr}");
+        }
+        Started::Ready(_) => panic!("--verify-on-start must refuse a ledger with a damaged block"),
+    }
+
     match start_may_exit(dir.path(), &data_dir, &[], "corrupt") {
         Started::Exited { status, stderr } => {
             assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
@@ -267,6 +277,16 @@ async fn a_tampered_log_record_breaks_the_hash_chain_and_verify_says_where() {
         "tampered record {tampered_seq}: verify says: {}",
         report.lines().find(|l| l.contains("PROBLEM")).unwrap_or_default()
     );
+
+    // --verify-on-start finds it before serving.
+    let verify_env = [("TALLY_VERIFY_ON_START".to_owned(), "true".to_owned())];
+    match start_may_exit(dir.path(), &data_dir, &verify_env, "tampered-verified") {
+        Started::Exited { status, stderr } => {
+            assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
+            assert!(stderr.contains("does not match its hash"), "{stderr}");
+        }
+        Started::Ready(_) => panic!("--verify-on-start must refuse a tampered log record"),
+    }
 
     match start_may_exit(dir.path(), &data_dir, &[], "tampered") {
         Started::Exited { status, stderr } => {

@@ -150,6 +150,27 @@ impl Drop for VerifierPool {
     }
 }
 
+/// Puts the writer's answers (`committed[i]` answers the IOU at `indices[i]`)
+/// beside the refusals already in `results`, and counts every outcome.
+fn answer(
+    mut results: Vec<Option<AppendResult>>,
+    indices: Vec<usize>,
+    committed: Vec<AppendResult>,
+) -> Vec<AppendResult> {
+    assert_eq!(committed.len(), indices.len(), "the writer answers every item");
+    for (index, result) in indices.into_iter().zip(committed) {
+        results[index] = Some(result);
+    }
+    let len = results.len();
+    let results: Vec<AppendResult> =
+        results.into_iter().map(|r| r.expect("every IOU gets exactly one result")).collect();
+    for result in &results {
+        metrics::counter!("tally_ious_total", "outcome" => result.outcome.as_str()).increment(1);
+    }
+    metrics::histogram!("tally_batch_ious").record(len as f64);
+    results
+}
+
 /// A batch-signed commitment as a transport decoded it (`tally_core::batch`).
 #[derive(Clone, Debug)]
 pub struct SignedBatch {
@@ -257,21 +278,8 @@ impl Pipeline {
         }
 
         // 4. Commit; the writer answers after the fsync.
-        if !items.is_empty() {
-            let committed = self.writer.append(items).await?;
-            assert_eq!(committed.len(), indices.len(), "the writer answers every item");
-            for (index, result) in indices.into_iter().zip(committed) {
-                results[index] = Some(result);
-            }
-        }
-
-        let results: Vec<AppendResult> =
-            results.into_iter().map(|r| r.expect("every IOU gets exactly one result")).collect();
-        for result in &results {
-            metrics::counter!("tally_ious_total", "outcome" => result.outcome.as_str()).increment(1);
-        }
-        metrics::histogram!("tally_batch_ious").record(len as f64);
-        Ok(results)
+        let committed = if items.is_empty() { Vec::new() } else { self.writer.append(items).await? };
+        Ok(answer(results, indices, committed))
     }
 
     /// Submits one **batch-signed commitment** (`tally_core::batch`): one
@@ -368,18 +376,9 @@ impl Pipeline {
                 leaves,
             };
             let committed = self.writer.append_batch(record, items).await?;
-            assert_eq!(committed.len(), indices.len(), "the writer answers every item");
-            for (index, result) in indices.into_iter().zip(committed) {
-                results[index] = Some(result);
-            }
+            return Ok(answer(results, indices, committed));
         }
-        let results: Vec<AppendResult> =
-            results.into_iter().map(|r| r.expect("every IOU gets exactly one result")).collect();
-        for result in &results {
-            metrics::counter!("tally_ious_total", "outcome" => result.outcome.as_str()).increment(1);
-        }
-        metrics::histogram!("tally_batch_ious").record(len as f64);
-        Ok(results)
+        Ok(answer(results, indices, Vec::new()))
     }
 
     /// Checks one commitment exactly as [`Pipeline::submit_commitments`]

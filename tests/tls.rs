@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use ed25519_dalek::Signer;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
-use tally_core::{Iou, SignedIou};
+use tally_core::SignedIou;
 use tally_ingest::proto::admin_client::AdminClient;
 use tally_ingest::proto::ingest_client::IngestClient;
 use tally_ingest::proto::query_client::QueryClient;
@@ -54,20 +53,7 @@ fn make_pki() -> TestPki {
 }
 
 fn iou(key: &ed25519_dalek::SigningKey, amount: u64, nonce: [u8; 16]) -> SignedIou {
-    let now = now_s();
-    let iou = Iou {
-        network: NETWORK.into(),
-        payer_key: key.verifying_key().to_bytes(),
-        payee: PAYEE.into(),
-        asset: "USD".into(),
-        amount,
-        nonce,
-        issued_at_s: now,
-        expires_at_s: now + 300,
-        resource: format!("https://{PAYEE}/article"),
-    };
-    let signature = key.sign(&iou.signing_bytes()).to_bytes();
-    SignedIou { iou, signature }
+    signed_domain_iou(key, PAYEE, amount, nonce)
 }
 
 fn settle_body(signed: &SignedIou) -> String {

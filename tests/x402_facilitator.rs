@@ -8,28 +8,14 @@ mod common;
 use common::*;
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
-use tally_core::{Iou, SignedIou};
+use tally_core::SignedIou;
 use tally_ingest::proto::{BalancesRequest, ExposureRequest};
 use tally_x402::commitment::{TallyIouPayload, nonce_for_payment_id};
 
 const PAYEE: &str = "site-a.example";
 
-fn iou_with(key: &SigningKey, amount: u64, nonce: [u8; 16]) -> SignedIou {
-    use ed25519_dalek::Signer;
-    let now = now_s();
-    let iou = Iou {
-        network: NETWORK.into(),
-        payer_key: key.verifying_key().to_bytes(),
-        payee: PAYEE.into(),
-        asset: "USD".into(),
-        amount,
-        nonce,
-        issued_at_s: now,
-        expires_at_s: now + 300,
-        resource: format!("https://{PAYEE}/article"),
-    };
-    let signature = key.sign(&iou.signing_bytes()).to_bytes();
-    SignedIou { iou, signature }
+fn iou_with(key: &ed25519_dalek::SigningKey, amount: u64, nonce: [u8; 16]) -> SignedIou {
+    signed_domain_iou(key, PAYEE, amount, nonce)
 }
 
 fn requirements(amount: u64) -> Value {

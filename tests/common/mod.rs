@@ -29,21 +29,25 @@ pub fn signer(seed: u8) -> SigningKey {
 
 /// A signed IOU as the wire carries it.
 pub fn signed_iou(key: &SigningKey, payee: &str, amount: u64, nonce: [u8; 16]) -> proto::Iou {
+    tally_ingest::convert::iou_to_proto(&signed_domain_iou(key, payee, amount, nonce))
+}
+
+/// A USD IOU for `payee`'s article, valid from now for 10 minutes, signed by `key`.
+pub fn signed_domain_iou(key: &SigningKey, payee: &str, amount: u64, nonce: [u8; 16]) -> tally_core::SignedIou {
     let now = now_s();
-    signed_with(
-        key,
-        Iou {
-            network: NETWORK.into(),
-            payer_key: key.verifying_key().to_bytes(),
-            payee: payee.into(),
-            asset: "USD".into(),
-            amount,
-            nonce,
-            issued_at_s: now,
-            expires_at_s: now + 600,
-            resource: format!("https://{payee}/article"),
-        },
-    )
+    let iou = Iou {
+        network: NETWORK.into(),
+        payer_key: key.verifying_key().to_bytes(),
+        payee: payee.into(),
+        asset: "USD".into(),
+        amount,
+        nonce,
+        issued_at_s: now,
+        expires_at_s: now + 600,
+        resource: format!("https://{payee}/article"),
+    };
+    let signature = key.sign(&iou.signing_bytes()).to_bytes();
+    tally_core::SignedIou { iou, signature }
 }
 
 pub fn signed_with(key: &SigningKey, iou: Iou) -> proto::Iou {
@@ -179,6 +183,29 @@ pub struct ServerProcess {
     pub http_addr: String,
 }
 
+/// `tally serve` on `data_dir`, every listener on 127.0.0.1 port 0, writing
+/// its addresses to `ready` (removed first): the test token, `warn` logging,
+/// and none of the caller's environment that would change how it runs
+/// (failpoints, an admin address, a TLS CA). Callers add what they test.
+pub fn serve_command(data_dir: &Path, ready: &Path) -> Command {
+    let _ = std::fs::remove_file(ready);
+    let mut command = Command::new(tally_binary());
+    command
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("TALLY_ADMIN_TOKEN", TOKEN)
+        .env("TALLY_LOG", "warn")
+        .env_remove("TALLY_FAILPOINTS")
+        .env_remove(tally_ledger::failpoint::ENV_VAR)
+        .env_remove("TALLY_ADMIN_ADDR")
+        .env_remove("TALLY_TLS_CA");
+    command
+}
+
 impl ServerProcess {
     pub fn start(data_dir: &Path) -> ServerProcess {
         ServerProcess::start_with(data_dir, None, &[])
@@ -187,18 +214,7 @@ impl ServerProcess {
     /// Starts with a TOML config file and extra environment (failpoints).
     pub fn start_with(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> ServerProcess {
         let ready: PathBuf = data_dir.with_extension(format!("ready-{}", std::process::id()));
-        let _ = std::fs::remove_file(&ready);
-        let mut command = Command::new(tally_binary());
-        command
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("TALLY_ADMIN_TOKEN", TOKEN)
-            .env("TALLY_LOG", "warn")
-            .env_remove("TALLY_FAILPOINTS");
+        let mut command = serve_command(data_dir, &ready);
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
@@ -277,21 +293,8 @@ impl ServerProcess {
     /// (which holds `admin_addr`, `tls`, … beyond the fields kept here).
     pub fn start_opts(data_dir: &Path, options: &ServeOptions) -> (ServerProcess, serde_json::Value) {
         let ready: PathBuf = data_dir.with_extension(format!("ready-opts-{}", std::process::id()));
-        let _ = std::fs::remove_file(&ready);
-        let mut command = Command::new(tally_binary());
-        command
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(options.args)
-            .env("TALLY_ADMIN_TOKEN", TOKEN)
-            .env("TALLY_LOG", options.log.unwrap_or("warn"))
-            .env_remove("TALLY_FAILPOINTS")
-            .env_remove("TALLY_ADMIN_ADDR")
-            .env_remove("TALLY_TLS_CA");
+        let mut command = serve_command(data_dir, &ready);
+        command.args(options.args).env("TALLY_LOG", options.log.unwrap_or("warn"));
         if let Some(config) = options.config {
             command.arg("--config").arg(config);
         }
@@ -379,19 +382,7 @@ pub enum Started {
 pub fn start_may_exit(dir: &Path, data_dir: &Path, env: &[(String, String)], tag: &str) -> Started {
     let ready = dir.join(format!("ready-{tag}"));
     let stderr_path = dir.join(format!("stderr-{tag}"));
-    let _ = std::fs::remove_file(&ready);
-    let mut command = Command::new(tally_binary());
-    command
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--network", NETWORK])
-        .args(["--http-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env("TALLY_ADMIN_TOKEN", TOKEN)
-        .env("TALLY_LOG", "warn")
-        .env_remove("TALLY_FAILPOINTS")
-        .env_remove(tally_ledger::failpoint::ENV_VAR);
+    let mut command = serve_command(data_dir, &ready);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -37,4 +37,7 @@ fi
 # A persistent target directory outside the clone keeps reruns incremental
 # (the bundled RocksDB C++ build alone takes ~15 minutes on 2 cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}"
+# Property tests draw from a fixed seed, so a run is reproducible; set
+# PROPTEST_RNG_SEED yourself to explore other cases.
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261122}"
 cargo test --workspace --all-targets --no-fail-fast

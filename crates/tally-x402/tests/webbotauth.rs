@@ -434,6 +434,15 @@ fn header() -> impl Strategy<Value = String> {
     ]
 }
 
+/// The bytes of the `sig1` member of a `Signature` header, if it parses.
+fn signature_bytes(header: &str) -> Option<Vec<u8>> {
+    let dictionary = sfv::Parser::new(header).parse_dictionary().ok()?;
+    match dictionary.get("sig1")? {
+        sfv::ListEntry::Item(item) => item.bare_item.as_byte_sequence().map(<[u8]>::to_vec),
+        sfv::ListEntry::InnerList(_) => None,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
@@ -465,7 +474,12 @@ proptest! {
             bytes[i] = byte;
         }
         *field = String::from_utf8_lossy(&bytes).into_owned();
-        let changed = parts != signed(NOW, NOW + 60);
+        let original = signed(NOW, NOW + 60);
+        // Base64's last character carries bits the decoder drops: a `Signature` that decodes to
+        // the same 64 bytes is the same signature, not a tampered one.
+        let same_signature = signature_bytes(&parts.signature).is_some()
+            && signature_bytes(&parts.signature) == signature_bytes(&original.signature);
+        let changed = parts != original && !(which == 3 && same_signature);
         let result = verify(&parts);
         prop_assert!(!changed || result.is_err());
     }

@@ -1081,6 +1081,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same allocator as `tally serve`, so the comparison is of designs, not of mallocs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.bench {

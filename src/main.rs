@@ -21,6 +21,12 @@ mod settle;
 
 use clap::{Parser, Subcommand};
 
+/// Every role of the binary allocates small buffers on one thread and frees
+/// them on another (gRPC workers decode IOUs, the ledger writer drops them):
+/// mimalloc handles that without glibc's arena locking (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: deferred settlement for x402 payments")]
 struct Cli {

@@ -112,11 +112,16 @@ pub fn nonce_entry_expiry(value: &[u8]) -> Option<u64> {
 /// [`CF_AGG_BY_PAYER`] and the payee in [`CF_AGG_BY_PAYEE`].
 pub fn aggregate_key(epoch: u64, first: &str, second: &str, asset: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 3 + first.len() + second.len() + asset.len());
-    key.extend_from_slice(&epoch.to_be_bytes());
-    push_lp(&mut key, first);
-    push_lp(&mut key, second);
-    push_lp(&mut key, asset);
+    aggregate_key_into(&mut key, epoch, first, second, asset);
     key
+}
+
+/// [`aggregate_key`], appended to `out`.
+pub fn aggregate_key_into(out: &mut Vec<u8>, epoch: u64, first: &str, second: &str, asset: &str) {
+    out.extend_from_slice(&epoch.to_be_bytes());
+    push_lp(out, first);
+    push_lp(out, second);
+    push_lp(out, asset);
 }
 
 /// The scan prefix for one epoch, optionally narrowed to one leading id.

@@ -30,6 +30,7 @@
 //! `sync = true`.
 
 pub mod audit;
+mod commit;
 pub mod directory;
 pub mod failpoint;
 pub mod layout;

@@ -393,7 +393,7 @@ impl WriterCore {
         if epoch <= self.state.planned_through {
             return Err(AdminError::AlreadyExists(format!("the plan of epoch {epoch}")));
         }
-        if group.aggregates.keys().any(|(e, _, _, _)| *e == epoch) {
+        if group.aggregates.has_epoch(epoch) {
             // The plan was netted from disk; IOUs of this epoch still in this
             // group were not in it. (The settler plans only after the seal's
             // reply, so this is a caller's error, refused rather than wrong.)

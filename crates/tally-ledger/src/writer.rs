@@ -10,23 +10,32 @@
 //! streams (group commit). Only after that write returns does any reply
 //! leave the thread, so **no acknowledgement ever precedes durability**.
 //!
+//! The thread only *decides*: the finished batch and its replies go to the
+//! committer thread ([`crate::commit`]), which writes, fsyncs and answers,
+//! while this thread decides the next group. Decisions about group N+1 see
+//! group N's IOUs through an in-memory overlay until N is durable. A group
+//! holding an admin command first waits for every earlier group to be
+//! durable, because admin and settlement steps read what those wrote.
+//!
 //! Inside a group, commands apply in queue order against the in-memory
 //! [`State`], so an IOU queued after a seal lands in the new epoch, and an
 //! IOU after a suspension is refused. Aggregates are summed per
 //! `(epoch, payer, payee, asset)` inside the group before being merged, so
 //! RocksDB sees one merge operand per pair per group, not one per IOU.
 //!
-//! If the write fails (disk full, I/O error), every command in the group is
-//! answered with an error, the in-memory state is rebuilt from disk, and the
-//! writer carries on: nothing partial is ever visible or acknowledged.
+//! If the write fails (disk full, I/O error), every command in the group,
+//! and in the groups decided on top of it, is answered with an error, the
+//! in-memory state is rebuilt from disk, and the writer carries on: nothing
+//! partial is ever visible or acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 use tally_core::account::{
     DISPLAY_NAME_LEN_MAX, PAYER_KEYS_MAX, PAYOUT_DESTINATION_LEN_MAX, SIGNATURE_AGENT_LEN_MAX, is_valid_account_id,
     is_valid_signature_agent,
@@ -36,6 +45,7 @@ use tally_core::verify::parse_registration_key;
 use tally_core::{Asset, CommitmentId, Nonce, Outcome, Payee, Payer, PayerStatus, PublicKeyBytes, SignedIou};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::commit::{CommitDone, CommitJob, JOBS_QUEUED_MAX, Reply};
 use crate::directory::KeyDirectory;
 use crate::layout::*;
 use crate::settlement::SettlementCommand;
@@ -265,8 +275,28 @@ impl Writer {
             return Err(LedgerError::Unavailable("a read-only ledger cannot be written".into()));
         }
         let directory = Arc::new(KeyDirectory::default());
-        let mut core =
-            WriterCore { state: State::load(&ledger)?, ledger, config: config.clone(), directory: directory.clone() };
+        let state = State::load(&ledger)?;
+        let (jobs, jobs_receiver) = std::sync::mpsc::sync_channel(JOBS_QUEUED_MAX);
+        // Every job reports done once; at most JOBS_QUEUED_MAX + 2 are unabsorbed
+        // (queued, being written, being handed over), so the committer never waits here.
+        let (done_sender, done) = std::sync::mpsc::sync_channel(JOBS_QUEUED_MAX + 2);
+        let committer = {
+            let (ledger, directory) = (ledger.clone(), directory.clone());
+            std::thread::Builder::new()
+                .name("tally-ledger-commit".into())
+                .spawn(move || crate::commit::run_committer(ledger, directory, jobs_receiver, done_sender))
+                .map_err(|e| LedgerError::Unavailable(format!("cannot start the committer thread: {e}")))?
+        };
+        let mut core = WriterCore {
+            state,
+            ledger,
+            config: config.clone(),
+            directory: directory.clone(),
+            pipeline: Some(Pipeline { jobs, done, committer }),
+            in_flight: VecDeque::new(),
+            generation: 0,
+            reload_needed: false,
+        };
         core.open_first_epoch()?;
         core.publish_all_keys()?;
         let (sender, receiver) = mpsc::channel(config.queue_depth_max);
@@ -303,18 +333,31 @@ impl Drop for Writer {
 
 type NonceKey = (PublicKeyBytes, Nonce);
 
+/// The hot path's per-group maps (one entry per IOU): foldhash, several
+/// times cheaper than SipHash here, still seeded per map against crafted keys.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What a group has accepted so far: replay answers for IOUs that repeat
 /// inside the same group, before any of it is on disk.
 struct Staged {
     commitment: CommitmentId,
     epoch: u64,
-    /// The accepted IOU's signing bytes (replays compare IOUs, not how they were signed).
-    iou_bytes: Vec<u8>,
+    /// The accepted IOU's evidence (replays compare the IOUs in it, not how they were signed).
+    evidence: Vec<u8>,
 }
 
-enum Reply {
-    Append(oneshot::Sender<Result<Vec<AppendResult>, LedgerError>>, Vec<AppendResult>),
-    Admin(oneshot::Sender<Result<AdminReply, AdminError>>, Result<AdminReply, AdminError>),
+/// A group handed to the committer and not yet reported done: what later
+/// groups must see of it before it is readable from RocksDB.
+struct InFlight {
+    staged: FastMap<NonceKey, Staged>,
+    batches: HashMap<[u8; 40], [u8; 32]>,
+}
+
+/// The writer's end of the committer pipeline ([`crate::commit`]).
+struct Pipeline {
+    jobs: SyncSender<CommitJob>,
+    done: Receiver<CommitDone>,
+    committer: JoinHandle<()>,
 }
 
 pub(crate) struct WriterCore {
@@ -322,15 +365,26 @@ pub(crate) struct WriterCore {
     pub(crate) state: State,
     config: WriterConfig,
     directory: Arc<KeyDirectory>,
+    /// `None` only once the writer has shut the pipeline down.
+    pipeline: Option<Pipeline>,
+    /// Groups handed to the committer, oldest first (at most `JOBS_QUEUED_MAX + 2`).
+    in_flight: VecDeque<InFlight>,
+    /// Bumped after each reload from disk: the committer fails a failed
+    /// generation's later groups unwritten.
+    generation: u64,
+    /// An in-flight group failed: the state must be reloaded before deciding more.
+    reload_needed: bool,
 }
 
 /// One group commit under construction.
 pub(crate) struct Group {
     pub(crate) batch: WriteBatch,
-    staged: HashMap<NonceKey, Staged>,
+    staged: FastMap<NonceKey, Staged>,
     /// Roots of the batch records this group writes, by `batch_key`.
     batches: HashMap<[u8; 40], [u8; 32]>,
-    pub(crate) aggregates: HashMap<(u64, String, String, String), AggregateValue>,
+    pub(crate) aggregates: GroupAggregates,
+    /// Reused to encode each log record (the batch copies it).
+    scratch: Vec<u8>,
     new_keys: Vec<VerifyingKey>,
     pub(crate) now_ms: u64,
     /// Settlement records written by earlier commands of this group, which
@@ -340,6 +394,42 @@ pub(crate) struct Group {
     /// The current settlement command's writes, until it succeeds.
     pub(crate) settlement_staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
+
+/// What a group adds per `(epoch, payer, payee, asset)`, summed in memory so
+/// RocksDB sees one merge operand per pair and order per group, not one per IOU.
+#[derive(Default)]
+pub(crate) struct GroupAggregates {
+    /// By-payer aggregate key → (the sum, the same pair's by-payee key).
+    sums: FastMap<Vec<u8>, (AggregateValue, Vec<u8>)>,
+    /// Reused to build the lookup key: an allocation only for a new pair.
+    scratch: Vec<u8>,
+}
+
+impl GroupAggregates {
+    fn add(&mut self, epoch: u64, payer: &str, payee: &str, asset: &str, amount: u64) -> Result<(), LedgerError> {
+        self.scratch.clear();
+        aggregate_key_into(&mut self.scratch, epoch, payer, payee, asset);
+        let add = AggregateValue { sum: u128::from(amount), count: 1 };
+        let overflow = || LedgerError::Corruption("aggregate overflow".into());
+        match self.sums.get_mut(self.scratch.as_slice()) {
+            Some((value, _)) => *value = value.checked_add(add).ok_or_else(overflow)?,
+            None => {
+                let by_payee = aggregate_key(epoch, payee, payer, asset);
+                self.sums.insert(self.scratch.clone(), (add, by_payee));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the group holds IOUs of `epoch`.
+    pub(crate) fn has_epoch(&self, epoch: u64) -> bool {
+        self.sums.keys().any(|key| key.starts_with(&epoch.to_be_bytes()))
+    }
+}
+
+/// Bytes a group's `WriteBatch` takes per IOU (log record, nonce entry,
+/// merges), to size it once.
+const GROUP_BYTES_PER_IOU: usize = 512;
 
 impl WriterCore {
     fn open_first_epoch(&mut self) -> Result<(), LedgerError> {
@@ -356,7 +446,7 @@ impl WriterCore {
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.ledger.cf(CF_EPOCHS), epoch.epoch.to_be_bytes(), encode_bincode(&epoch));
-        self.write(batch)?;
+        crate::commit::write_batch(&self.ledger, batch)?;
         self.state.open_epoch = Some(epoch);
         Ok(())
     }
@@ -372,32 +462,6 @@ impl WriterCore {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.directory.publish(keys.into_iter());
-        Ok(())
-    }
-
-    /// Writes one group's batch with `sync = true`. A failure means nothing
-    /// of the batch is visible: RocksDB applies a batch to its memtables only
-    /// after the WAL append succeeded. A full disk is felt here and turns into
-    /// a `WriteFailed` that says so; RocksDB then refuses further writes
-    /// until its own recovery sees free space again (it polls for it), so
-    /// later groups fail fast with the same clear error instead of hanging.
-    fn write(&self, batch: WriteBatch) -> Result<(), LedgerError> {
-        if let Some(error) = crate::failpoint::write_enospc() {
-            return Err(LedgerError::WriteFailed(format!(
-                "disk full, nothing was written ({error}; failpoint {})",
-                crate::failpoint::LEDGER_WRITE_ENOSPC
-            )));
-        }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.ledger.db.write_opt(batch, &options).map_err(|error| {
-            let text = error.to_string();
-            if text.contains("No space left") || text.contains("NoSpace") || text.contains("no space") {
-                LedgerError::WriteFailed(format!("disk full, nothing was written; retry once space is freed ({text})"))
-            } else {
-                LedgerError::Storage(error)
-            }
-        })?;
         Ok(())
     }
 
@@ -420,9 +484,56 @@ impl WriterCore {
             }
             self.commit_group(commands);
             if stop.is_some() {
-                return;
+                break;
             }
         }
+        // Let the committer finish (and answer) every group already handed to it.
+        if let Some(pipeline) = self.pipeline.take() {
+            drop(pipeline.jobs);
+            let _ = pipeline.committer.join();
+        }
+    }
+
+    /// Takes note of a group the committer reports done (they come in order).
+    fn absorb(&mut self, done: CommitDone) {
+        let settled = self.in_flight.pop_front();
+        assert!(settled.is_some(), "the committer reports only groups it was given");
+        if done == CommitDone::Failed {
+            self.reload_needed = true;
+        }
+    }
+
+    /// Absorbs what the committer has reported so far, without waiting.
+    fn absorb_reported(&mut self) {
+        while let Some(done) = self.pipeline.as_ref().and_then(|p| p.done.try_recv().ok()) {
+            self.absorb(done);
+        }
+    }
+
+    /// Waits until every group handed to the committer is durable or failed,
+    /// then reloads the state from disk if one failed. Afterwards RocksDB
+    /// holds everything decided so far.
+    fn drain_pipeline(&mut self) {
+        while !self.in_flight.is_empty() {
+            let done = self.pipeline.as_ref().and_then(|p| p.done.recv().ok());
+            // The committer exits only when the writer drops the job sender.
+            let done = done.expect("the committer outlives the writer");
+            self.absorb(done);
+        }
+        if self.reload_needed {
+            self.reload_state();
+            self.reload_needed = false;
+            self.generation += 1;
+        }
+    }
+
+    /// Hands a decided group to the committer; blocks while `JOBS_QUEUED_MAX` wait.
+    fn hand_over(&mut self, job: CommitJob, in_flight: InFlight) {
+        self.absorb_reported();
+        self.in_flight.push_back(in_flight);
+        assert!(self.in_flight.len() <= JOBS_QUEUED_MAX + 2);
+        let pipeline = self.pipeline.as_ref().expect("the pipeline runs while the writer decides");
+        pipeline.jobs.send(job).expect("the committer outlives the writer");
     }
 
     fn commit_group(&mut self, commands: Vec<Command>) {
@@ -430,11 +541,21 @@ impl WriterCore {
             return;
         }
         let started = Instant::now();
+        let pending_ious: usize = commands.iter().map(Command::iou_count).sum();
+        self.absorb_reported();
+        // Admin and settlement steps read what earlier groups wrote from
+        // RocksDB, and a failed group means the state must be reloaded: both
+        // wait for the pipeline to empty first.
+        if self.reload_needed || commands.iter().any(|c| matches!(c, Command::Admin { .. })) {
+            self.drain_pipeline();
+        }
         let mut group = Group {
-            batch: WriteBatch::default(),
-            staged: HashMap::new(),
+            // ~0.5 KiB per IOU: sized up front, the batch is not copied as it grows.
+            batch: WriteBatch::with_capacity_bytes(pending_ious.saturating_mul(GROUP_BYTES_PER_IOU)),
+            staged: FastMap::with_capacity_and_hasher(pending_ious, Default::default()),
             batches: HashMap::new(),
-            aggregates: HashMap::new(),
+            aggregates: GroupAggregates::default(),
+            scratch: Vec::new(),
             new_keys: Vec::new(),
             now_ms: (self.config.clock)(),
             settlement_overlay: HashMap::new(),
@@ -503,65 +624,44 @@ impl WriterCore {
             }
         }
         if failure.is_none() {
-            for ((epoch, payer, payee, asset), value) in &group.aggregates {
+            let (by_payer, by_payee) = (self.ledger.cf(CF_AGG_BY_PAYER), self.ledger.cf(CF_AGG_BY_PAYEE));
+            for (payer_key, (value, payee_key)) in &group.aggregates.sums {
                 let encoded = value.encode();
-                group.batch.merge_cf(
-                    self.ledger.cf(CF_AGG_BY_PAYER),
-                    aggregate_key(*epoch, payer, payee, asset),
-                    encoded,
-                );
-                group.batch.merge_cf(
-                    self.ledger.cf(CF_AGG_BY_PAYEE),
-                    aggregate_key(*epoch, payee, payer, asset),
-                    encoded,
-                );
-            }
-            let batch = std::mem::take(&mut group.batch);
-            if let Err(error) = self.write(batch) {
-                failure = Some(error);
+                group.batch.merge_cf(by_payer, payer_key, encoded);
+                group.batch.merge_cf(by_payee, payee_key, encoded);
             }
         }
         if let Some(error) = failure {
+            // The group's decisions are in memory only; earlier groups may
+            // still be in the pipeline. Let them land, then throw this one away.
+            self.drain_pipeline();
             self.fail_group(replies, &error);
             return;
         }
-        // Durable: now, and only now, publish keys and answer.
-        self.directory.publish(group.new_keys.into_iter());
-        metrics::histogram!("tally_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("tally_commit_group_ious").record(appended as f64);
-        metrics::counter!("tally_commit_groups_total").increment(1);
-        for reply in replies {
-            match reply {
-                Reply::Append(sender, results) => {
-                    let _ = sender.send(Ok(results));
-                }
-                Reply::Admin(sender, result) => {
-                    let _ = sender.send(result);
-                }
-            }
-        }
+        let job = CommitJob {
+            batch: group.batch,
+            replies,
+            new_keys: group.new_keys,
+            appended,
+            started,
+            generation: self.generation,
+        };
+        self.hand_over(job, InFlight { staged: group.staged, batches: group.batches });
     }
 
-    /// Answers every command of a failed group with an error and rebuilds
-    /// the in-memory state from disk, discarding what the group staged.
+    /// Answers every command of a group that failed before it reached the
+    /// committer (a read error while deciding) and rebuilds the state from
+    /// disk, discarding what the group staged.
     fn fail_group(&mut self, replies: Vec<Reply>, error: &LedgerError) {
         tracing::error!(%error, "group commit failed; nothing in it was acknowledged");
         metrics::counter!("tally_commit_failures_total").increment(1);
-        let message = match error {
-            // Already says that nothing was written; do not say it twice.
-            LedgerError::WriteFailed(message) => message.clone(),
-            other => other.to_string(),
-        };
-        for reply in replies {
-            match reply {
-                Reply::Append(sender, _) => {
-                    let _ = sender.send(Err(LedgerError::WriteFailed(message.clone())));
-                }
-                Reply::Admin(sender, _) => {
-                    let _ = sender.send(Err(AdminError::Storage(message.clone())));
-                }
-            }
-        }
+        crate::commit::fail(replies, &crate::commit::failure_message(error));
+        self.reload_state();
+        self.generation += 1;
+    }
+
+    /// Replaces the in-memory state with what is durable.
+    fn reload_state(&mut self) {
         // The group's staged changes (head of the chain, exposures, accounts)
         // are in memory only: throw them away by reading back what is
         // durable. Reads need no free space, so a full disk does not stop
@@ -594,7 +694,8 @@ impl WriterCore {
 
     /// The root of the batch stored (or staged in this group) under `key`.
     fn batch_root(&self, group: &Group, key: &[u8; 40]) -> Result<Option<[u8; 32]>, LedgerError> {
-        if let Some(root) = group.batches.get(key) {
+        let in_flight = self.in_flight.iter().rev().map(|flight| &flight.batches);
+        if let Some(root) = std::iter::once(&group.batches).chain(in_flight).find_map(|batches| batches.get(key)) {
             return Ok(Some(*root));
         }
         match self.ledger.db.get_pinned_cf(self.ledger.cf(CF_BATCHES), key)? {
@@ -616,8 +717,12 @@ impl WriterCore {
         // original acceptance, whatever has changed since.
         let iou_bytes = evidence_iou_bytes(&item.evidence)
             .ok_or_else(|| LedgerError::Corruption("an append carries bytes that are not evidence".into()))?;
-        if let Some(staged) = group.staged.get(&(iou.payer_key, iou.nonce)) {
-            return Ok(replay_answer(staged.commitment, staged.epoch, &staged.iou_bytes, iou_bytes));
+        // This group, then the groups still in the pipeline, then the disk.
+        let key = (iou.payer_key, iou.nonce);
+        let in_flight = self.in_flight.iter().rev().map(|flight| &flight.staged);
+        if let Some(staged) = std::iter::once(&group.staged).chain(in_flight).find_map(|staged| staged.get(&key)) {
+            let original = evidence_iou_bytes(&staged.evidence).unwrap_or_default();
+            return Ok(replay_answer(staged.commitment, staged.epoch, original, iou_bytes));
         }
         if let Some(value) = self.ledger.db.get_pinned_cf(self.ledger.cf(CF_NONCES), nonce_key_bytes)? {
             let entry = decode_nonce_entry(&value)?;
@@ -677,25 +782,21 @@ impl WriterCore {
             evidence: item.evidence,
         };
         let record = StoredIou { hash: record.computed_hash(), ..record };
-        let mut value = Vec::with_capacity(LOG_HEADER_LEN + record.evidence.len());
-        encode_log_record(&record, &mut value);
-        group.batch.put_cf(self.ledger.cf(CF_LOG), log_key(seq), value);
+        group.scratch.clear();
+        encode_log_record(&record, &mut group.scratch);
+        group.batch.put_cf(self.ledger.cf(CF_LOG), log_key(seq), &group.scratch);
         let entry = NonceEntry { seq, hash: record.hash, expires_at_s: iou.expires_at_s };
         group.batch.put_cf(self.ledger.cf(CF_NONCES), nonce_key_bytes, encode_nonce_entry(&entry));
 
+        group.aggregates.add(epoch, payer_id, &iou.payee, &iou.asset, iou.amount)?;
         let payer_id = payer_id.clone();
-        let aggregate =
-            group.aggregates.entry((epoch, payer_id.clone(), iou.payee.clone(), iou.asset.clone())).or_default();
-        *aggregate = aggregate
-            .checked_add(AggregateValue { sum: u128::from(iou.amount), count: 1 })
-            .ok_or_else(|| LedgerError::Corruption("aggregate overflow".into()))?;
         self.state.set_exposure(&payer_id, &iou.asset, owed_after);
         self.state.head_seq = seq;
         self.state.head_hash = record.hash;
 
         let commitment = CommitmentId { seq, hash: record.hash };
-        let iou_bytes = evidence_iou_bytes(&record.evidence).map(<[u8]>::to_vec).unwrap_or_default();
-        group.staged.insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, iou_bytes });
+        // The evidence moves into the replay overlay: no copy on the hot path.
+        group.staged.insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, evidence: record.evidence });
         Ok(AppendResult { outcome: Outcome::Accepted, commitment: Some(commitment), epoch })
     }
 

@@ -326,3 +326,87 @@ fn expired_nonces_are_pruned_only_after_the_margin() {
     // And the IOU itself can never come back: it is expired.
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 10, 1)]).unwrap()[0].outcome, Outcome::Expired);
 }
+
+/// An IOU of crawler-a with a two-byte nonce (more than `iou`'s 256).
+fn wide_iou(payee: &str, amount: u64, nonce: u16) -> AppendItem {
+    let key = signer(1);
+    let mut nonce_bytes = [0u8; 16];
+    nonce_bytes[..2].copy_from_slice(&nonce.to_be_bytes());
+    let iou = Iou {
+        network: "tally:test".into(),
+        payer_key: key.verifying_key().to_bytes(),
+        payee: payee.into(),
+        asset: "USD".into(),
+        amount,
+        nonce: nonce_bytes,
+        issued_at_s: NOW_S,
+        expires_at_s: NOW_S + 600,
+        resource: format!("https://{payee}/{nonce}"),
+    };
+    let signing_bytes = iou.signing_bytes();
+    let signature = key.sign(&signing_bytes).to_bytes();
+    AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
+}
+
+/// The writer decides group N+1 while group N is still being written: a
+/// replay must be caught whether its original is in the same group, in a
+/// group still in the pipeline, or on disk. Eight threads each submit the
+/// same 1,200 IOUs (in a different order, in commands of 24), racing so
+/// that originals and replays meet at every stage. Whatever the
+/// interleaving, each IOU is accepted exactly once, every other copy is a
+/// DUPLICATE carrying the original's commitment, a different IOU under an
+/// accepted nonce is a CONFLICT, and the ledger audits clean.
+#[test]
+fn pipelined_groups_answer_replays_exactly_once() {
+    const IOUS: u16 = 1_200;
+    const THREADS: u16 = 8;
+    const COMMAND_IOUS: usize = 24;
+    let f = setup();
+    fn make(n: u16) -> AppendItem {
+        wide_iou(["news.example", "api.example"][usize::from(n % 2)], u64::from(n % 7) + 1, n)
+    }
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let w = f.writer.handle();
+            std::thread::spawn(move || {
+                // A deterministic, per-thread order: a stride coprime with IOUS.
+                let stride = [1u16, 7, 11, 13, 17, 19, 23, 29][usize::from(t)];
+                let order: Vec<u16> = (0..IOUS).map(|i| (i * stride + t * 97) % IOUS).collect();
+                let mut answers = Vec::new();
+                for chunk in order.chunks(COMMAND_IOUS) {
+                    let items: Vec<AppendItem> = chunk.iter().map(|&n| make(n)).collect();
+                    let results = w.append_blocking(items).unwrap();
+                    answers.extend(chunk.iter().copied().zip(results));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut accepted = std::collections::HashMap::new();
+    let mut duplicates = Vec::new();
+    for thread in threads {
+        for (n, result) in thread.join().unwrap() {
+            match result.outcome {
+                Outcome::Accepted => assert!(accepted.insert(n, result.commitment).is_none(), "IOU {n} accepted twice"),
+                Outcome::Duplicate => duplicates.push((n, result.commitment)),
+                other => panic!("IOU {n}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(accepted.len(), usize::from(IOUS));
+    assert_eq!(duplicates.len(), usize::from(IOUS) * usize::from(THREADS - 1));
+    for (n, commitment) in duplicates {
+        assert_eq!(Some(&commitment), accepted.get(&n), "IOU {n}'s duplicate names another commitment");
+    }
+    // A different IOU under an accepted nonce, from the disk now.
+    let conflict = f.writer.handle().append_blocking(vec![wide_iou("news.example", 999, 5)]).unwrap();
+    assert_eq!(conflict[0].outcome, Outcome::Conflict);
+
+    let total: u128 = (0..IOUS).map(|n| u128::from(n % 7) + 1).sum();
+    let balances = f.ledger.balances(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 10);
+    let balances = balances.unwrap();
+    assert_eq!(balances.iter().map(|r| r.sum).sum::<u128>(), total);
+    assert_eq!(balances.iter().map(|r| r.count).sum::<u64>(), u64::from(IOUS));
+    let report = clean_audit(&f.ledger);
+    assert_eq!(report.records, u64::from(IOUS));
+}

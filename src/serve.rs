@@ -56,6 +56,9 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
         Some(addr) => Some(start_metrics(addr)?),
         None => None,
     };
+    if metrics_addr.is_some() {
+        tokio::spawn(report_storage_memory(engine.ledger.clone()));
+    }
     let settler = Settler::new(
         engine.ledger.clone(),
         engine.pipeline.writer().clone(),
@@ -243,6 +246,10 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     metrics::describe_counter!("tally_commit_groups_total", "Group commits written");
     metrics::describe_counter!("tally_commit_failures_total", "Group commits that failed and were not acknowledged");
     metrics::describe_gauge!("tally_http_connections_open", "Facilitator HTTP connections being served");
+    metrics::describe_gauge!(
+        "tally_storage_memory_bytes",
+        "RocksDB memory by kind: memtables, table readers (index and filter blocks), block cache"
+    );
     metrics::describe_counter!(
         "tally_http_header_timeouts_total",
         "Facilitator connections closed for not sending a request head (or TLS handshake) in time"
@@ -252,6 +259,27 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
         "Facilitator requests answered 503 for not completing in time"
     );
     Ok(bound)
+}
+
+/// Publishes RocksDB's memory by kind every few seconds, for as long as the
+/// server runs: what an operator watches to see that memory is bounded.
+async fn report_storage_memory(ledger: tally_ledger::Ledger) {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut ticker = tokio::time::interval(PERIOD);
+    loop {
+        ticker.tick().await;
+        let reader = ledger.clone();
+        let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || reader.memory_usage()).await else {
+            continue;
+        };
+        for (kind, bytes) in [
+            ("memtables", usage.memtables_bytes),
+            ("table_readers", usage.table_readers_bytes),
+            ("block_cache", usage.block_cache_bytes),
+        ] {
+            metrics::gauge!("tally_storage_memory_bytes", "kind" => kind).set(bytes as f64);
+        }
+    }
 }
 
 async fn wait_for_signal() {

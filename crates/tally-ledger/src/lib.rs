@@ -15,8 +15,10 @@
 //!   from a bounded queue, applies replay, account and credit checks against
 //!   its in-memory [`state::State`], and commits whole groups of commands as
 //!   one fsynced `WriteBatch` (group commit). Because exactly one thread
-//!   decides and writes, credit limits and replay rules hold exactly under
-//!   any number of concurrent clients, with no locks on the data path.
+//!   decides, credit limits and replay rules hold exactly under any number
+//!   of concurrent clients, with no locks on the data path.
+//! - `commit` is the writer's second stage: one thread that writes each
+//!   decided group, fsyncs and answers, while the writer decides the next.
 //! - [`directory::KeyDirectory`] is the writer's published list of payer
 //!   keys, which verification stages read to find (and cache decompressed)
 //!   public keys without touching the disk.
@@ -43,7 +45,7 @@ pub use audit::{AuditOptions, AuditReport, audit};
 pub use directory::KeyDirectory;
 pub use layout::{AggregateValue, BatchRecord, EpochRecord, EpochStatus, StoredIou};
 pub use settlement::SettlementCommand;
-pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions};
+pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions, MemoryUsage};
 pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, Writer, WriterConfig, WriterHandle};
 
 /// Errors from the storage layer. Any of these fails a whole group commit:

@@ -46,6 +46,14 @@ pub struct Ledger {
     read_only: bool,
 }
 
+/// RocksDB's memory by kind ([`Ledger::memory_usage`]), bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub memtables_bytes: u64,
+    pub table_readers_bytes: u64,
+    pub block_cache_bytes: u64,
+}
+
 /// Which aggregates a balance query wants. Every field narrows the result.
 #[derive(Clone, Debug, Default)]
 pub struct BalanceFilter {
@@ -69,6 +77,16 @@ pub struct BalanceRow {
 /// The memtable size of each aggregate column family.
 const AGGREGATE_MEMTABLE_BYTES: usize = 8 << 20;
 
+/// Every memtable of every column family together.
+const MEMTABLES_BYTES_MAX: usize = 128 << 20;
+
+/// The block cache shared by every column family: data, index and filter
+/// blocks. The hot path reads only the replay index's filters (10 bits, about
+/// 1.25 bytes, per remembered nonce): 64 MiB holds them for ~40 million
+/// nonces still inside their retention window (expiry plus the margin). A
+/// deployment that keeps more must raise it, or lookups go to disk.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path, options: LedgerOptions) -> Result<Ledger, LedgerError> {
@@ -89,11 +107,29 @@ impl Ledger {
         // One thread writes (the committer), and the aggregates' vector
         // memtables do not support concurrent inserts.
         db_options.set_allow_concurrent_memtable_write(false);
+        // Memory bounded by configuration, not by history: the index and
+        // filter blocks of every table live in one block cache (beside data
+        // blocks) instead of beside each open table, where they grew with
+        // every file written (~5 MiB per million IOUs). They are partitioned,
+        // so a lookup loads the few KiB it needs, never a whole file's filter,
+        // and the cache's high-priority pool keeps them ahead of data blocks.
+        let block_cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        // All memtables together stay near one budget: past it, RocksDB
+        // flushes the largest (without stalling writers).
+        let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLES_BYTES_MAX, false);
+        db_options.set_write_buffer_manager(&memtables);
 
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
+            table.set_block_cache(&block_cache);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_cache_index_and_filter_blocks_with_high_priority(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+            table.set_partition_filters(true);
+            table.set_pin_top_level_index_and_filter(true);
 
             cf.set_block_based_table_factory(&table);
             match *name {
@@ -137,6 +173,24 @@ impl Ledger {
             DB::open_cf_descriptors(&db_options, path, descriptors)?
         };
         Ok(Ledger { db: Arc::new(db), path: path.to_owned(), read_only: options.read_only })
+    }
+
+    /// What RocksDB holds in memory now, summed over the column families:
+    /// memtables, index and filter blocks of open tables, the block cache.
+    pub fn memory_usage(&self) -> Result<MemoryUsage, LedgerError> {
+        let mut usage = MemoryUsage::default();
+        for name in COLUMN_FAMILIES {
+            let cf = self.cf(name);
+            let read = |property: &str| -> Result<u64, LedgerError> {
+                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
+            };
+            usage.memtables_bytes += read("rocksdb.cur-size-all-mem-tables")?;
+            usage.table_readers_bytes += read("rocksdb.estimate-table-readers-mem")?;
+        }
+        // One cache shared by every column family: read once.
+        usage.block_cache_bytes =
+            self.db.property_int_value_cf(self.cf(CF_LOG), "rocksdb.block-cache-usage")?.unwrap_or(0);
+        Ok(usage)
     }
 
     pub fn path(&self) -> &Path {

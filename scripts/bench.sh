@@ -169,7 +169,7 @@ start_tally() { # dir, extra serve flags...
   local dir=$1
   shift
   mkdir -p "$dir"
-  "$TALLY" serve --data-dir "$dir/data" --grpc-addr 127.0.0.1:0 --metrics-addr off --http-addr off \
+  "$TALLY" serve --data-dir "$dir/data" --grpc-addr 127.0.0.1:0 --metrics-addr "${METRICS_ADDR:-off}" --http-addr off \
     --admin-token "$TOKEN" --ready-file "$dir/ready.json" "$@" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
   wait_ready "$dir/ready.json" "$SERVER_PID" "$dir/server.log"
@@ -190,6 +190,17 @@ start_peer() { # dir, extra peer flags...
 stop_server() {
   stop_pid "$SERVER_PID" 15
   SERVER_PID=""
+}
+
+# RocksDB's memory by kind, MiB, from the server's Prometheus endpoint
+# (`block_cache=… memtables=… table_readers=…`; refreshed every second).
+storage_mib() { # metrics addr
+  python3 - "$1" <<'EOF'
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+kinds = dict(re.findall(r'^tally_storage_memory_bytes\{kind="(\w+)"\} (\S+)$', text, re.M))
+print(" ".join(f"{k}={float(v) / 2**20:.0f}MiB" for k, v in sorted(kinds.items())) or "no-gauges-yet")
+EOF
 }
 
 loadgen() { # output json, loadgen flags...
@@ -244,11 +255,14 @@ row_peer() { # label, key, "peer flags", loadgen flags...
 # (so signing never competes with the server while it is measured, and
 # loadgen holds one chunk, not 10M IOUs, in memory); the server's RSS is
 # sampled every second throughout, and read after the chunks that reach
-# 10 %, 50 % and 100 %.
+# 10 %, 50 % and 100 %, with RocksDB's own accounting (the
+# tally_storage_memory_bytes gauges: memtables, block cache, table readers).
 row_memory() { # label, key
   local label=$1 key=$2 dir="$WORK/$2" sent=0 chunk=0 register=--register
   say "$label ($MEMORY_IOUS IOUs in chunks of $MEMORY_CHUNK)"
-  start_tally "$dir"
+  METRICS_ADDR=127.0.0.1:0 start_tally "$dir"
+  local metrics_addr
+  metrics_addr=$(json_field "$dir/ready.json" metrics_addr)
   (while kill -0 "$SERVER_PID" 2>/dev/null; do
     echo "$(date +%s) $(kib_of "$SERVER_PID" VmRSS)"
     sleep 1
@@ -261,7 +275,7 @@ row_memory() { # label, key
     register=""
     sent=$((sent + MEMORY_CHUNK))
     local pct=$((100 * sent / MEMORY_IOUS))
-    echo "$pct $sent $(kib_of "$SERVER_PID" VmRSS)" >>"$dir/marks"
+    echo "$pct $sent $(kib_of "$SERVER_PID" VmRSS) $(storage_mib "$metrics_addr")" >>"$dir/marks"
     printf '   %3d %%  %9d IOUs  server RSS %s KiB\n' "$pct" "$sent" "$(kib_of "$SERVER_PID" VmRSS)" >&2
   done
   local hwm
@@ -289,6 +303,7 @@ print(json.dumps({
     "p99_us": max(r["batch_latency_us_p99"] for r in reports),
     "rss_kib": hwm, "extra_rss_kib": 0,
     "rss_at": {"10": rss_at(10), "50": rss_at(50), "100": rss_at(100)},
+    "storage_at": {pct: next(" ".join(m[3:]) for m in marks if int(m[0]) >= int(pct)) for pct in ("10", "50", "100")},
     "rss_samples": len(samples), "rss_sampled_max_kib": max(samples or [0]),
 }))
 EOF
@@ -347,6 +362,8 @@ for r in rows:
         at = r["rss_at"]
         print(f"memory run: server RSS at 10 % {mib(at['10'])}, 50 % {mib(at['50'])}, 100 % {mib(at['100'])}; "
               f"peak (VmHWM) {mib(r['rss_kib'])}; {r['rss_samples']} one-second samples, max {mib(r['rss_sampled_max_kib'])}")
+        for pct, storage in r["storage_at"].items():
+            print(f"  RocksDB at {pct} %: {storage}")
 print("ack latency is per batch (loadgen sends a batch, the answer comes after its fsync); "
       "'/ bound' is IOUs/s over the raw batch-verification rate of all cores measured in the same loadgen run.")
 # Checks: every IOU accepted, and Tally and its peer accept the same number.

@@ -261,10 +261,10 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     Ok(bound)
 }
 
-/// Publishes RocksDB's memory by kind every few seconds, for as long as the
+/// Publishes RocksDB's memory by kind every second, for as long as the
 /// server runs: what an operator watches to see that memory is bounded.
 async fn report_storage_memory(ledger: tally_ledger::Ledger) {
-    const PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
     let mut ticker = tokio::time::interval(PERIOD);
     loop {
         ticker.tick().await;

@@ -6,9 +6,11 @@
 //!    validity window, non-zero amount.
 //! 2. **Key lookup** in the writer's [`KeyDirectory`](tally_ledger::KeyDirectory)
 //!    (already-decompressed keys, no disk).
-//! 3. **Signature verification** on the [`VerifierPool`]: the batch is cut
-//!    into chunks that run on all cores at once, each chunk one batched
-//!    multiscalar verification (see `tally_core::verify`).
+//! 3. **Signature verification** on the [`VerifierPool`]: when cores are
+//!    idle the batch is cut into chunks that run on all of them at once;
+//!    when every core already has work, it is verified whole, which is
+//!    cheaper per signature. Each chunk is one batched multiscalar
+//!    verification (see `tally_core::verify`).
 //! 4. **Commit**: survivors go to the ledger's single writer, which applies
 //!    replay, account and credit rules and answers after the fsync.
 //!
@@ -42,8 +44,9 @@ pub struct PipelineConfig {
     pub verify_threads: usize,
     /// Verification chunks queued or running at once, across all callers.
     pub verify_jobs_max: usize,
-    /// A batch is split into chunks of at least this many IOUs: big enough
-    /// for batched verification to pay off, small enough to use all cores.
+    /// When cores are idle, a batch is split into chunks of at least this
+    /// many IOUs: big enough for batched verification to pay off, small
+    /// enough to use all cores.
     pub verify_chunk_ious_min: usize,
     /// Verify signatures (always, in service). `false` exists only so the
     /// benchmark harness can measure the ledger alone ("verification off on
@@ -83,6 +86,7 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct VerifierPool {
     sender: Mutex<Option<std_mpsc::Sender<Job>>>,
     permits: Arc<Semaphore>,
+    jobs_max: usize,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -111,6 +115,7 @@ impl VerifierPool {
         VerifierPool {
             sender: Mutex::new(Some(sender)),
             permits: Arc::new(Semaphore::new(jobs_max)),
+            jobs_max,
             threads: Mutex::new(handles),
         }
     }
@@ -132,6 +137,11 @@ impl VerifierPool {
                 .map_err(|_| PipelineError::VerifierStopped)?;
         }
         answer.await.map_err(|_| PipelineError::VerifierStopped)
+    }
+
+    /// Jobs queued or running now.
+    pub fn jobs_in_flight(&self) -> usize {
+        self.jobs_max.saturating_sub(self.permits.available_permits())
     }
 
     /// Stops accepting work and joins the threads after queued jobs finish.
@@ -417,7 +427,16 @@ impl Pipeline {
         if !self.config.verify_signatures {
             return Ok(candidates.into_iter().map(|c| (c, true)).collect());
         }
-        let chunk_len = candidates.len().div_ceil(self.config.verify_threads).max(self.config.verify_chunk_ious_min);
+        // Splitting a batch across threads pays only when a core would
+        // otherwise idle. With a job already queued or running per thread,
+        // every core is busy, and one verification of the whole batch is
+        // cheaper per signature (a bigger multiscalar multiplication).
+        let cores_busy = self.verifier.jobs_in_flight() >= self.config.verify_threads;
+        let chunk_len = if cores_busy {
+            candidates.len()
+        } else {
+            candidates.len().div_ceil(self.config.verify_threads).max(self.config.verify_chunk_ious_min)
+        };
         let mut chunks = Vec::new();
         let mut rest = candidates;
         while rest.len() > chunk_len {

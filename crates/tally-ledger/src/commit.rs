@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
 use rocksdb::{WriteBatch, WriteOptions};
+use tally_core::SignedIou;
 use tokio::sync::oneshot;
 
 use crate::LedgerError;
@@ -58,6 +59,8 @@ pub(crate) struct CommitJob {
     pub(crate) started: Instant,
     /// The writer's state generation the group was decided in.
     pub(crate) generation: u64,
+    /// The group's accepted IOUs, dropped here rather than on the writer.
+    pub(crate) spent: Vec<SignedIou>,
 }
 
 /// What became of a job, reported to the writer in job order.
@@ -94,6 +97,7 @@ pub(crate) fn run_committer(
                 metrics::histogram!("tally_commit_group_ious").record(job.appended as f64);
                 metrics::counter!("tally_commit_groups_total").increment(1);
                 answer(job.replies);
+                drop(job.spent);
                 // The writer may have stopped listening (it is shutting down).
                 let _ = done.send(CommitDone::Durable);
             }

@@ -729,7 +729,7 @@ impl WriterCore {
             .enumerate()
             .map(|(i, item)| (i, nonce_key(&item.signed.iou.payer_key, &item.signed.iou.nonce)))
             .collect();
-        keys.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        keys.sort_unstable_by_key(|&(_, key)| key);
         let found =
             self.ledger.db.batched_multi_get_cf(self.ledger.cf(CF_NONCES), keys.iter().map(|(_, key)| key), true);
         let mut entries = vec![None; items.len()];

@@ -66,6 +66,11 @@ fn setup() -> Fixture {
 }
 
 fn iou(seed: u8, payee: &str, amount: u64, nonce: u8) -> AppendItem {
+    signed_item(seed, payee, amount, [nonce; 16], u32::from(nonce))
+}
+
+/// An IOU of `signer(seed)` under `nonce`, its resource numbered `resource`.
+fn signed_item(seed: u8, payee: &str, amount: u64, nonce: [u8; 16], resource: u32) -> AppendItem {
     let key = signer(seed);
     let iou = Iou {
         network: "tally:test".into(),
@@ -73,10 +78,10 @@ fn iou(seed: u8, payee: &str, amount: u64, nonce: u8) -> AppendItem {
         payee: payee.into(),
         asset: "USD".into(),
         amount,
-        nonce: [nonce; 16],
+        nonce,
         issued_at_s: NOW_S,
         expires_at_s: NOW_S + 600,
-        resource: format!("https://{payee}/{nonce}"),
+        resource: format!("https://{payee}/{resource}"),
     };
     let signing_bytes = iou.signing_bytes();
     let signature = key.sign(&signing_bytes).to_bytes();
@@ -329,23 +334,9 @@ fn expired_nonces_are_pruned_only_after_the_margin() {
 
 /// An IOU of crawler-a with a two-byte nonce (more than `iou`'s 256).
 fn wide_iou(payee: &str, amount: u64, nonce: u16) -> AppendItem {
-    let key = signer(1);
     let mut nonce_bytes = [0u8; 16];
     nonce_bytes[..2].copy_from_slice(&nonce.to_be_bytes());
-    let iou = Iou {
-        network: "tally:test".into(),
-        payer_key: key.verifying_key().to_bytes(),
-        payee: payee.into(),
-        asset: "USD".into(),
-        amount,
-        nonce: nonce_bytes,
-        issued_at_s: NOW_S,
-        expires_at_s: NOW_S + 600,
-        resource: format!("https://{payee}/{nonce}"),
-    };
-    let signing_bytes = iou.signing_bytes();
-    let signature = key.sign(&signing_bytes).to_bytes();
-    AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
+    signed_item(1, payee, amount, nonce_bytes, u32::from(nonce))
 }
 
 /// The writer decides group N+1 while group N is still being written: a

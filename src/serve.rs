@@ -243,6 +243,10 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     metrics::describe_histogram!("tally_batch_ious", "IOUs per submitted batch");
     metrics::describe_histogram!("tally_commit_seconds", "Duration of one group commit, including fsync");
     metrics::describe_histogram!("tally_commit_group_ious", "IOUs accepted per group commit");
+    metrics::describe_histogram!(
+        tally_ledger::writer::STAGE_SECONDS,
+        "Where a batch's time goes, by stage: verify_wait, verify, writer_queue, decide, write, writer, batch"
+    );
     metrics::describe_counter!("tally_commit_groups_total", "Group commits written");
     metrics::describe_counter!("tally_commit_failures_total", "Group commits that failed and were not acknowledged");
     metrics::describe_gauge!("tally_http_connections_open", "Facilitator HTTP connections being served");

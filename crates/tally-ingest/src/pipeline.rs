@@ -29,6 +29,7 @@ use tally_core::evidence::{BATCH_MEMBER_EVIDENCE_TAG, BATCH_MEMBER_HEADER_LEN};
 use tally_core::iou::SIGNING_BYTES_LEN_MAX;
 use tally_core::verify::{VerifyItem, verify_many, verify_one};
 use tally_core::{Commitment, Iou, Outcome, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
+use tally_ledger::writer::STAGE_SECONDS;
 use tally_ledger::{AppendItem, AppendResult, BatchRecord, Clock, LedgerError, WriterHandle};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -122,10 +123,14 @@ impl VerifierPool {
 
     /// Runs `work` on a pool thread, waiting for a free slot first.
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PipelineError> {
+        let queued = std::time::Instant::now();
         let permit = self.permits.clone().acquire_owned().await.map_err(|_| PipelineError::VerifierStopped)?;
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move || {
+            let started = std::time::Instant::now();
+            metrics::histogram!(STAGE_SECONDS, "stage" => "verify_wait").record((started - queued).as_secs_f64());
             let _ = reply.send(work());
+            metrics::histogram!(STAGE_SECONDS, "stage" => "verify").record(started.elapsed().as_secs_f64());
             drop(permit);
         });
         {
@@ -252,6 +257,7 @@ impl Pipeline {
         if len > self.config.batch_ious_max {
             return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
         }
+        let started = std::time::Instant::now();
         let mut results: Vec<Option<AppendResult>> = vec![None; len];
         let now_s = (self.clock)() / 1000;
 
@@ -288,7 +294,10 @@ impl Pipeline {
         }
 
         // 4. Commit; the writer answers after the fsync.
+        let committing = std::time::Instant::now();
         let committed = if items.is_empty() { Vec::new() } else { self.writer.append(items).await? };
+        metrics::histogram!(STAGE_SECONDS, "stage" => "writer").record(committing.elapsed().as_secs_f64());
+        metrics::histogram!(STAGE_SECONDS, "stage" => "batch").record(started.elapsed().as_secs_f64());
         Ok(answer(results, indices, committed))
     }
 

@@ -88,7 +88,13 @@ pub(crate) fn run_committer(
         }
         let outcome = match &poisoned {
             Some((_, message)) => Err(message.clone()),
-            None => write_batch(&ledger, job.batch).map_err(|error| failure_message(&error)),
+            None => {
+                let writing = Instant::now();
+                let written = write_batch(&ledger, job.batch).map_err(|error| failure_message(&error));
+                metrics::histogram!(crate::writer::STAGE_SECONDS, "stage" => "write")
+                    .record(writing.elapsed().as_secs_f64());
+                written
+            }
         };
         match outcome {
             Ok(()) => {

@@ -53,6 +53,14 @@ use crate::state::State;
 use crate::store::Ledger;
 use crate::{Clock, LedgerError};
 
+/// Where a batch's time goes, one histogram by `stage`. The ingest pipeline
+/// records `verify_wait` (for a verifier slot and thread), `verify` (one
+/// chunk's batched verification), `writer` (the ledger's queue, decision and
+/// durable commit) and `batch` (the whole submission); the writer records
+/// `writer_queue` (a command's wait for its group) and `decide` (a group's
+/// decisions), and the committer `write` (a group's write and fsync).
+pub const STAGE_SECONDS: &str = "tally_stage_seconds";
+
 /// Bounds of the writer.
 #[derive(Clone)]
 pub struct WriterConfig {
@@ -174,6 +182,8 @@ pub enum AdminError {
 enum Command {
     Append {
         items: Vec<AppendItem>,
+        /// When the command entered the queue.
+        queued: Instant,
         /// Set when the items are one batch-signed commitment's IOUs.
         batch: Option<BatchRecord>,
         reply: oneshot::Sender<Result<Vec<AppendResult>, LedgerError>>,
@@ -207,7 +217,7 @@ impl WriterHandle {
     pub async fn append(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(Command::Append { items, batch: None, reply })
+            .send(Command::Append { items, queued: Instant::now(), batch: None, reply })
             .await
             .map_err(|_| LedgerError::WriterStopped)?;
         answer.await.map_err(|_| LedgerError::WriterStopped)?
@@ -223,7 +233,7 @@ impl WriterHandle {
         items: Vec<AppendItem>,
     ) -> Result<Vec<AppendResult>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Append { items, batch: Some(batch), reply };
+        let command = Command::Append { items, queued: Instant::now(), batch: Some(batch), reply };
         self.sender.send(command).await.map_err(|_| LedgerError::WriterStopped)?;
         answer.await.map_err(|_| LedgerError::WriterStopped)?
     }
@@ -245,7 +255,7 @@ impl WriterHandle {
     /// The blocking twin of [`WriterHandle::append`].
     pub fn append_blocking(&self, items: Vec<AppendItem>) -> Result<Vec<AppendResult>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Append { items, batch: None, reply };
+        let command = Command::Append { items, queued: Instant::now(), batch: None, reply };
         self.sender.blocking_send(command).map_err(|_| LedgerError::WriterStopped)?;
         answer.blocking_recv().map_err(|_| LedgerError::WriterStopped)?
     }
@@ -571,7 +581,9 @@ impl WriterCore {
         let mut appended: u64 = 0;
         for command in commands {
             match command {
-                Command::Append { items, batch, reply } => {
+                Command::Append { items, queued, batch, reply } => {
+                    metrics::histogram!(STAGE_SECONDS, "stage" => "writer_queue")
+                        .record(started.saturating_duration_since(queued).as_secs_f64());
                     let mut results = Vec::with_capacity(items.len());
                     let batch_key_bytes = batch.as_ref().map(|b| batch_key(&b.payer_key, b.batch_seq));
                     if let (Some(batch), Some(key)) = (&batch, &batch_key_bytes) {
@@ -651,6 +663,7 @@ impl WriterCore {
             self.fail_group(replies, &error);
             return;
         }
+        metrics::histogram!(STAGE_SECONDS, "stage" => "decide").record(started.elapsed().as_secs_f64());
         let job = CommitJob {
             batch: group.batch,
             replies,

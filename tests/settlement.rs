@@ -7,115 +7,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::chain::*;
 use common::*;
 use tally_ingest::proto::{
     self, CreditLimit, LinkPayerRequest, RegisterPayeeRequest, RegisterPayerRequest, SubmitBatchRequest,
     UpsertAssetRequest,
 };
 use tally_settler::bank;
-use tally_settler::evm::{self, Address, AnvilNode, EvmClient, EvmConfig, U256};
+use tally_settler::evm::Address;
 
-const TOKEN_SUPPLY: u64 = 1_000_000_000_000; // 1,000,000 tUSD at 6 decimals
-
-/// A chain with the test token and the payout contract, the treasury
-/// (anvil's first dev account) holding the supply and having approved the
-/// contract.
-struct Chain {
-    node: AnvilNode,
-    token: Address,
-    contract: Address,
-    treasury_key: String,
-}
-
-impl Chain {
-    async fn start() -> Chain {
-        let node = AnvilNode::start().expect("anvil (run scripts/test.sh to install it)");
-        let treasury_key = node.private_keys()[0].clone();
-        let token =
-            evm::deploy_test_stablecoin(&node.rpc_url(), node.chain_id(), &treasury_key, U256::from(TOKEN_SUPPLY))
-                .await
-                .unwrap();
-        let contract = evm::deploy_payout_contract(&node.rpc_url(), node.chain_id(), &treasury_key).await.unwrap();
-        let chain = Chain { node, token, contract, treasury_key };
-        chain.client().await.approve_payout_contract(U256::from(TOKEN_SUPPLY)).await.unwrap();
-        chain
-    }
-
-    async fn client(&self) -> EvmClient {
-        let config = EvmConfig {
-            rpc_url: self.node.rpc_url(),
-            chain_id: self.node.chain_id(),
-            token: self.token,
-            token_decimals: 6,
-            payout_contract: self.contract,
-            gas_per_tx_max: 10_000_000,
-            receipt_timeout: Duration::from_secs(30),
-        };
-        EvmClient::connect(config, &self.treasury_key).await.unwrap()
-    }
-
-    async fn balance(&self, address: Address) -> u128 {
-        u128::try_from(self.client().await.token_balance(address).await.unwrap()).unwrap()
-    }
-}
-
-/// Writes the engine's TOML: USDC on the chain, EUR by pain.001, USD by NACHA.
-fn write_config(dir: &Path, chain: &Chain, payouts_per_tx: usize) -> PathBuf {
-    let key_file = dir.join("treasury.key");
-    std::fs::write(&key_file, &chain.treasury_key).unwrap();
-    let config = format!(
-        r#"
-[settlement]
-fee_bps = 100
-
-[settlement.assets.USDC]
-rail = "evm"
-payout_min = "0.01"
-
-[settlement.assets.EUR]
-rail = "iso20022"
-payout_min = "1.00"
-
-[settlement.assets.USD]
-rail = "nacha"
-
-[settlement.evm]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-token = "{token}"
-token_decimals = 6
-payout_contract = "{contract}"
-treasury_key_file = "{key}"
-payouts_per_tx_max = {payouts_per_tx}
-
-[settlement.iso20022]
-debtor_name = "Tally Test Operator GmbH"
-debtor_iban = "DE89370400440532013000"
-debtor_bic = "COBADEFFXXX"
-
-[settlement.nacha]
-immediate_destination = "011000015"
-immediate_destination_name = "FEDERAL RESERVE BANK"
-immediate_origin = "1234567890"
-immediate_origin_name = "TALLY TEST OPERATOR"
-company_name = "TALLY TEST"
-company_id = "1234567890"
-odfi_routing = "01100001"
-"#,
-        rpc = chain.node.rpc_url(),
-        chain_id = chain.node.chain_id(),
-        token = chain.token,
-        contract = chain.contract,
-        key = key_file.display(),
-    );
-    let path = dir.join("tally.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
+/// The engine configuration of every test here.
+const TOML: SettlementToml = SettlementToml { fee_bps: 100, payouts_per_tx_max: 2, receipt_timeout_s: None };
 
 /// A valid German IBAN for `account` (check digits computed).
 fn german_iban(account: u64) -> String {
@@ -328,7 +234,7 @@ async fn check_settled(server: &ServerProcess, chain: &Chain, outbox: &Path, sce
 async fn settles_every_rail_and_imports_bank_status() {
     let chain = Chain::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &chain, 2);
+    let config = write_settlement_config(dir.path(), &chain, TOML);
     let data = dir.path().join("ledger");
     let server = ServerProcess::start_with(&data, Some(&config), &[]);
     let mut clients = clients(&server.addr).await;
@@ -442,7 +348,7 @@ async fn crash_and_resume(failpoint: &str) {
 async fn crash_and_resume_with(failpoint: &str, uploader_takes_files: bool) {
     let chain = Chain::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &chain, 2);
+    let config = write_settlement_config(dir.path(), &chain, TOML);
     let data = dir.path().join("ledger");
     let scenario = Scenario { evm_payees: 5 };
     let server = ServerProcess::start_with(&data, Some(&config), &[("TALLY_FAILPOINTS", failpoint)]);
@@ -537,10 +443,10 @@ async fn crash_after_bank_file_then_uploader_takes_it() {
 async fn an_unreachable_chain_does_not_stop_the_engine() {
     let chain = Chain::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &chain, 2);
+    let config = write_settlement_config(dir.path(), &chain, TOML);
     // Point the engine at a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace(&chain.node.rpc_url(), &format!("http://{closed}"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(&chain.rpc_url, &format!("http://{closed}"));
     std::fs::write(&config, text).unwrap();
     let data = dir.path().join("ledger");
     let server = ServerProcess::start_with(&data, Some(&config), &[]);

@@ -39,13 +39,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::chain::*;
 use common::*;
 use tally_ingest::proto::{
     self, CreditLimit, RegisterPayeeRequest, RegisterPayerRequest, SubmitBatchRequest, UpsertAssetRequest,
 };
-use tally_settler::evm::{self, Address, AnvilNode, EvmClient, EvmConfig, U256};
+use tally_settler::evm::Address;
 
-const TOKEN_SUPPLY: u64 = 1_000_000_000_000_000; // 1,000,000,000 tUSD at 6 decimals
 const EVM_PAYEES: u8 = 4;
 /// Payees per EVM transaction: 4 payees make 2 transactions per epoch.
 const PAYOUTS_PER_TX: usize = 2;
@@ -169,146 +169,6 @@ fn random_faults(rng: &mut Rng, n: usize) -> Vec<Fault> {
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number: {v:?}")))
-}
-
-/// The chain: the node (restartable on its port), the token and the payout
-/// contract, and the treasury (anvil's first dev account) that approved it.
-struct Chain {
-    node: Option<AnvilNode>,
-    port: u16,
-    rpc_url: String,
-    token: Address,
-    contract: Address,
-    treasury: Address,
-    treasury_key: String,
-}
-
-impl Chain {
-    async fn start() -> Chain {
-        let node = AnvilNode::start().expect("anvil (run scripts/test.sh to install it)");
-        let treasury_key = node.private_keys()[0].clone();
-        let treasury = node.accounts()[0].address;
-        let rpc_url = node.rpc_url();
-        let token = evm::deploy_test_stablecoin(&rpc_url, node.chain_id(), &treasury_key, U256::from(TOKEN_SUPPLY))
-            .await
-            .unwrap();
-        let contract = evm::deploy_payout_contract(&rpc_url, node.chain_id(), &treasury_key).await.unwrap();
-        let port = node.port();
-        let chain = Chain { node: Some(node), port, rpc_url, token, contract, treasury, treasury_key };
-        chain.client().await.approve_payout_contract(U256::from(TOKEN_SUPPLY)).await.unwrap();
-        chain
-    }
-
-    fn node(&self) -> &AnvilNode {
-        self.node.as_ref().expect("the node is running")
-    }
-
-    async fn client(&self) -> EvmClient {
-        let config = EvmConfig {
-            rpc_url: self.rpc_url.clone(),
-            chain_id: evm::anvil::DEV_CHAIN_ID,
-            token: self.token,
-            token_decimals: 6,
-            payout_contract: self.contract,
-            gas_per_tx_max: 10_000_000,
-            receipt_timeout: Duration::from_secs(30),
-        };
-        EvmClient::connect(config, &self.treasury_key).await.unwrap()
-    }
-
-    async fn balance(&self, address: Address) -> u128 {
-        u128::try_from(self.client().await.token_balance(address).await.unwrap()).unwrap()
-    }
-
-    async fn rpc(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
-        self.node().rpc(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn automine(&self, on: bool) {
-        self.rpc("evm_setAutomine", serde_json::json!([on])).await;
-    }
-
-    /// Transactions waiting in the node's pool.
-    async fn pending(&self) -> u64 {
-        let status = self.rpc("txpool_status", serde_json::json!([])).await;
-        let pending = status["pending"].as_str().unwrap_or("0x0");
-        u64::from_str_radix(pending.trim_start_matches("0x"), 16).unwrap()
-    }
-
-    /// Saves the chain, then SIGKILLs the node by pid.
-    async fn kill_node(&mut self) -> serde_json::Value {
-        let state = self.node().dump_state().await.unwrap();
-        let node = self.node.take().unwrap();
-        let pid = node.pid();
-        drop(node); // SIGKILL to `pid`, reaped
-        assert!(is_zombie_or_gone(pid), "node {pid} still runs");
-        state
-    }
-
-    /// Starts the node again on the same port with the saved chain.
-    async fn restart_node(&mut self, state: serde_json::Value) {
-        let node = AnvilNode::start_on(self.port).expect("anvil restarts on its port");
-        node.load_state(state).await.unwrap();
-        self.node = Some(node);
-    }
-}
-
-fn is_zombie_or_gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
-}
-
-fn write_config(dir: &Path, chain: &Chain) -> PathBuf {
-    let key_file = dir.join("treasury.key");
-    std::fs::write(&key_file, &chain.treasury_key).unwrap();
-    let config = format!(
-        r#"
-[settlement]
-fee_bps = 25
-
-[settlement.assets.USDC]
-rail = "evm"
-payout_min = "0.01"
-
-[settlement.assets.EUR]
-rail = "iso20022"
-payout_min = "1.00"
-
-[settlement.assets.USD]
-rail = "nacha"
-
-[settlement.evm]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-token = "{token}"
-token_decimals = 6
-payout_contract = "{contract}"
-treasury_key_file = "{key}"
-payouts_per_tx_max = {PAYOUTS_PER_TX}
-receipt_timeout_s = {RECEIPT_TIMEOUT_S}
-
-[settlement.iso20022]
-debtor_name = "Tally Test Operator GmbH"
-debtor_iban = "DE89370400440532013000"
-debtor_bic = "COBADEFFXXX"
-
-[settlement.nacha]
-immediate_destination = "011000015"
-immediate_destination_name = "FEDERAL RESERVE BANK"
-immediate_origin = "1234567890"
-immediate_origin_name = "TALLY TEST OPERATOR"
-company_name = "TALLY TEST"
-company_id = "1234567890"
-odfi_routing = "01100001"
-"#,
-        rpc = chain.rpc_url,
-        chain_id = evm::anvil::DEV_CHAIN_ID,
-        token = chain.token,
-        contract = chain.contract,
-        key = key_file.display(),
-    );
-    let path = dir.join("tally.toml");
-    std::fs::write(&path, config).unwrap();
-    path
 }
 
 fn evm_address(n: u8) -> Address {
@@ -579,7 +439,15 @@ impl Campaign {
     async fn start() -> Campaign {
         let chain = Chain::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), &chain);
+        let config = write_settlement_config(
+            dir.path(),
+            &chain,
+            SettlementToml {
+                fee_bps: 25,
+                payouts_per_tx_max: PAYOUTS_PER_TX,
+                receipt_timeout_s: Some(RECEIPT_TIMEOUT_S),
+            },
+        );
         let data = dir.path().join("ledger");
         let server = ServerProcess::start_with(&data, Some(&config), &[]);
         register(&mut clients(&server.addr).await.admin).await;

@@ -2,6 +2,8 @@
 //! temporary directories, signed IOUs from fixed seeds.
 #![allow(dead_code)]
 
+pub mod chain;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -220,6 +220,7 @@ print(json.dumps({
     "ious": r["ious"], "ious_per_s": r["ious_per_s"],
     "accepted": r["outcomes"].get("accepted", 0), "outcomes": r["outcomes"],
     "bound": r.get("verify_batch_rate_all_cores"),
+    "dalek_bound": r.get("dalek_verify_batch_rate_all_cores"),
     "p50_us": r["batch_latency_us_p50"], "p99_us": r["batch_latency_us_p99"],
     "rss_kib": int(rss or 0), "extra_rss_kib": int(extra or 0),
 }))
@@ -305,6 +306,10 @@ print(json.dumps({
     "rss_at": {"10": rss_at(10), "50": rss_at(50), "100": rss_at(100)},
     "storage_at": {pct: next(" ".join(m[3:]) for m in marks if int(m[0]) >= int(pct)) for pct in ("10", "50", "100")},
     "rss_samples": len(samples), "rss_sampled_max_kib": max(samples or [0]),
+    # every chunk boundary: IOUs so far, RSS, and RocksDB's own accounting in MiB
+    "chunks": [{"ious": int(m[1]), "rss_kib": int(m[2]),
+                "storage_mib": {k: int(v.removesuffix("MiB")) for k, v in (f.split("=") for f in m[3:] if "=" in f)}}
+               for m in marks],
 }))
 EOF
   stop_pid "$SAMPLER_PID" 2
@@ -337,7 +342,7 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 by_key = {r["key"]: r for r in rows}
 mib = lambda kib: f"{kib / 1024:,.0f} MiB"
 ms = lambda us: f"{us / 1000:,.2f} ms"
-header = ["mode", "IOUs", "IOUs/s", "verify bound", "/ bound", "ack p50", "ack p99", "server peak RSS", "vs PostgreSQL"]
+header = ["mode", "IOUs", "IOUs/s", "verify bound", "/ bound", "/ dalek bound", "ack p50", "ack p99", "server peak RSS", "vs PostgreSQL"]
 table = []
 for r in rows:
     bound = r["bound"]
@@ -347,6 +352,7 @@ for r in rows:
         r["label"], f"{r['ious']:,}", f"{r['ious_per_s']:,.0f}",
         f"{bound:,.0f}/s" if bound else "—",
         f"{100 * r['ious_per_s'] / bound:.1f} %" if bound else "—",
+        f"{100 * r['ious_per_s'] / r['dalek_bound']:.1f} %" if r.get("dalek_bound") else "—",
         ms(r["p50_us"]), ms(r["p99_us"]), rss,
         f"{r['ious_per_s'] / other['ious_per_s']:.2f}×" if other else "—",
     ])
@@ -364,8 +370,25 @@ for r in rows:
               f"peak (VmHWM) {mib(r['rss_kib'])}; {r['rss_samples']} one-second samples, max {mib(r['rss_sampled_max_kib'])}")
         for pct, storage in r["storage_at"].items():
             print(f"  RocksDB at {pct} %: {storage}")
+        # Memory that is not RocksDB's caches: what would grow with history if anything did.
+        print()
+        print("| IOUs | server RSS | memtables | block cache | table readers | RSS − RocksDB accounted |")
+        print("|---|---|---|---|---|---|")
+        rest = []
+        for c in r["chunks"]:
+            st = c["storage_mib"]
+            accounted = sum(st.values())
+            rest.append(c["rss_kib"] / 1024 - accounted)
+            print(f"| {c['ious']:,} | {mib(c['rss_kib'])} | {st.get('memtables', 0)} MiB | {st.get('block_cache', 0)} MiB "
+                  f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB |")
+        half = len(rest) // 2
+        if half:
+            print(f"RSS − RocksDB accounted: {min(rest[:half]):,.0f}–{max(rest[:half]):,.0f} MiB over the first half, "
+                  f"{min(rest[half:]):,.0f}–{max(rest[half:]):,.0f} MiB over the second")
 print("ack latency is per batch (loadgen sends a batch, the answer comes after its fsync); "
-      "'/ bound' is IOUs/s over the raw batch-verification rate of all cores measured in the same loadgen run.")
+      "'/ bound' is IOUs/s over the raw batch-verification rate of all cores measured in the same loadgen run "
+      "with Tally's verifier (batches of 1024 by the run's payer keys); '/ dalek bound' is the same over "
+      "ed25519-dalek's verify_batch on the same signatures.")
 # Checks: every IOU accepted, and Tally and its peer accept the same number.
 failed = False
 for r in rows:

@@ -106,7 +106,10 @@ pub struct LoadgenReport {
     pub batch_latency_us_p99: u64,
     pub batch_latency_us_p999: u64,
     pub batch_latency_us_max: u64,
+    /// Tally's batch verifier on every core: the bound ingest is measured against.
     pub verify_batch_rate_all_cores: Option<f64>,
+    /// ed25519-dalek's `verify_batch` on every core, for reference.
+    pub dalek_verify_batch_rate_all_cores: Option<f64>,
     pub cores: usize,
 }
 
@@ -283,40 +286,63 @@ fn presign(args: &LoadgenArgs, keys: &[SigningKey]) -> anyhow::Result<Vec<Presig
     Ok(out)
 }
 
-/// Raw batch verification (batches of 1024) on every core at once, for
-/// `duration`: signatures per second, all cores together.
-pub fn measure_verify_rate(duration: Duration) -> f64 {
+/// The machine's raw verification rates, signatures per second on all cores.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRates {
+    /// Tally's batch verifier (`verify_many`), which ingest runs.
+    pub tally: f64,
+    /// ed25519-dalek's `verify_batch` on the same signatures, for reference.
+    pub dalek: f64,
+}
+
+/// Raw batch verification (batches of 1024 signatures by `payers` keys, as
+/// the load's) on every core at once, `duration` for each verifier.
+pub fn measure_verify_rate(duration: Duration, payers: usize) -> VerifyRates {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let keys = payer_keys(99, 16);
+    let keys = payer_keys(99, payers.max(1));
     let verifying: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
     let messages: Vec<Vec<u8>> = (0..1024u32)
         .map(|i| {
             format!("tally-iou-v1 a typical {i:08} IOU of about one hundred bytes, https://example.com/x").into_bytes()
         })
         .collect();
-    let signatures: Vec<[u8; 64]> = messages.iter().enumerate().map(|(i, m)| keys[i % 16].sign(m).to_bytes()).collect();
-    let verified: u64 = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let items: Vec<VerifyItem> = messages
-                        .iter()
-                        .enumerate()
-                        .map(|(i, m)| VerifyItem { key: &verifying[i % 16], message: m, signature: &signatures[i] })
-                        .collect();
-                    let started = Instant::now();
-                    let mut count = 0u64;
-                    while started.elapsed() < duration {
-                        assert!(verify_many(&items).iter().all(|ok| *ok));
-                        count += items.len() as u64;
-                    }
-                    count
+    let signer = |i: usize| i % keys.len();
+    let signatures: Vec<[u8; 64]> =
+        messages.iter().enumerate().map(|(i, m)| keys[signer(i)].sign(m).to_bytes()).collect();
+    let items: Vec<VerifyItem> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| VerifyItem { key: &verifying[signer(i)], message: m, signature: &signatures[i] })
+        .collect();
+    let dalek_messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let dalek_signatures: Vec<ed25519_dalek::Signature> =
+        signatures.iter().map(ed25519_dalek::Signature::from_bytes).collect();
+    let dalek_keys: Vec<_> = (0..messages.len()).map(|i| verifying[signer(i)]).collect();
+    let on_all_cores = |check: &(dyn Fn() + Sync)| -> f64 {
+        let verified: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let started = Instant::now();
+                        let mut count = 0u64;
+                        while started.elapsed() < duration {
+                            check();
+                            count += messages.len() as u64;
+                        }
+                        count
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("verify thread")).sum()
-    });
-    verified as f64 / duration.as_secs_f64()
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("verify thread")).sum()
+        });
+        verified as f64 / duration.as_secs_f64()
+    };
+    VerifyRates {
+        tally: on_all_cores(&|| assert!(verify_many(&items).iter().all(|ok| *ok))),
+        dalek: on_all_cores(&|| {
+            assert!(ed25519_dalek::verify_batch(&dalek_messages, &dalek_signatures, &dalek_keys).is_ok())
+        }),
+    }
 }
 
 struct StreamStats {
@@ -437,7 +463,8 @@ pub async fn run_load(args: &LoadgenArgs, quiet: bool) -> anyhow::Result<Loadgen
         if !quiet {
             eprintln!("measuring raw batch verification on {cores} cores ...");
         }
-        Some(tokio::task::spawn_blocking(|| measure_verify_rate(Duration::from_secs(3))).await?)
+        let payers = args.payers;
+        Some(tokio::task::spawn_blocking(move || measure_verify_rate(Duration::from_secs(3), payers)).await?)
     } else {
         None
     };
@@ -510,7 +537,7 @@ async fn gather(
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<StreamStats>>>,
     started: Instant,
     progress: ProgressBar,
-    verify_rate: Option<f64>,
+    verify_rate: Option<VerifyRates>,
     cores: usize,
 ) -> anyhow::Result<LoadgenReport> {
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
@@ -534,7 +561,8 @@ async fn gather(
         batch_latency_us_p99: latency_us.value_at_quantile(0.99),
         batch_latency_us_p999: latency_us.value_at_quantile(0.999),
         batch_latency_us_max: latency_us.max(),
-        verify_batch_rate_all_cores: verify_rate,
+        verify_batch_rate_all_cores: verify_rate.map(|rates| rates.tally),
+        dalek_verify_batch_rate_all_cores: verify_rate.map(|rates| rates.dalek),
         cores,
     })
 }
@@ -564,7 +592,7 @@ async fn run_http(
     args: &LoadgenArgs,
     url: &str,
     batches: Vec<SubmitBatchRequest>,
-    verify_rate: Option<f64>,
+    verify_rate: Option<VerifyRates>,
     cores: usize,
     quiet: bool,
 ) -> anyhow::Result<LoadgenReport> {
@@ -648,6 +676,12 @@ pub fn print_report(report: &LoadgenReport, args: &LoadgenArgs) {
     if let Some(rate) = report.verify_batch_rate_all_cores {
         rows.push(vec![format!("raw batch verify, {} cores", report.cores), format!("{rate:.0} signatures/s")]);
         rows.push(vec!["ingest / raw verify".into(), format!("{:.1} %", 100.0 * report.ious_per_s / rate)]);
+    }
+    if let Some(rate) = report.dalek_verify_batch_rate_all_cores {
+        rows.push(vec![
+            format!("ed25519-dalek verify_batch, {} cores", report.cores),
+            format!("{rate:.0} signatures/s"),
+        ]);
     }
     println!("{}", table(&["loadgen", "value"], &["value"], rows));
 }

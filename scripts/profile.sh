@@ -12,7 +12,7 @@
 # before the measured run. Thread shares are read from /proc (utime + stime)
 # from the moment the server starts working to the end of the load; "machine"
 # is both cores. The server is stopped by pid and its directory removed, unless
-# PERF=1 (then the directory with perf.data is printed and kept).
+# PERF=1 (then the directory with perf.data is printed and kept, without the ledger).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,8 @@ PERF_PID=""
 cleanup() {
   [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null || true
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  # The ledger is hundreds of MB per million IOUs: never kept.
+  rm -rf "$DIR/data"
   if [ "${PERF:-0}" = 1 ]; then echo "kept: $DIR (perf report -i $DIR/perf.data)"; else rm -rf "$DIR"; fi
 }
 trap cleanup EXIT

@@ -15,19 +15,23 @@ use crate::LedgerError;
 use crate::layout::{EpochRecord, EpochStatus};
 use crate::store::Ledger;
 
+/// The hot path's maps (looked up once or more per IOU): foldhash, several
+/// times cheaper than SipHash here, still seeded per map against crafted keys.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub struct State {
     pub head_seq: u64,
     pub head_hash: RecordHash,
     /// The open epoch; `None` only on a brand-new ledger, before the writer
     /// opens epoch 1.
     pub open_epoch: Option<EpochRecord>,
-    pub assets: HashMap<String, Asset>,
-    pub payers: HashMap<String, Payer>,
-    pub key_owner: HashMap<PublicKeyBytes, String>,
-    pub payees: HashMap<String, Payee>,
+    pub assets: FastMap<String, Asset>,
+    pub payers: FastMap<String, Payer>,
+    pub key_owner: FastMap<PublicKeyBytes, String>,
+    pub payees: FastMap<String, Payee>,
     /// payer id → asset → what it owes and has not settled: its IOUs in
     /// unplanned epochs plus its open bills.
-    pub exposure: HashMap<String, HashMap<String, u128>>,
+    pub exposure: FastMap<String, FastMap<String, u128>>,
     /// The highest epoch whose settlement plan is recorded (0: none).
     pub planned_through: u64,
 }
@@ -50,7 +54,7 @@ impl State {
             payers: ledger.payers()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
             key_owner: ledger.key_owners()?.into_iter().collect(),
             payees: ledger.payees()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
-            exposure: HashMap::new(),
+            exposure: FastMap::default(),
             planned_through: ledger.planned_through()?,
         };
         for ((payer, asset), owed) in ledger.unsettled_owed(None)? {
@@ -73,7 +77,9 @@ impl State {
                 }
             },
             None => {
-                self.exposure.insert(payer.to_owned(), HashMap::from([(asset.to_owned(), owed)]));
+                let mut by_asset = FastMap::default();
+                by_asset.insert(asset.to_owned(), owed);
+                self.exposure.insert(payer.to_owned(), by_asset);
             }
         }
     }

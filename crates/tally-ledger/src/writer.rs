@@ -49,7 +49,7 @@ use crate::commit::{CommitDone, CommitJob, JOBS_QUEUED_MAX, Reply};
 use crate::directory::KeyDirectory;
 use crate::layout::*;
 use crate::settlement::SettlementCommand;
-use crate::state::State;
+use crate::state::{FastMap, State};
 use crate::store::Ledger;
 use crate::{Clock, LedgerError};
 
@@ -342,10 +342,6 @@ impl Drop for Writer {
 }
 
 type NonceKey = (PublicKeyBytes, Nonce);
-
-/// The hot path's per-group maps (one entry per IOU): foldhash, several
-/// times cheaper than SipHash here, still seeded per map against crafted keys.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What a group has accepted so far: replay answers for IOUs that repeat
 /// inside the same group, before any of it is on disk.

@@ -199,6 +199,7 @@ storage_mib() { # metrics addr
 import re, sys, urllib.request
 text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
 kinds = dict(re.findall(r'^tally_storage_memory_bytes\{kind="(\w+)"\} (\S+)$', text, re.M))
+kinds.update({f"{heap}_heap": v for heap, v in re.findall(r'^tally_heap_bytes\{heap="(\w+)"\} (\S+)$', text, re.M)})
 print(" ".join(f"{k}={float(v) / 2**20:.0f}MiB" for k, v in sorted(kinds.items())) or "no-gauges-yet")
 EOF
 }
@@ -257,7 +258,8 @@ row_peer() { # label, key, "peer flags", loadgen flags...
 # loadgen holds one chunk, not 10M IOUs, in memory); the server's RSS is
 # sampled every second throughout, and read after the chunks that reach
 # 10 %, 50 % and 100 %, with RocksDB's own accounting (the
-# tally_storage_memory_bytes gauges: memtables, block cache, table readers).
+# tally_storage_memory_bytes gauges: memtables, block cache, table readers) and
+# both heaps' sizes (tally_heap_bytes: glibc's for RocksDB's C++, mimalloc's for Rust).
 row_memory() { # label, key
   local label=$1 key=$2 dir="$WORK/$2" sent=0 chunk=0 register=--register
   say "$label ($MEMORY_IOUS IOUs in chunks of $MEMORY_CHUNK)"
@@ -369,18 +371,20 @@ for r in rows:
         print(f"memory run: server RSS at 10 % {mib(at['10'])}, 50 % {mib(at['50'])}, 100 % {mib(at['100'])}; "
               f"peak (VmHWM) {mib(r['rss_kib'])}; {r['rss_samples']} one-second samples, max {mib(r['rss_sampled_max_kib'])}")
         for pct, storage in r["storage_at"].items():
-            print(f"  RocksDB at {pct} %: {storage}")
+            print(f"  memory gauges at {pct} %: {storage}")
         # Memory that is not RocksDB's caches: what would grow with history if anything did.
         print()
-        print("| IOUs | server RSS | memtables | block cache | table readers | RSS − RocksDB accounted |")
-        print("|---|---|---|---|---|---|")
+        print("| IOUs | server RSS | memtables | block cache | table readers | RSS − RocksDB accounted "
+              "| native heap (glibc: RocksDB) | Rust heap (mimalloc) |")
+        print("|---|---|---|---|---|---|---|---|")
         rest = []
         for c in r["chunks"]:
             st = c["storage_mib"]
-            accounted = sum(st.values())
+            accounted = sum(st.get(k, 0) for k in ("memtables", "block_cache", "table_readers"))
             rest.append(c["rss_kib"] / 1024 - accounted)
             print(f"| {c['ious']:,} | {mib(c['rss_kib'])} | {st.get('memtables', 0)} MiB | {st.get('block_cache', 0)} MiB "
-                  f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB |")
+                  f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB | {st.get('native_heap', '—')} MiB "
+                  f"| {st.get('rust_heap', '—')} MiB |")
         half = len(rest) // 2
         if half:
             print(f"RSS − RocksDB accounted: {min(rest[:half]):,.0f}–{max(rest[:half]):,.0f} MiB over the first half, "

@@ -13,6 +13,7 @@ mod client;
 mod config;
 mod demo;
 mod finance;
+mod heap;
 mod ledger_cmd;
 mod loadgen;
 mod output;
@@ -26,23 +27,6 @@ use clap::{Parser, Subcommand};
 /// mimalloc handles that without glibc's arena locking (docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// RocksDB's C++ allocates through glibc's `malloc`, not mimalloc. After the
-/// first large `free`, glibc raises its mmap threshold (up to 32 MiB), and
-/// from then on each memtable's blocks come from a per-thread arena and stay
-/// resident after the memtable is flushed and freed: RSS then grows past
-/// RocksDB's own memory budget. A fixed 1 MiB threshold returns those blocks
-/// to the kernel when they are freed (measured: ~70 MiB less RSS after 4
-/// million IOUs, same throughput; docs/performance.md), while RocksDB's
-/// write batches (~512 KiB for a group of 1,024 IOUs) stay on the heap.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fix_native_mmap_threshold() {
-    const MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;
-    // SAFETY: `mallopt` only sets one of glibc's tuning parameters; it is
-    // called before any other thread exists.
-    let accepted = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
-    debug_assert_eq!(accepted, 1, "glibc accepts a 1 MiB mmap threshold");
-}
 
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: deferred settlement for x402 payments")]
@@ -113,8 +97,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fix_native_mmap_threshold();
+    heap::fix_native_mmap_threshold();
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(args) => args.admin_addr = cli.admin_addr.clone(),

@@ -254,6 +254,10 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
         "tally_storage_memory_bytes",
         "RocksDB memory by kind: memtables, table readers (index and filter blocks), block cache"
     );
+    metrics::describe_gauge!(
+        "tally_heap_bytes",
+        "Memory each heap holds from the OS: rust (mimalloc, committed), native (glibc: RocksDB's C++)"
+    );
     metrics::describe_counter!(
         "tally_http_header_timeouts_total",
         "Facilitator connections closed for not sending a request head (or TLS handshake) in time"
@@ -265,8 +269,9 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     Ok(bound)
 }
 
-/// Publishes RocksDB's memory by kind every second, for as long as the
-/// server runs: what an operator watches to see that memory is bounded.
+/// Publishes RocksDB's memory by kind, and both heaps' sizes, every second,
+/// for as long as the server runs: what an operator watches to see that
+/// memory is bounded.
 async fn report_storage_memory(ledger: tally_ledger::Ledger) {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
     let mut ticker = tokio::time::interval(PERIOD);
@@ -282,6 +287,11 @@ async fn report_storage_memory(ledger: tally_ledger::Ledger) {
             ("block_cache", usage.block_cache_bytes),
         ] {
             metrics::gauge!("tally_storage_memory_bytes", "kind" => kind).set(bytes as f64);
+        }
+        let heaps = crate::heap::usage();
+        metrics::gauge!("tally_heap_bytes", "heap" => "rust").set(heaps.rust_bytes as f64);
+        if let Some(native_bytes) = heaps.native_bytes {
+            metrics::gauge!("tally_heap_bytes", "heap" => "native").set(native_bytes as f64);
         }
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use common::*;
 use tally_ingest::proto::*;
@@ -76,6 +77,18 @@ async fn cli_manages_accounts_and_reports_balances() {
     assert!(metrics.contains("tally_ious_total{outcome=\"credit_limit_exceeded\"} 1"), "{metrics}");
     assert!(metrics.contains("tally_commit_seconds"), "{metrics}");
     assert!(!metrics.contains(TOKEN), "secrets never reach metrics");
+    // Memory gauges (published every second from startup): RocksDB by kind, and both heaps.
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    let memory = poll(Duration::from_secs(10), || {
+        let text = http_get(&server.metrics_addr, "/metrics");
+        gauge(&text, "tally_heap_bytes{heap=\"native\"}")?;
+        Some(text)
+    });
+    assert!(gauge(&memory, "tally_heap_bytes{heap=\"rust\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
+    assert!(gauge(&memory, "tally_heap_bytes{heap=\"native\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
+    assert!(gauge(&memory, "tally_storage_memory_bytes{kind=\"memtables\"}").is_some(), "{memory}");
     server.terminate();
 }
 

@@ -200,6 +200,7 @@ import re, sys, urllib.request
 text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
 kinds = dict(re.findall(r'^tally_storage_memory_bytes\{kind="(\w+)"\} (\S+)$', text, re.M))
 kinds.update({f"{heap}_heap": v for heap, v in re.findall(r'^tally_heap_bytes\{heap="(\w+)"\} (\S+)$', text, re.M)})
+kinds.update({f"{heap}_free": v for heap, v in re.findall(r'^tally_heap_free_bytes\{heap="(\w+)"\} (\S+)$', text, re.M)})
 print(" ".join(f"{k}={float(v) / 2**20:.0f}MiB" for k, v in sorted(kinds.items())) or "no-gauges-yet")
 EOF
 }
@@ -375,8 +376,8 @@ for r in rows:
         # Memory that is not RocksDB's caches: what would grow with history if anything did.
         print()
         print("| IOUs | server RSS | memtables | block cache | table readers | RSS − RocksDB accounted "
-              "| native heap (glibc: RocksDB) | Rust heap (mimalloc) |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| native heap (glibc: RocksDB) | of which free | Rust heap (mimalloc) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         rest = []
         for c in r["chunks"]:
             st = c["storage_mib"]
@@ -384,7 +385,7 @@ for r in rows:
             rest.append(c["rss_kib"] / 1024 - accounted)
             print(f"| {c['ious']:,} | {mib(c['rss_kib'])} | {st.get('memtables', 0)} MiB | {st.get('block_cache', 0)} MiB "
                   f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB | {st.get('native_heap', '—')} MiB "
-                  f"| {st.get('rust_heap', '—')} MiB |")
+                  f"| {st.get('native_free', '—')} MiB | {st.get('rust_heap', '—')} MiB |")
         half = len(rest) // 2
         if half:
             print(f"RSS − RocksDB accounted: {min(rest[:half]):,.0f}–{max(rest[:half]):,.0f} MiB over the first half, "

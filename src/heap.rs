@@ -5,7 +5,8 @@
 //! freed for reuse, so RSS is not the sum of what is in use. An operator who
 //! wants to see that memory is bounded by configuration (not by history)
 //! needs both heaps' sizes beside RocksDB's own accounting; `tally serve`
-//! publishes them as `tally_heap_bytes{heap="rust"|"native"}`.
+//! publishes them as `tally_heap_bytes{heap="rust"|"native"}`, and the free
+//! part of glibc's as `tally_heap_free_bytes{heap="native"}`.
 
 /// RocksDB's C++ allocates through glibc's `malloc`, not mimalloc. After the
 /// first large `free`, glibc raises its mmap threshold (up to 32 MiB), and
@@ -35,6 +36,9 @@ pub struct HeapUsage {
     /// glibc's arenas plus its mmapped chunks: RocksDB's C++ heap. `None`
     /// where the C library is not glibc.
     pub native_bytes: Option<u64>,
+    /// Of `native_bytes`, free chunks glibc keeps inside its arenas: memory
+    /// held but not in use (fragmentation and reuse slack).
+    pub native_free_bytes: Option<u64>,
 }
 
 /// Reads both heaps' sizes. glibc walks its arenas under their locks, so this
@@ -56,13 +60,13 @@ pub fn usage() -> HeapUsage {
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallinfo2` only reads glibc's allocator statistics.
-    let native_bytes = {
+    let (native_bytes, native_free_bytes) = {
         let info = unsafe { libc::mallinfo2() };
-        Some((info.arena as u64).saturating_add(info.hblkhd as u64))
+        (Some((info.arena as u64).saturating_add(info.hblkhd as u64)), Some(info.fordblks as u64))
     };
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let native_bytes = None;
-    HeapUsage { rust_bytes: current_commit as u64, native_bytes }
+    let (native_bytes, native_free_bytes) = (None, None);
+    HeapUsage { rust_bytes: current_commit as u64, native_bytes, native_free_bytes }
 }
 
 #[cfg(test)]
@@ -78,6 +82,9 @@ mod tests {
         assert!(during.rust_bytes >= before.rust_bytes + (32 << 20), "{before:?} -> {during:?}");
         drop(block);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        assert!(before.native_bytes.is_some());
+        {
+            let (held, free) = (during.native_bytes.unwrap(), during.native_free_bytes.unwrap());
+            assert!(free <= held, "free chunks are part of what glibc holds: {during:?}");
+        }
     }
 }

@@ -258,6 +258,10 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
         "tally_heap_bytes",
         "Memory each heap holds from the OS: rust (mimalloc, committed), native (glibc: RocksDB's C++)"
     );
+    metrics::describe_gauge!(
+        "tally_heap_free_bytes",
+        "Of tally_heap_bytes, free chunks the heap keeps for reuse: native (glibc)"
+    );
     metrics::describe_counter!(
         "tally_http_header_timeouts_total",
         "Facilitator connections closed for not sending a request head (or TLS handshake) in time"
@@ -292,6 +296,9 @@ async fn report_storage_memory(ledger: tally_ledger::Ledger) {
         metrics::gauge!("tally_heap_bytes", "heap" => "rust").set(heaps.rust_bytes as f64);
         if let Some(native_bytes) = heaps.native_bytes {
             metrics::gauge!("tally_heap_bytes", "heap" => "native").set(native_bytes as f64);
+        }
+        if let Some(free_bytes) = heaps.native_free_bytes {
+            metrics::gauge!("tally_heap_free_bytes", "heap" => "native").set(free_bytes as f64);
         }
     }
 }

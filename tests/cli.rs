@@ -88,6 +88,7 @@ async fn cli_manages_accounts_and_reports_balances() {
     });
     assert!(gauge(&memory, "tally_heap_bytes{heap=\"rust\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
     assert!(gauge(&memory, "tally_heap_bytes{heap=\"native\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
+    assert!(gauge(&memory, "tally_heap_free_bytes{heap=\"native\"}").is_some(), "{memory}");
     assert!(gauge(&memory, "tally_storage_memory_bytes{kind=\"memtables\"}").is_some(), "{memory}");
     server.terminate();
 }

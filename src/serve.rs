@@ -282,17 +282,21 @@ async fn report_storage_memory(ledger: tally_ledger::Ledger) {
     loop {
         ticker.tick().await;
         let reader = ledger.clone();
-        let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || reader.memory_usage()).await else {
+        // Both reads take locks (RocksDB's, glibc's arenas'): off the async workers.
+        let Ok((storage, heaps)) =
+            tokio::task::spawn_blocking(move || (reader.memory_usage(), crate::heap::usage())).await
+        else {
             continue;
         };
-        for (kind, bytes) in [
-            ("memtables", usage.memtables_bytes),
-            ("table_readers", usage.table_readers_bytes),
-            ("block_cache", usage.block_cache_bytes),
-        ] {
-            metrics::gauge!("tally_storage_memory_bytes", "kind" => kind).set(bytes as f64);
+        if let Ok(usage) = storage {
+            for (kind, bytes) in [
+                ("memtables", usage.memtables_bytes),
+                ("table_readers", usage.table_readers_bytes),
+                ("block_cache", usage.block_cache_bytes),
+            ] {
+                metrics::gauge!("tally_storage_memory_bytes", "kind" => kind).set(bytes as f64);
+            }
         }
-        let heaps = crate::heap::usage();
         metrics::gauge!("tally_heap_bytes", "heap" => "rust").set(heaps.rust_bytes as f64);
         if let Some(native_bytes) = heaps.native_bytes {
             metrics::gauge!("tally_heap_bytes", "heap" => "native").set(native_bytes as f64);

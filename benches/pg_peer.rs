@@ -1081,9 +1081,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same allocator as `tally serve`, so the comparison is of designs, not of mallocs.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The same allocator, with the same options, as `tally serve`, so the
+/// comparison is of designs, not of mallocs.
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

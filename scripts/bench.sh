@@ -199,8 +199,7 @@ storage_mib() { # metrics addr
 import re, sys, urllib.request
 text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
 kinds = dict(re.findall(r'^tally_storage_memory_bytes\{kind="(\w+)"\} (\S+)$', text, re.M))
-kinds.update({f"{heap}_heap": v for heap, v in re.findall(r'^tally_heap_bytes\{heap="(\w+)"\} (\S+)$', text, re.M)})
-kinds.update({f"{heap}_free": v for heap, v in re.findall(r'^tally_heap_free_bytes\{heap="(\w+)"\} (\S+)$', text, re.M)})
+kinds.update({f"heap_{kind}": v for kind, v in re.findall(r'^tally_heap_(allocated|resident)_bytes (\S+)$', text, re.M)})
 print(" ".join(f"{k}={float(v) / 2**20:.0f}MiB" for k, v in sorted(kinds.items())) or "no-gauges-yet")
 EOF
 }
@@ -260,7 +259,8 @@ row_peer() { # label, key, "peer flags", loadgen flags...
 # sampled every second throughout, and read after the chunks that reach
 # 10 %, 50 % and 100 %, with RocksDB's own accounting (the
 # tally_storage_memory_bytes gauges: memtables, block cache, table readers) and
-# both heaps' sizes (tally_heap_bytes: glibc's for RocksDB's C++, mimalloc's for Rust).
+# the heap's size (tally_heap_allocated_bytes, tally_heap_resident_bytes: jemalloc,
+# which serves Rust and RocksDB's C++ alike).
 row_memory() { # label, key
   local label=$1 key=$2 dir="$WORK/$2" sent=0 chunk=0 register=--register
   say "$label ($MEMORY_IOUS IOUs in chunks of $MEMORY_CHUNK)"
@@ -376,16 +376,16 @@ for r in rows:
         # Memory that is not RocksDB's caches: what would grow with history if anything did.
         print()
         print("| IOUs | server RSS | memtables | block cache | table readers | RSS − RocksDB accounted "
-              "| native heap (glibc: RocksDB) | of which free | Rust heap (mimalloc) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| heap allocated (Rust and RocksDB) | heap resident |")
+        print("|---|---|---|---|---|---|---|---|")
         rest = []
         for c in r["chunks"]:
             st = c["storage_mib"]
             accounted = sum(st.get(k, 0) for k in ("memtables", "block_cache", "table_readers"))
             rest.append(c["rss_kib"] / 1024 - accounted)
             print(f"| {c['ious']:,} | {mib(c['rss_kib'])} | {st.get('memtables', 0)} MiB | {st.get('block_cache', 0)} MiB "
-                  f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB | {st.get('native_heap', '—')} MiB "
-                  f"| {st.get('native_free', '—')} MiB | {st.get('rust_heap', '—')} MiB |")
+                  f"| {st.get('table_readers', 0)} MiB | {rest[-1]:,.0f} MiB | {st.get('heap_allocated', '—')} MiB "
+                  f"| {st.get('heap_resident', '—')} MiB |")
         half = len(rest) // 2
         if half:
             print(f"RSS − RocksDB accounted: {min(rest[:half]):,.0f}–{max(rest[:half]):,.0f} MiB over the first half, "

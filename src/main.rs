@@ -9,6 +9,7 @@
 //! dispatches.
 
 mod accounts;
+mod allocator;
 mod client;
 mod config;
 mod demo;
@@ -21,12 +22,6 @@ mod serve;
 mod settle;
 
 use clap::{Parser, Subcommand};
-
-/// Every role of the binary allocates small buffers on one thread and frees
-/// them on another (gRPC workers decode IOUs, the ledger writer drops them):
-/// mimalloc handles that without glibc's arena locking (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: deferred settlement for x402 payments")]
@@ -97,7 +92,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    heap::fix_native_mmap_threshold();
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(args) => args.admin_addr = cli.admin_addr.clone(),

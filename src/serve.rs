@@ -255,12 +255,12 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
         "RocksDB memory by kind: memtables, table readers (index and filter blocks), block cache"
     );
     metrics::describe_gauge!(
-        "tally_heap_bytes",
-        "Memory each heap holds from the OS: rust (mimalloc, committed), native (glibc: RocksDB's C++)"
+        "tally_heap_allocated_bytes",
+        "Heap memory in use by Rust and RocksDB's C++ (jemalloc serves both)"
     );
     metrics::describe_gauge!(
-        "tally_heap_free_bytes",
-        "Of tally_heap_bytes, free chunks the heap keeps for reuse: native (glibc)"
+        "tally_heap_resident_bytes",
+        "Physical memory the heap holds: in use, freed pages not yet returned to the OS, metadata"
     );
     metrics::describe_counter!(
         "tally_http_header_timeouts_total",
@@ -273,7 +273,7 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     Ok(bound)
 }
 
-/// Publishes RocksDB's memory by kind, and both heaps' sizes, every second,
+/// Publishes RocksDB's memory by kind, and the heap's size, every second,
 /// for as long as the server runs: what an operator watches to see that
 /// memory is bounded.
 async fn report_storage_memory(ledger: tally_ledger::Ledger) {
@@ -282,8 +282,8 @@ async fn report_storage_memory(ledger: tally_ledger::Ledger) {
     loop {
         ticker.tick().await;
         let reader = ledger.clone();
-        // Both reads take locks (RocksDB's, glibc's arenas'): off the async workers.
-        let Ok((storage, heaps)) =
+        // Both reads take locks (RocksDB's, jemalloc's arenas'): off the async workers.
+        let Ok((storage, heap)) =
             tokio::task::spawn_blocking(move || (reader.memory_usage(), crate::heap::usage())).await
         else {
             continue;
@@ -297,12 +297,9 @@ async fn report_storage_memory(ledger: tally_ledger::Ledger) {
                 metrics::gauge!("tally_storage_memory_bytes", "kind" => kind).set(bytes as f64);
             }
         }
-        metrics::gauge!("tally_heap_bytes", "heap" => "rust").set(heaps.rust_bytes as f64);
-        if let Some(native_bytes) = heaps.native_bytes {
-            metrics::gauge!("tally_heap_bytes", "heap" => "native").set(native_bytes as f64);
-        }
-        if let Some(free_bytes) = heaps.native_free_bytes {
-            metrics::gauge!("tally_heap_free_bytes", "heap" => "native").set(free_bytes as f64);
+        if let Ok(heap) = heap {
+            metrics::gauge!("tally_heap_allocated_bytes").set(heap.allocated_bytes as f64);
+            metrics::gauge!("tally_heap_resident_bytes").set(heap.resident_bytes as f64);
         }
     }
 }

@@ -77,18 +77,18 @@ async fn cli_manages_accounts_and_reports_balances() {
     assert!(metrics.contains("tally_ious_total{outcome=\"credit_limit_exceeded\"} 1"), "{metrics}");
     assert!(metrics.contains("tally_commit_seconds"), "{metrics}");
     assert!(!metrics.contains(TOKEN), "secrets never reach metrics");
-    // Memory gauges (published every second from startup): RocksDB by kind, and both heaps.
+    // Memory gauges (published every second from startup): RocksDB by kind, and the heap.
     let gauge = |text: &str, name: &str| -> Option<f64> {
         text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
     };
     let memory = poll(Duration::from_secs(10), || {
         let text = http_get(&server.metrics_addr, "/metrics");
-        gauge(&text, "tally_heap_bytes{heap=\"native\"}")?;
+        gauge(&text, "tally_heap_allocated_bytes")?;
         Some(text)
     });
-    assert!(gauge(&memory, "tally_heap_bytes{heap=\"rust\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
-    assert!(gauge(&memory, "tally_heap_bytes{heap=\"native\"}").is_some_and(|bytes| bytes > 0.0), "{memory}");
-    assert!(gauge(&memory, "tally_heap_free_bytes{heap=\"native\"}").is_some(), "{memory}");
+    let allocated_bytes = gauge(&memory, "tally_heap_allocated_bytes").unwrap();
+    let resident_bytes = gauge(&memory, "tally_heap_resident_bytes").expect("published with the allocated bytes");
+    assert!(allocated_bytes > 0.0 && resident_bytes >= allocated_bytes, "{memory}");
     assert!(gauge(&memory, "tally_storage_memory_bytes{kind=\"memtables\"}").is_some(), "{memory}");
     server.terminate();
 }

@@ -28,7 +28,8 @@ pub struct HeapUsage {
     /// Bytes in use by Rust and C++ allocations.
     pub allocated_bytes: u64,
     /// Bytes of physical memory the heap holds: what is in use, freed pages
-    /// not yet returned, and jemalloc's own metadata.
+    /// not yet returned, and jemalloc's own metadata. An upper bound: jemalloc
+    /// counts whole extents, some of whose pages may never have been touched.
     pub resident_bytes: u64,
 }
 

@@ -260,7 +260,7 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     );
     metrics::describe_gauge!(
         "tally_heap_resident_bytes",
-        "Physical memory the heap holds: in use, freed pages not yet returned to the OS, metadata"
+        "Physical memory the heap holds (an upper bound): in use, freed pages not yet returned to the OS, metadata"
     );
     metrics::describe_counter!(
         "tally_http_header_timeouts_total",

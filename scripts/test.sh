@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v xmllint >/dev/null 2>&1 || need_apt+=(libxml2-utils)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)

@@ -22,8 +22,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `dirty_decay_ms:1000`: freed pages go back to the OS after ~1 s instead
 ///   of the default 10 s (memtables and write batches are freed in bursts of
 ///   tens of MiB; ten seconds of them is ~100 MiB of RSS for nothing);
-/// - `muzzy_decay_ms:0`: returned with `MADV_DONTNEED` at once, so RSS drops
-///   when they are returned.
+/// - `muzzy_decay_ms:0`: pages are returned with `MADV_DONTNEED`, skipping
+///   the lazy `MADV_FREE` stage, whose pages stay in RSS until the kernel
+///   needs them; so RSS drops when pages are returned.
 pub const MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// The symbol jemalloc reads its options from (unprefixed, as its `malloc` is).

@@ -57,7 +57,7 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
         None => None,
     };
     if metrics_addr.is_some() {
-        tokio::spawn(report_storage_memory(engine.ledger.clone()));
+        tokio::spawn(report_memory(engine.ledger.clone()));
     }
     let settler = Settler::new(
         engine.ledger.clone(),
@@ -276,7 +276,7 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
 /// Publishes RocksDB's memory by kind, and the heap's size, every second,
 /// for as long as the server runs: what an operator watches to see that
 /// memory is bounded.
-async fn report_storage_memory(ledger: tally_ledger::Ledger) {
+async fn report_memory(ledger: tally_ledger::Ledger) {
     const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
     let mut ticker = tokio::time::interval(PERIOD);
     loop {

@@ -44,11 +44,11 @@ fn setup(payers: &[SigningKey], payees: &[String]) -> Fixture {
     let ledger = Ledger::open(dir.path(), LedgerOptions::default()).expect("open ledger");
     let writer = Writer::start(ledger.clone(), WriterConfig::default()).expect("start writer");
     let admin = writer.handle();
-    admin.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
+    admin.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
     for (i, key) in payers.iter().enumerate() {
         let id = format!("crawler-{i:02}");
         admin
-            .admin_blocking(AdminCommand::RegisterPayer {
+            .admin_blocking(test_actor(), AdminCommand::RegisterPayer {
                 id: id.clone(),
                 display_name: id,
                 keys: vec![key.verifying_key().to_bytes()],
@@ -58,10 +58,11 @@ fn setup(payers: &[SigningKey], payees: &[String]) -> Fixture {
     }
     for id in payees {
         admin
-            .admin_blocking(AdminCommand::RegisterPayee(Payee {
+            .admin_blocking(test_actor(), AdminCommand::RegisterPayee(Payee {
                 id: id.clone(),
                 display_name: id.clone(),
                 payout_destination: String::new(),
+                status: tally_core::PayeeStatus::Active,
             }))
             .unwrap();
     }
@@ -106,7 +107,7 @@ impl Generator {
                 };
                 let signing_bytes = iou.signing_bytes();
                 let signature = key.sign(&signing_bytes).to_bytes();
-                AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
+                AppendItem { charge: iou.amount, signed: SignedIou { iou, signature }, evidence: signing_bytes }
             })
             .collect()
     }
@@ -149,3 +150,8 @@ fn bench_commit(c: &mut Criterion) {
 
 criterion_group!(benches, bench_commit);
 criterion_main!(benches);
+
+/// Who the tests' admin commands are recorded as.
+fn test_actor() -> tally_core::Actor {
+    tally_core::Actor::admin_token("test")
+}

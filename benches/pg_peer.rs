@@ -723,6 +723,7 @@ fn accepted(c: &Candidate, seq: u64) -> AppendResult {
         outcome: Outcome::Accepted,
         commitment: Some(CommitmentId { seq, hash: commitment_hash(&c.signing_bytes, &c.signed.signature) }),
         epoch: EPOCH as u64,
+        charge: c.signed.iou.amount,
     }
 }
 
@@ -734,7 +735,7 @@ fn accepted_results(plan: &Plan<'_>, seqs: &HashMap<([u8; 32], [u8; 16]), u64>) 
 /// acceptance; different bytes under the same nonce are a conflict.
 fn replay_answer(commitment: CommitmentId, epoch: u64, original: &[u8], resubmitted: &[u8]) -> AppendResult {
     if original == resubmitted {
-        AppendResult { outcome: Outcome::Duplicate, commitment: Some(commitment), epoch }
+        AppendResult { outcome: Outcome::Duplicate, commitment: Some(commitment), epoch, charge: 0 }
     } else {
         AppendResult::rejected(Outcome::Conflict)
     }
@@ -983,6 +984,32 @@ impl Admin for AdminService {
     async fn seal_epoch(&self, _request: Request<SealEpochRequest>) -> Result<Response<SealEpochResponse>, Status> {
         unimplemented()
     }
+
+    async fn revoke_payer_key(&self, _request: Request<RevokePayerKeyRequest>) -> Result<Response<AdminResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn set_payee_status(&self, _request: Request<SetPayeeStatusRequest>) -> Result<Response<AdminResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn create_query_token(
+        &self,
+        _request: Request<CreateQueryTokenRequest>,
+    ) -> Result<Response<CreateQueryTokenResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn revoke_query_token(
+        &self,
+        _request: Request<RevokeQueryTokenRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_query_tokens(&self, _request: Request<ListRequest>) -> Result<Response<ListQueryTokensResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Loads the in-memory copy of the accounts from the tables.
@@ -1049,7 +1076,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let ingest = IngestServer::new(IngestService { peer: peer.clone(), window: args.stream_batches_inflight_max })
         .max_decoding_message_size(8 * 1024 * 1024);
-    let admin = AdminServer::with_interceptor(AdminService { peer: peer.clone() }, AdminAuth::new(&args.admin_token));
+    let admin = AdminServer::with_interceptor(
+        AdminService { peer: peer.clone() },
+        AdminAuth::new(&args.admin_token).expect("a non-empty admin token"),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -34,7 +34,7 @@ use tally_core::{Asset, Iou, Outcome, Payee, SignedIou};
 use tally_ledger::{AdminCommand, AppendItem, SettlementCommand};
 use tally_settler::config::{AssetRailConfig, EvmSettings, Iso20022Settings, NachaSettings};
 use tally_settler::evm::{self, Address, AnvilNode, EvmClient, EvmConfig, U256};
-use tally_settler::plan::{BatchLimits, plan_epoch};
+use tally_settler::plan::{BatchLimits, Proposal, plan_epoch};
 use tally_settler::{SettleRequest, SettlementConfig, Settler};
 
 struct Size {
@@ -128,7 +128,7 @@ async fn run(size: Size) {
         .expect("engine");
     let writer = engine.pipeline.writer().clone();
     for code in ["USDC", "EUR", "USD"] {
-        writer.admin(AdminCommand::UpsertAsset(Asset::new(code, 6, true).unwrap())).await.unwrap();
+        writer.admin(test_actor(), AdminCommand::UpsertAsset(Asset::new(code, 6, true).unwrap())).await.unwrap();
     }
     let keys: Vec<SigningKey> = (0..size.payers)
         .map(|i| {
@@ -140,7 +140,7 @@ async fn run(size: Size) {
     for (i, key) in keys.iter().enumerate() {
         let limits = ["EUR", "USD", "USDC"].iter().map(|a| ((*a).to_owned(), u128::from(u64::MAX))).collect();
         writer
-            .admin(AdminCommand::RegisterPayer {
+            .admin(test_actor(), AdminCommand::RegisterPayer {
                 id: format!("crawler-{i:05}"),
                 display_name: format!("Crawler {i}"),
                 keys: vec![key.verifying_key().to_bytes()],
@@ -151,11 +151,14 @@ async fn run(size: Size) {
     }
     for payee in 0..size.payees {
         writer
-            .admin(AdminCommand::RegisterPayee(Payee {
-                id: format!("site-{payee:04}.example"),
-                display_name: format!("Site {payee}"),
-                payout_destination: rail_of(payee).1,
-            }))
+            .admin(
+                test_actor(),
+                AdminCommand::RegisterPayee(Payee::new(
+                    &format!("site-{payee:04}.example"),
+                    &format!("Site {payee}"),
+                    &rail_of(payee).1,
+                )),
+            )
             .await
             .unwrap();
     }
@@ -198,7 +201,7 @@ async fn run(size: Size) {
                                 };
                                 let signing_bytes = iou.signing_bytes();
                                 let signature = keys[payer].sign(&signing_bytes).to_bytes();
-                                AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
+                                AppendItem { charge: iou.amount, signed: SignedIou { iou, signature }, evidence: signing_bytes }
                             })
                             .collect::<Vec<_>>()
                     })
@@ -263,21 +266,21 @@ async fn run(size: Size) {
     let mut phases = Vec::new();
     reset_peak();
     let started = Instant::now();
-    writer.admin(AdminCommand::SealEpoch).await.expect("seal");
+    writer.admin(test_actor(), AdminCommand::SealEpoch).await.expect("seal");
     phases.push(Phase { name: "seal", elapsed: started.elapsed(), peak_rss_mib: rss_kib("VmHWM:") / 1024 });
-    let (plan, batches) = timed(&mut phases, "net + batch", || plan_epoch(&ledger, &config, 1, limits).expect("plan"));
+    let proposal = timed(&mut phases, "net + batch", || plan_epoch(&ledger, &config, 1, limits).expect("plan"));
+    let Proposal { plan, batches, policy, limits } = proposal;
     let figures = plan.figures.clone();
     let (payouts, bills, batch_count) = (plan.payouts.len(), plan.bills.len(), batches.len());
     reset_peak();
     let started = Instant::now();
-    writer
-        .admin(AdminCommand::Settlement(SettlementCommand::RecordPlan { plan: Box::new(plan), batches }))
-        .await
-        .expect("record plan");
+    // The writer nets the epoch again and records the plan only if it is identical.
+    let command = SettlementCommand::RecordPlan { plan: Box::new(plan), batches, policy, limits };
+    writer.admin(test_actor(), AdminCommand::Settlement(command)).await.expect("record plan");
     phases.push(Phase { name: "record plan", elapsed: started.elapsed(), peak_rss_mib: rss_kib("VmHWM:") / 1024 });
     reset_peak();
     let started = Instant::now();
-    let reports = settler.settle(SettleRequest { seal: false }, &|_| {}).await.expect("submit");
+    let reports = settler.settle(SettleRequest::new(false, "benchmark"), &|_| {}).await.expect("submit");
     phases.push(Phase {
         name: "submit (anvil + files)",
         elapsed: started.elapsed(),
@@ -309,8 +312,8 @@ async fn run(size: Size) {
             f.iou_count,
             f.payout_count,
             f.paid,
-            f.moved_ppm() / 10_000,
-            (f.moved_ppm() % 10_000) / 100,
+            f.moved_ppm().unwrap_or(0) / 10_000,
+            (f.moved_ppm().unwrap_or(0) % 10_000) / 100,
             f.fees
         );
     }
@@ -327,4 +330,9 @@ async fn run(size: Size) {
     );
     drop(settler);
     tokio::task::spawn_blocking(move || engine.shutdown()).await.expect("shutdown");
+}
+
+/// Who the tests' admin commands are recorded as.
+fn test_actor() -> tally_core::Actor {
+    tally_core::Actor::admin_token("test")
 }

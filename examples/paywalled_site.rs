@@ -79,6 +79,8 @@ async fn main() -> anyhow::Result<()> {
         asset: args.asset,
         pay_to: args.pay_to,
         price: args.price,
+        pricing: tally_x402::middleware::Pricing::Fixed,
+        payment_id_required: false,
         description: "One article".into(),
         http: reqwest::Client::new(),
         registration_url: args.registration_url,

@@ -105,6 +105,16 @@ pub enum PayerCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Revoke one of the payer's keys: IOUs it signs from now on are refused.
+    /// What it signed before stays recorded and owed; the key can never be
+    /// registered again.
+    RevokeKey {
+        id: String,
+        /// The key, in hex.
+        key: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Refuse the payer's new IOUs.
     Suspend {
         id: String,
@@ -180,6 +190,13 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give --jwks FILE or --directory URL"),
             };
             add_directory_keys(&admin, &id, &bytes, agent).await?;
+        }
+        PayerCommand::RevokeKey { id, key, admin } => {
+            client::admin(&admin)
+                .await?
+                .revoke_payer_key(RevokePayerKeyRequest { payer_id: id.clone(), key: parse_key(&key)? })
+                .await?;
+            println!("revoked key {key} of payer {id}: it signs nothing new");
         }
         PayerCommand::Suspend { id, admin } => set_status(admin, id, proto::PayerStatus::Suspended).await?,
         PayerCommand::Activate { id, admin } => set_status(admin, id, proto::PayerStatus::Active).await?,
@@ -381,6 +398,19 @@ pub enum PayeeCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Suspend a payee: no new IOUs for it, and settlement holds what it is
+    /// owed (carried forward) until it is reinstated.
+    Suspend {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reinstate a suspended payee.
+    Reinstate {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List payees.
     List {
         #[arg(long)]
@@ -396,7 +426,12 @@ pub async fn payee(command: PayeeCommand) -> anyhow::Result<()> {
             client::admin(&admin)
                 .await?
                 .register_payee(RegisterPayeeRequest {
-                    payee: Some(proto::Payee { id: id.clone(), display_name: name, payout_destination: payout }),
+                    payee: Some(proto::Payee {
+                        id: id.clone(),
+                        display_name: name,
+                        payout_destination: payout,
+                        status: proto::PayeeStatus::Active as i32,
+                    }),
                 })
                 .await?;
             println!("registered payee {id}");
@@ -408,15 +443,33 @@ pub async fn payee(command: PayeeCommand) -> anyhow::Result<()> {
                 .await?;
             println!("set payout destination of payee {id}");
         }
+        PayeeCommand::Suspend { id, admin } => {
+            let status = proto::PayeeStatus::Suspended as i32;
+            client::admin(&admin).await?.set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status }).await?;
+            println!("suspended payee {id}: no new IOUs; what it is owed is held until it is reinstated");
+        }
+        PayeeCommand::Reinstate { id, admin } => {
+            let status = proto::PayeeStatus::Active as i32;
+            client::admin(&admin).await?.set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status }).await?;
+            println!("reinstated payee {id}");
+        }
         PayeeCommand::List { json, admin } => {
             let payees = client::admin(&admin).await?.list_payees(ListRequest {}).await?.into_inner().payees;
+            let status = |p: &proto::Payee| {
+                proto::PayeeStatus::try_from(p.status)
+                    .map(|s| s.as_str_name().trim_start_matches("PAYEE_STATUS_").to_lowercase())
+                    .unwrap_or_else(|_| "unknown".into())
+            };
             print_listing(
                 json,
                 &payees,
-                |p| serde_json::json!({"id": p.id, "display_name": p.display_name, "payout_destination": p.payout_destination}),
-                &["payee", "name", "payout destination"],
+                |p| {
+                    serde_json::json!({"id": p.id, "display_name": p.display_name,
+                        "payout_destination": p.payout_destination, "status": status(p)})
+                },
+                &["payee", "name", "payout destination", "status"],
                 &[],
-                |p| vec![p.id.clone(), p.display_name.clone(), p.payout_destination.clone()],
+                |p| vec![p.id.clone(), p.display_name.clone(), p.payout_destination.clone(), status(p)],
             );
         }
     }

@@ -37,6 +37,35 @@ pub struct AdminArgs {
     pub data_dir: PathBuf,
 }
 
+/// Where to send Query calls, and the bearer token they carry.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// A query token (`tally token create`), which may be scoped to one payer
+    /// or one payee. Default: the admin token.
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Admin bearer token, used when no --token is given. Default: `<data-dir>/admin-token`.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Where to look for the admin token file.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+impl QueryArgs {
+    /// Query calls with the admin token of `admin`.
+    pub fn from_admin(admin: &AdminArgs) -> QueryArgs {
+        QueryArgs {
+            server: admin.server.clone(),
+            token: None,
+            admin_token: admin.admin_token.clone(),
+            data_dir: admin.data_dir.clone(),
+        }
+    }
+}
+
 /// Process-wide connection settings from the global flags.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -97,17 +126,29 @@ pub async fn admin_channel(args: &AdminArgs) -> anyhow::Result<Channel> {
     }
 }
 
-pub async fn query(server: &ServerArgs) -> anyhow::Result<QueryClient<Channel>> {
-    Ok(QueryClient::new(channel(server).await?))
+pub type Query = QueryClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+/// A query client carrying `--token`, else the admin token.
+pub async fn query(args: &QueryArgs) -> anyhow::Result<Query> {
+    let token = match &args.token {
+        Some(token) => token.clone(),
+        None => admin_token(&AdminArgs {
+            server: args.server.clone(),
+            admin_token: args.admin_token.clone(),
+            data_dir: args.data_dir.clone(),
+        })?,
+    };
+    Ok(QueryClient::with_interceptor(channel(&args.server).await?, BearerToken::new(&token)?))
 }
 
-/// Adds `authorization: Bearer <token>` to every admin call.
+/// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
 
 impl BearerToken {
     pub fn new(token: &str) -> anyhow::Result<BearerToken> {
-        let value = format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("the admin token must be ASCII"))?;
+        anyhow::ensure!(!token.is_empty(), "the token is empty");
+        let value = format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("the token must be ASCII"))?;
         Ok(BearerToken(value))
     }
 }
@@ -131,10 +172,12 @@ pub fn admin_token(args: &AdminArgs) -> anyhow::Result<String> {
         Some(token) => Ok(token.clone()),
         None => {
             let path = args.data_dir.join(ADMIN_TOKEN_FILE);
-            Ok(std::fs::read_to_string(&path)
+            let token = std::fs::read_to_string(&path)
                 .with_context(|| format!("no --admin-token given and {} is unreadable", path.display()))?
                 .trim()
-                .to_owned())
+                .to_owned();
+            anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+            Ok(token)
         }
     }
 }

@@ -61,6 +61,12 @@ pub struct ServeArgs {
     /// TLS private key (PEM) matching `--tls-cert`.
     #[arg(long, env = "TALLY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Serve the admin API (Admin, Settlement) in plaintext on an address
+    /// other hosts can reach. Refused by default: the admin token would cross
+    /// the network in clear. Configure `[tls]`, or bind admin to loopback
+    /// (`--admin-addr 127.0.0.1:…`), instead.
+    #[arg(long, env = "TALLY_ALLOW_PLAINTEXT_ADMIN")]
+    pub allow_plaintext_admin: bool,
     /// The separate admin listen address (`--admin-addr` / `TALLY_ADMIN_ADDR`,
     /// a global flag shared with the client commands; filled in by `main`).
     #[arg(skip)]
@@ -81,6 +87,8 @@ pub struct FileConfig {
     /// Admin and Settlement only on this address; "off" (the default) serves
     /// them on `grpc_addr`.
     pub admin_addr: Option<String>,
+    /// See `ServeArgs::allow_plaintext_admin`.
+    pub allow_plaintext_admin: Option<bool>,
     /// `[tls]`: serve gRPC and HTTP over TLS.
     pub tls: Option<FileTls>,
     pub limits: Option<FileLimits>,
@@ -189,6 +197,15 @@ impl ServeArgs {
             }
             _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
         };
+        // The admin API listens on `admin_addr`, or beside ingest on `grpc_addr`.
+        let admin_listen = admin_addr.unwrap_or(grpc_addr);
+        let allow_plaintext_admin = self.allow_plaintext_admin || file.allow_plaintext_admin.unwrap_or(false);
+        anyhow::ensure!(
+            tls.is_some() || admin_listen.ip().is_loopback() || allow_plaintext_admin,
+            "the admin API would listen in plaintext on {admin_listen}, which other hosts can reach: the admin \
+             token would cross the network in clear. Configure [tls], bind the admin API to loopback \
+             (--admin-addr 127.0.0.1:PORT), or pass --allow-plaintext-admin if the network is private"
+        );
         let network = self.network.or(file.network).unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
         let admin_token = match self.admin_token.or(file.admin_token) {
             Some(token) if token.is_empty() => anyhow::bail!("the admin token must not be empty"),
@@ -248,7 +265,14 @@ fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
 pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+        let token = token.trim();
+        // An empty token would guard nothing: refuse it, never fall back to "no auth".
+        anyhow::ensure!(
+            !token.is_empty(),
+            "{} is empty: write a token into it (or delete it, and a new random one is created)",
+            path.display()
+        );
+        return Ok(token.to_owned());
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let mut bytes = [0u8; 32];

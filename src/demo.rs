@@ -46,11 +46,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.clone());
     println!("Tally demo: ledger in {}", data_dir.display());
     let engine = Engine::open(EngineConfig::new(data_dir.clone(), crate::config::DEFAULT_NETWORK))?;
+    let result = demo(&args, &engine, &data_dir).await;
+    // Whatever happened, the engine stops off the async threads (its writer joins a thread).
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
+async fn demo(args: &DemoArgs, engine: &Engine, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let data_dir = data_dir.to_path_buf();
     let token = crate::config::load_or_create_token(&data_dir)?;
     let settler =
         Settler::new(engine.ledger.clone(), engine.pipeline.writer().clone(), settlement_config(), &data_dir).await?;
-    let extra = crate::serve::settlement_services(&engine, &settler, &token);
-    let server = tally_ingest::serve(&engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default(), extra)
+    let extra = crate::serve::settlement_services(engine, &settler, &token)?;
+    let server = tally_ingest::serve(engine, "127.0.0.1:0".parse()?, &token, &GrpcLimits::default(), extra)
         .await
         .map_err(|e| anyhow::anyhow!("starting gRPC: {e}"))?;
     let server_args = ServerArgs { server: format!("http://{}", server.local_addr) };
@@ -96,7 +107,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loadgen::print_report(&report, &load);
 
     let rows =
-        crate::finance::fetch_balances(&server_args, BalancesRequest { limit: 0, ..Default::default() }).await?.rows;
+        crate::finance::fetch_balances(&client::QueryArgs::from_admin(&load.admin), BalancesRequest::default())
+            .await?
+            .rows;
     let mut by_site: BTreeMap<String, (u128, u64)> = BTreeMap::new();
     let mut by_crawler: BTreeMap<String, (u128, u64)> = BTreeMap::new();
     for row in &rows {
@@ -121,17 +134,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     server.stop().await?;
     let ledger = engine.ledger.clone();
-    let audit_report = tokio::task::spawn_blocking(move || {
-        audit(
-            &ledger,
-            AuditOptions {
-                verify_signatures: true,
-                now_s: tally_ledger::unix_now_ms() / 1000,
-                nonce_retention_margin_s: 3_600,
-            },
-        )
-    })
-    .await??;
+    let audit_report =
+        tokio::task::spawn_blocking(move || audit(&ledger, AuditOptions { verify_signatures: true })).await??;
     println!(
         "ledger verify: {} records, {} signatures re-verified, {} aggregates recomputed: {}",
         audit_report.records,
@@ -139,10 +143,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         audit_report.aggregates,
         if audit_report.is_clean() { "OK" } else { "PROBLEMS FOUND" }
     );
-    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
-    if args.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
+    println!(
+        "  (journal: {} entries, who did what; {} settlement plans netted again from the log)",
+        audit_report.journal_entries, audit_report.plans_renetted
+    );
     anyhow::ensure!(audit_report.is_clean(), "the ledger failed its audit: {:?}", audit_report.problems);
     Ok(())
 }
@@ -203,7 +207,13 @@ async fn settle_and_answer(
     let mut settlement = client::settlement(admin_args).await?;
     let payouts =
         settlement.payouts(tally_settler::grpc::proto::PayoutsRequest { epoch: 1 }).await?.into_inner().payouts;
-    let file = outbox.join("TALLY-E1-USD-1.xml");
+    // The file's name is its message id: `T<ledger id prefix>-E<epoch>-<currency>-<n>`.
+    let Some(file_name) = payouts.iter().map(|p| p.file_name.clone()).find(|name| !name.is_empty()) else {
+        println!("no payout reached the minimum this epoch: no payment file (credit carries forward)");
+        return Ok(());
+    };
+    let message_id = file_name.trim_end_matches(".xml").to_owned();
+    let file = outbox.join(&file_name);
     println!(
         "payment file: {} ({} bytes, {} transfers; each EndToEndId is a payout id)",
         file.display(),
@@ -226,9 +236,9 @@ async fn settle_and_answer(
         version: bank::Pain002Version::V03,
         message_id: "DEMO-BANK-STATUS-1".into(),
         created_at_ms: tally_ledger::unix_now_ms(),
-        original_message_id: "TALLY-E1-USD-1".into(),
+        original_message_id: message_id.clone(),
         original_message_name_id: "pain.001.001.09".into(),
-        original_payment_info_id: "TALLY-E1-USD-1".into(),
+        original_payment_info_id: message_id.clone(),
         group_status: Some("PART".into()),
         group_reason: None,
         transactions,

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use tally_core::format_amount;
 use tally_ingest::proto::*;
 
-use crate::client::{self, AdminArgs, ServerArgs};
+use crate::client::{self, AdminArgs, QueryArgs};
 use crate::output::{print_json, print_listing, table};
 
 #[derive(clap::Args, Debug)]
@@ -28,12 +28,31 @@ pub struct BalanceArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub query: QueryArgs,
 }
 
-/// Fetches balance rows; shared with the demo.
-pub async fn fetch_balances(server: &ServerArgs, request: BalancesRequest) -> anyhow::Result<BalancesResponse> {
-    Ok(client::query(server).await?.balances(request).await?.into_inner())
+/// Most rows `tally balance` fetches (page by page) before it asks for a narrower filter.
+pub const BALANCE_LIST_ROWS_MAX: usize = 100_000;
+
+/// Fetches every balance row of `request`, following pages, up to
+/// [`BALANCE_LIST_ROWS_MAX`]; shared with the demo. `truncated` says the cap cut it.
+pub async fn fetch_balances(args: &QueryArgs, mut request: BalancesRequest) -> anyhow::Result<BalancesResponse> {
+    let mut query = client::query(args).await?;
+    let mut all = BalancesResponse::default();
+    loop {
+        let page = query.balances(request.clone()).await?.into_inner();
+        all.scanned += page.scanned;
+        all.rows.extend(page.rows);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        if all.rows.len() >= BALANCE_LIST_ROWS_MAX {
+            all.truncated = true;
+            all.next_page_token = page.next_page_token;
+            return Ok(all);
+        }
+        request.page_token = page.next_page_token;
+    }
 }
 
 pub fn balance_table(rows: &[BalanceRow]) -> comfy_table::Table {
@@ -75,8 +94,9 @@ pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
         payee: args.payee.unwrap_or_default(),
         asset: args.asset.unwrap_or_default(),
         limit: 0,
+        page_token: Vec::new(),
     };
-    let response = fetch_balances(&args.server, request).await?;
+    let response = fetch_balances(&args.query, request).await?;
     if args.json {
         print_json(&serde_json::json!({
             "rows": response.rows.iter().map(|r| serde_json::json!({
@@ -101,11 +121,11 @@ pub struct EpochsArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub query: QueryArgs,
 }
 
 pub async fn epochs(args: EpochsArgs) -> anyhow::Result<()> {
-    let epochs = client::query(&args.server).await?.epochs(EpochsRequest {}).await?.into_inner().epochs;
+    let epochs = client::query(&args.query).await?.epochs(EpochsRequest {}).await?.into_inner().epochs;
     print_listing(
         args.json,
         &epochs,
@@ -162,7 +182,7 @@ pub struct ReceiptArgs {
     #[arg(long)]
     pub nonce: String,
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub query: QueryArgs,
 }
 
 /// `tally receipt`: an accepted IOU's proof that its payer signed it, as JSON
@@ -176,13 +196,14 @@ pub async fn receipt(args: ReceiptArgs) -> anyhow::Result<()> {
     let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
     anyhow::ensure!(payer_key.len() == 32 && nonce.len() == 16, "a payer key is 32 bytes and a nonce 16");
     let receipt =
-        client::query(&args.server).await?.get_receipt(GetIouRequest { payer_key, nonce }).await?.into_inner();
+        client::query(&args.query).await?.get_receipt(GetIouRequest { payer_key, nonce }).await?.into_inner();
     anyhow::ensure!(receipt.found, "no accepted IOU has this payer key and nonce");
     let commitment = receipt.commitment.as_ref().map(|c| format!("{}:{}", c.seq, hex::encode(&c.hash)));
     let verified = check_receipt(&receipt);
     print_json(&serde_json::json!({
         "commitment": commitment,
         "epoch": receipt.epoch,
+        "charged": receipt.charged,
         "evidence_format": receipt.evidence_format,
         "iou_signing_bytes": hex::encode(&receipt.iou_signing_bytes),
         "signature": hex::encode(&receipt.signature),

@@ -181,6 +181,7 @@ pub async fn register(args: &LoadgenArgs, admin: &mut client::Admin) -> anyhow::
                         id: payee_id(j),
                         display_name: format!("Simulated site {j}"),
                         payout_destination: String::new(),
+                        status: proto::PayeeStatus::Active as i32,
                     }),
                 })
                 .await,

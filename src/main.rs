@@ -1,7 +1,7 @@
 //! `tally`: the command line of the Tally settlement engine.
 //!
 //! One binary for every role: `serve` runs the engine; `keygen`, `payer`,
-//! `payee`, `asset` manage accounts over the admin API; `balance`, `epochs`
+//! `payee`, `asset` manage accounts and `token` query tokens over the admin API; `balance`, `epochs`
 //! and `epoch seal` serve finance; `settle`, `settlements`, `payouts`,
 //! `bills`, `statement`, `bank` and `evm` run and inspect settlement; `ledger verify` audits a data directory;
 //! `loadgen` simulates crawlers; `demo` does all of it on embedded defaults.
@@ -20,6 +20,7 @@ mod loadgen;
 mod output;
 mod serve;
 mod settle;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +55,9 @@ enum Command {
     /// Manage assets.
     #[command(subcommand)]
     Asset(accounts::AssetCommand),
+    /// Manage the Query service's tokens (scoped to a payer, a payee, or everything).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
     /// Show what payers owe payees, by payer, payee, pair or epoch.
     Balance(finance::BalanceArgs),
     /// List settlement epochs.
@@ -82,7 +86,7 @@ enum Command {
     /// EVM rail: deploy the payout contract.
     #[command(subcommand)]
     Evm(settle::EvmCommand),
-    /// Inspect the ledger on disk.
+    /// Inspect the ledger on disk: verify, info, journal.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
     /// Simulate crawlers streaming pre-signed IOUs; print throughput and latency.
@@ -126,6 +130,7 @@ fn main() -> std::process::ExitCode {
             Command::Payer(command) => accounts::payer(command).await,
             Command::Payee(command) => accounts::payee(command).await,
             Command::Asset(command) => accounts::asset(command).await,
+            Command::Token(command) => tokens::run(command).await,
             Command::Balance(args) => finance::balance(args).await,
             Command::Epochs(args) => finance::epochs(args).await,
             Command::Receipt(args) => finance::receipt(args).await,

@@ -33,6 +33,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(TlsIdentity::load).transpose()?;
     http_limits(&config).check().map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
     let engine = Arc::new(open_engine(&config)?);
+    // Every start is journaled, with whether signatures are verified: IOUs
+    // accepted with verification off are reported by `tally ledger verify`.
+    let notice = tally_ledger::Notice::EngineStarted {
+        verify_signatures: !config.skip_signature_verification,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    engine
+        .pipeline
+        .writer()
+        .admin(tally_core::Actor::Engine, tally_ledger::AdminCommand::RecordNotice(notice))
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the engine's start: {e}"))?;
     if config.verify_on_start
         && let Err(error) = verify_before_serving(&engine.ledger)
     {
@@ -67,7 +79,7 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
     )
     .await
     .context("starting settlement")?;
-    let extra = settlement_services(engine, &settler, &config.admin_token.0);
+    let extra = settlement_services(engine, &settler, &config.admin_token.0)?;
     let listeners = GrpcListeners { addr: config.grpc_addr, admin_addr: config.admin_addr, tls: tls.clone() };
     let servers = serve_listeners(engine, &listeners, &config.admin_token.0, &limits, extra).await.map_err(|e| {
         let admin = config.admin_addr.map(|a| format!(" / admin {a}")).unwrap_or_default();
@@ -126,31 +138,38 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
 }
 
 /// The settlement gRPC service, behind the same admin token as `Admin`.
-pub fn settlement_services(engine: &Engine, settler: &Arc<Settler>, admin_token: &str) -> ExtraServices {
+pub fn settlement_services(
+    engine: &Engine,
+    settler: &Arc<Settler>,
+    admin_token: &str,
+) -> anyhow::Result<ExtraServices> {
     let service = SettlementService::new(settler.clone(), engine.ledger.clone(), engine.pipeline.writer().clone());
     let mut extra = ExtraServices::default();
-    extra.routes.add_service(SettlementServer::with_interceptor(service, AdminAuth::new(admin_token)));
+    extra.routes.add_service(SettlementServer::with_interceptor(service, AdminAuth::new(admin_token)?));
     extra.descriptor_sets.push(tally_settler::grpc::proto::FILE_DESCRIPTOR_SET);
-    extra
+    Ok(extra)
 }
 
 /// Resumes unfinished settlements at startup, then settles on `schedule`.
 async fn settlement_loop(settler: Arc<Settler>, schedule: Option<String>) {
     let quiet = |_| {};
-    match settler.settle(SettleRequest { seal: false }, &quiet).await {
+    match settler.settle(SettleRequest::new(false, "startup resume"), &quiet).await {
         Ok(reports) if !reports.is_empty() => {
             tracing::info!(epochs = reports.len(), "resumed unfinished settlements at startup")
         }
         Ok(_) => {}
         Err(error) => tracing::error!(%error, "resuming settlement at startup failed; `tally settle --resume` retries"),
     }
-    let Some(schedule) = schedule.and_then(|s| Schedule::parse(&s).ok()) else { return };
+    let Some((text, schedule)) = schedule.and_then(|s| Schedule::parse(&s).ok().map(|parsed| (s, parsed))) else {
+        return;
+    };
+    let trigger = format!("schedule {text}");
     loop {
         let now_ms = tally_ledger::unix_now_ms();
         let next_ms = schedule.next_after_ms(now_ms);
         tracing::info!(in_s = (next_ms - now_ms) / 1000, "next scheduled settlement");
         tokio::time::sleep(Duration::from_millis(next_ms - now_ms)).await;
-        match settler.settle(SettleRequest { seal: true }, &quiet).await {
+        match settler.settle(SettleRequest::new(true, &trigger), &quiet).await {
             Ok(reports) => tracing::info!(epochs = reports.len(), "scheduled settlement done"),
             Err(error) => tracing::error!(%error, "scheduled settlement failed; it resumes at the next run"),
         }
@@ -163,11 +182,7 @@ async fn settlement_loop(settler: Arc<Settler>, schedule: Option<String>) {
 /// start instead of surfacing on the first request that reads it.
 fn verify_before_serving(ledger: &tally_ledger::Ledger) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let options = tally_ledger::AuditOptions {
-        verify_signatures: false,
-        now_s: tally_ledger::unix_now_ms() / 1000,
-        nonce_retention_margin_s: tally_ledger::LedgerOptions::default().nonce_retention_margin_s,
-    };
+    let options = tally_ledger::AuditOptions { verify_signatures: false };
     let report = tally_ledger::audit(ledger, options)
         .context("verify on start: reading the ledger failed (RocksDB detected damaged data)")?;
     if !report.is_clean() {
@@ -249,6 +264,14 @@ pub fn start_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::Soc
     );
     metrics::describe_counter!("tally_commit_groups_total", "Group commits written");
     metrics::describe_counter!("tally_commit_failures_total", "Group commits that failed and were not acknowledged");
+    metrics::describe_counter!(
+        "tally_clock_jumps_total",
+        "Times the wall clock moved more than 1 s against the monotonic clock between two group commits, by direction"
+    );
+    metrics::describe_gauge!(
+        "tally_clock_behind_time_mark_ms",
+        "How far the wall clock is behind the ledger's time mark (the latest time it recorded); time is judged by the mark"
+    );
     metrics::describe_gauge!("tally_http_connections_open", "Facilitator HTTP connections being served");
     metrics::describe_gauge!(
         "tally_storage_memory_bytes",

@@ -288,6 +288,7 @@ fn payout_json(p: &proto::Payout) -> serde_json::Value {
         "id": p.id, "epoch": p.epoch, "payee": p.payee, "asset": p.asset, "scale": p.scale, "rail": p.rail,
         "destination": p.destination, "net_credit": p.net_credit, "fee": p.fee, "amount": p.amount,
         "iou_count": p.iou_count, "state": p.state, "reference": p.reference, "batch_index": p.batch_index,
+        "file_name": p.file_name,
     })
 }
 
@@ -319,7 +320,7 @@ fn print_payouts(payouts: &[proto::Payout]) {
         false,
         payouts,
         payout_json,
-        &["id", "payee", "rail", "amount", "fee", "IOUs", "state", "reference"],
+        &["id", "payee", "rail", "amount", "fee", "IOUs", "state", "reference", "file"],
         &["amount", "fee", "IOUs"],
         |p| {
             vec![
@@ -331,6 +332,7 @@ fn print_payouts(payouts: &[proto::Payout]) {
                 p.iou_count.to_string(),
                 p.state.clone(),
                 p.reference.clone(),
+                p.file_name.clone(),
             ]
         },
     );

@@ -66,7 +66,7 @@ fn start_limited(limits: &str) -> Limited {
 }
 
 /// The ledger's totals as the query API reports them: (sum, IOU count).
-async fn totals(query: &mut QueryClient<Channel>) -> (u128, u64) {
+async fn totals(query: &mut common::Query) -> (u128, u64) {
     let rows = query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert!(rows.len() < 10_000, "the totals fit one page");
     rows.iter().fold((0, 0), |(sum, count), row| (sum + row.amount.parse::<u128>().unwrap(), count + row.count))

@@ -79,6 +79,8 @@ fn receipt_checked_by_python(server: &ServerProcess, iou: &Iou, tamper: impl Fn(
         &hex::encode(iou.nonce),
         "--server",
         &format!("http://{}", server.addr),
+        "--token",
+        TOKEN,
     ]);
     assert!(ok, "tally receipt failed: {stdout} {stderr}");
     let mut receipt: Value = serde_json::from_str(&stdout).unwrap();

@@ -52,11 +52,11 @@ async fn cli_manages_accounts_and_reports_balances() {
     assert_eq!(codes, [1, 1, 1, 14], "three fit under $1.50, the fourth exceeds the limit");
 
     let json: serde_json::Value =
-        serde_json::from_str(&tally_ok(&["balance", "--json", "--server", &url, "--payee", "daily.example"])).unwrap();
+        serde_json::from_str(&tally_ok(&["balance", "--json", "--server", &url, "--token", TOKEN, "--payee", "daily.example"])).unwrap();
     assert_eq!(json["rows"][0]["amount"], "1.500000");
     assert_eq!(json["rows"][0]["amount_units"], "1500000");
     assert_eq!(json["rows"][0]["ious"], 3);
-    let table = tally_ok(&["balance", "--server", &url, "--payer", "news-crawler"]);
+    let table = tally_ok(&["balance", "--server", &url, "--token", TOKEN, "--payer", "news-crawler"]);
     assert!(table.contains("daily.example") && table.contains("1.500000"), "{table}");
 
     run(with(&["payer", "suspend", "news-crawler"], &admin));
@@ -64,7 +64,7 @@ async fn cli_manages_accounts_and_reports_balances() {
     assert!(listed.contains("suspended"), "{listed}");
     let sealed = run(with(&["epoch", "seal"], &admin));
     assert!(sealed.contains("sealed epoch 1"), "{sealed}");
-    let epochs: serde_json::Value = serde_json::from_str(&tally_ok(&["epochs", "--json", "--server", &url])).unwrap();
+    let epochs: serde_json::Value = serde_json::from_str(&tally_ok(&["epochs", "--json", "--server", &url, "--token", TOKEN])).unwrap();
     assert_eq!(epochs[1]["status"], "open");
 
     // A wrong token is refused with a clear message.

@@ -200,11 +200,7 @@ fn scan_ledger(data_dir: &std::path::Path, verify_signatures: bool) -> (HashMap<
     }
     let report = tally_ledger::audit(
         &ledger,
-        AuditOptions {
-            verify_signatures,
-            now_s: tally_ledger::unix_now_ms() / 1000,
-            nonce_retention_margin_s: options.nonce_retention_margin_s,
-        },
+        AuditOptions { verify_signatures },
     )
     .expect("the audit reads the whole ledger");
     for problem in &report.problems {

@@ -677,7 +677,7 @@ fn shape_violations_are_malformed_not_a_reset() {
 // ---------------------------------------------------------------------------
 // HTTP: the x402 facilitator.
 
-const REASONS: [Reason; 18] = [
+const REASONS: [Reason; 22] = [
     Reason::InvalidPayload,
     Reason::InvalidPaymentRequirements,
     Reason::InvalidScheme,
@@ -696,6 +696,10 @@ const REASONS: [Reason; 18] = [
     Reason::PayerSuspended,
     Reason::PaymentIdentifierConflict,
     Reason::PaymentIdentifierRequired,
+    Reason::ResourceMismatch,
+    Reason::PaymentAlreadyUsed,
+    Reason::KeyRevoked,
+    Reason::PayeeSuspended,
 ];
 
 fn facilitator_request(signed: &SignedIou, max_amount: u64) -> Value {
@@ -791,8 +795,9 @@ fn http_headers() -> impl Strategy<Value = Vec<(String, String)>> {
 /// Random bytes, random JSON and mutations of a valid (already settled)
 /// request to `/verify` and `/settle`, with random headers: every answer is
 /// 200/400/409/413 with JSON naming a known reason (413 excepted: see
-/// docs/abuse-limits.md), a `/settle` that succeeds is a replay of the
-/// settled IOU, nothing is written, the server lives.
+/// docs/abuse-limits.md), nothing is written (a replay of the settled IOU
+/// without a payment identifier buys nothing: `payment_already_used`), the
+/// server lives.
 /// The facilitator's documented promise: every failure carries a reason
 /// code. A body over `body_bytes_max` is answered 413 by axum's body limit
 /// with plain text, before the handler runs.
@@ -838,7 +843,8 @@ fn random_http_bodies_and_headers_get_x402_reasons() {
         let signature = signer(2).sign(&iou.signing_bytes()).to_bytes();
         SignedIou { iou, signature }
     };
-    let base = facilitator_request(&base_iou, 100);
+    // The offer is what the IOU commits: a commitment below the offer is refused.
+    let base = facilitator_request(&base_iou, 70);
     let settled: Value = rt.block_on(async {
         let response = http.post(format!("http://{http_addr}/settle")).json(&base).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);

@@ -137,6 +137,20 @@ async fn every_result_code_comes_from_the_input_that_should_produce_it() {
         })
         .await
         .unwrap();
+    c.admin
+        .revoke_payer_key(RevokePayerKeyRequest {
+            payer_id: "crawler-2".into(),
+            key: signer(2).verifying_key().to_bytes().to_vec(),
+        })
+        .await
+        .unwrap();
+    c.admin
+        .set_payee_status(SetPayeeStatusRequest {
+            payee_id: "site-b.example".into(),
+            status: proto::PayeeStatus::Suspended as i32,
+        })
+        .await
+        .unwrap();
     let key = signer(1);
     let now = now_s();
     let base = Iou {
@@ -202,6 +216,14 @@ async fn every_result_code_comes_from_the_input_that_should_produce_it() {
         (Outcome::CreditLimitExceeded, with(13, &|i| i.amount = 991)),
         (Outcome::WrongNetwork, with(14, &|i| i.network = "tally:elsewhere".into())),
         (Outcome::Malformed, malformed),
+        (
+            Outcome::KeyRevoked,
+            signed_with(
+                &signer(2),
+                Iou { payer_key: signer(2).verifying_key().to_bytes(), nonce: nonce(9, 16), ..base.clone() },
+            ),
+        ),
+        (Outcome::PayeeSuspended, with(17, &|i| i.payee = "site-b.example".into())),
     ];
     let covered: HashSet<Outcome> = cases.iter().map(|(o, _)| *o).collect();
     assert_eq!(covered.len(), Outcome::ALL.len(), "every outcome has a case");

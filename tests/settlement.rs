@@ -77,7 +77,7 @@ impl Scenario {
             let display_name = if id == "zeitung.example" { "Zeitung Müller & Söhne".to_owned() } else { id.clone() };
             admin
                 .register_payee(RegisterPayeeRequest {
-                    payee: Some(proto::Payee { id, display_name, payout_destination: destination }),
+                    payee: Some(proto::Payee { id, display_name, payout_destination: destination, status: proto::PayeeStatus::Active as i32 }),
                 })
                 .await
                 .unwrap();
@@ -211,13 +211,15 @@ async fn check_settled(server: &ServerProcess, chain: &Chain, outbox: &Path, sce
         names
     };
     let sent = outbox.join(".sent");
-    assert_eq!(names(&sent), vec!["TALLY-E1-EUR-1.xml".to_owned(), "TALLY-E1-USD-1.ach".to_owned()]);
+    let short = ledger_short_id(outbox.parent().unwrap());
+    let (pain001, ach) = (bank_file_name(&short, 1, "EUR", 1, "xml"), bank_file_name(&short, 1, "USD", 1, "ach"));
+    assert_eq!(names(&sent), vec![pain001.clone(), ach.clone()]);
     assert!(names(outbox).iter().all(|n| names(&sent).contains(n)), "{:?}", names(outbox));
     for name in names(outbox) {
         assert_eq!(std::fs::read(outbox.join(&name)).unwrap(), std::fs::read(sent.join(&name)).unwrap());
     }
-    xmllint_valid(&sent.join("TALLY-E1-EUR-1.xml"));
-    let nacha = bank::parse_nacha(&std::fs::read(sent.join("TALLY-E1-USD-1.ach")).unwrap()).unwrap();
+    xmllint_valid(&sent.join(&pain001));
+    let nacha = bank::parse_nacha(&std::fs::read(sent.join(&ach)).unwrap()).unwrap();
     let ach_total: u128 = ["news-us.example", "api-us.example"]
         .iter()
         .map(|p| by_payee[*p]["amount"].as_str().unwrap().parse::<u128>().unwrap() / 10_000)
@@ -294,13 +296,14 @@ async fn settles_every_rail_and_imports_bank_status() {
     let eur: Vec<serde_json::Value> = payouts(&server, 1).into_iter().filter(|p| p["asset"] == "EUR").collect();
     let (accepted, rejected) = (&eur[0], &eur[1]);
     let report_file = dir.path().join("pain002.xml");
+    let message_id = format!("T{}-E1-EUR-1", ledger_short_id(&data));
     let pain002 = bank::write_pain002(&bank::Pain002File {
         version: bank::Pain002Version::V03,
         message_id: "BANK-STATUS-1".into(),
         created_at_ms: 1_800_000_000_000,
-        original_message_id: "TALLY-E1-EUR-1".into(),
+        original_message_id: message_id.clone(),
         original_message_name_id: "pain.001.001.09".into(),
-        original_payment_info_id: "TALLY-E1-EUR-1".into(),
+        original_payment_info_id: message_id.clone(),
         group_status: Some("PART".into()),
         group_reason: None,
         transactions: vec![

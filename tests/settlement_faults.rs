@@ -219,7 +219,7 @@ async fn register(admin: &mut Admin) {
         (1..=EVM_PAYEES).map(|n| (evm_payee(n), format!("evm:{}", evm_address(n)))).collect();
     payees.extend(BANK_PAYEES.iter().map(|(id, _, dest)| ((*id).to_owned(), destination(dest))));
     for (id, destination) in payees {
-        let payee = proto::Payee { id: id.clone(), display_name: id, payout_destination: destination };
+        let payee = proto::Payee { id: id.clone(), display_name: id, payout_destination: destination, status: proto::PayeeStatus::Active as i32 };
         admin.register_payee(RegisterPayeeRequest { payee: Some(payee) }).await.unwrap();
     }
 }
@@ -316,6 +316,8 @@ async fn audit(server: &ServerProcess, chain: &Chain, outbox: &Path, epochs: u64
     let mut evm_expected: BTreeMap<String, u128> = BTreeMap::new();
     let mut bank_payouts: Vec<(u64, String, String)> = Vec::new(); // (epoch, asset, id)
     let mut expected_files = BTreeSet::new();
+    // File names carry the ledger id (the outbox lives in the data directory).
+    let short = ledger_short_id(outbox.parent().unwrap());
     for epoch in 1..=epochs {
         let payouts = tally_json(server, &["payouts", "--epoch", &epoch.to_string(), "--json"]);
         for payout in payouts.as_array().unwrap() {
@@ -336,7 +338,7 @@ async fn audit(server: &ServerProcess, chain: &Chain, outbox: &Path, epochs: u64
                     audit.problems.push(format!("epoch {epoch}: bank payout {id} is {state}"));
                 }
                 let ext = if asset == "EUR" { "xml" } else { "ach" };
-                expected_files.insert(format!("TALLY-E{epoch}-{asset}-1.{ext}"));
+                expected_files.insert(bank_file_name(&short, epoch, &asset, 1, ext));
                 bank_payouts.push((epoch, asset, id));
             }
         }
@@ -400,7 +402,7 @@ async fn audit(server: &ServerProcess, chain: &Chain, outbox: &Path, epochs: u64
         } else {
             id.chars().take(15).collect::<String>().to_ascii_uppercase()
         };
-        let prefix = format!("TALLY-E{epoch}-{asset}-");
+        let prefix = format!("T{short}-E{epoch}-{asset}-");
         let count: usize =
             files.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(_, text)| text.matches(&needle).count()).sum();
         match count {

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use tally_core::SignedIou;
 use tally_ingest::proto::admin_client::AdminClient;
 use tally_ingest::proto::ingest_client::IngestClient;
-use tally_ingest::proto::query_client::QueryClient;
 use tally_ingest::proto::{IouCode, ListRequest, SubmitBatchRequest};
 use tally_x402::commitment::TallyIouPayload;
 use tokio::net::TcpStream;
@@ -133,7 +132,7 @@ async fn grpc_and_http_over_tls_and_plaintext_refused() {
     let results = results.into_inner().results;
     assert_eq!(results.len(), 16);
     assert!(results.iter().all(|r| r.code == IouCode::Accepted as i32), "{results:?}");
-    let balances = QueryClient::new(channel.clone())
+    let balances = query_with(channel.clone(), TOKEN)
         .balances(tally_ingest::proto::BalancesRequest { payee: PAYEE.into(), ..Default::default() })
         .await
         .unwrap()

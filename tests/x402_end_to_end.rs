@@ -31,6 +31,8 @@ async fn start_site(facilitator: &str) -> String {
         asset: "USD".into(),
         pay_to: PAYEE.into(),
         price: PRICE,
+        pricing: tally_x402::middleware::Pricing::Fixed,
+        payment_id_required: false,
         description: "an article".into(),
         http: reqwest::Client::new(),
         registration_url: Some("https://tally.example/register".into()),
@@ -44,7 +46,7 @@ async fn start_site(facilitator: &str) -> String {
 
 fn owed_to_site(grpc: &str) -> Vec<(String, String)> {
     let server = format!("http://{grpc}");
-    let (ok, stdout, stderr) = run_tally(&["balance", "--payee", PAYEE, "--json", "--server", &server]);
+    let (ok, stdout, stderr) = run_tally(&["balance", "--payee", PAYEE, "--json", "--server", &server, "--token", TOKEN]);
     assert!(ok, "tally balance failed: {stderr}");
     let json: Value = serde_json::from_str(&stdout).unwrap();
     json["rows"]
@@ -82,7 +84,7 @@ async fn crawler_pays_site_serves_after_settle() {
     assert_eq!(offer.pay_to, PAYEE);
     let extensions = required.extensions.unwrap();
     assert_eq!(extensions["http-message-signatures"]["info"]["tags"][0], "web-bot-auth");
-    assert_eq!(extensions["payment-identifier"]["required"], false);
+    assert_eq!(extensions["payment-identifier"]["info"]["required"], false);
     assert!(!response.text().await.unwrap().contains(ARTICLE));
 
     // Malformed payments are 402 invalid_payload, never 500, never served.

@@ -1,7 +1,7 @@
 //! The x402 facilitator API of a real `tally serve` process, over real HTTP
 //! on 127.0.0.1: `/supported`, `/verify`, `/settle` with Tally IOU
-//! commitments, every reason code, and the `payment-identifier` extension's
-//! idempotency across a SIGKILL and restart.
+//! commitments, every reason code, one payment settling one request, and the
+//! `payment-identifier` extension's idempotency across a SIGKILL and restart.
 
 mod common;
 
@@ -22,6 +22,11 @@ fn requirements(amount: u64) -> Value {
     json!({ "scheme": "batch-settlement", "network": NETWORK, "amount": amount.to_string(), "asset": "USD", "payTo": PAYEE })
 }
 
+/// A request offering exactly what the IOU commits.
+fn req(signed: &SignedIou, payment_id: Option<&str>) -> Value {
+    request(signed, signed.iou.amount, payment_id)
+}
+
 fn request(signed: &SignedIou, max_amount: u64, payment_id: Option<&str>) -> Value {
     let mut payload = json!({
         "x402Version": 2,
@@ -30,7 +35,7 @@ fn request(signed: &SignedIou, max_amount: u64, payment_id: Option<&str>) -> Val
         "payload": TallyIouPayload::from_signed(signed),
     });
     if let Some(id) = payment_id {
-        payload["extensions"] = json!({ "payment-identifier": { "info": { "id": id }, "required": true } });
+        payload["extensions"] = json!({ "payment-identifier": { "info": { "id": id, "required": true } } });
     }
     json!({ "x402Version": 2, "paymentPayload": payload, "paymentRequirements": requirements(max_amount) })
 }
@@ -66,14 +71,14 @@ async fn supported_verify_settle_and_every_reason_code() {
     let signed = iou_with(&key, 700, nonce(40, 1));
 
     // /verify checks and records nothing.
-    let (status, verdict) = post(&http, &addr, "/verify", &request(&signed, 1_000, None)).await;
+    let (status, verdict) = post(&http, &addr, "/verify", &req(&signed, None)).await;
     assert_eq!((status, &verdict["isValid"], &verdict["payer"]), (200, &json!(true), &json!("crawler-1")));
     let mut c = clients(&server.addr).await;
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert!(rows.is_empty(), "verify recorded nothing");
 
     // /settle records, through the same ledger as gRPC.
-    let (status, settled) = post(&http, &addr, "/settle", &request(&signed, 1_000, None)).await;
+    let (status, settled) = post(&http, &addr, "/settle", &req(&signed, None)).await;
     assert_eq!(status, 200, "{settled}");
     assert_eq!(settled["success"], true);
     assert_eq!(settled["network"], NETWORK);
@@ -84,46 +89,46 @@ async fn supported_verify_settle_and_every_reason_code() {
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert_eq!((rows.len(), rows[0].amount.as_str(), rows[0].count), (1, "700", 1));
 
-    // A retry is answered with the original commitment and charges nothing more.
-    let (_, again) = post(&http, &addr, "/settle", &request(&signed, 1_000, None)).await;
-    assert_eq!(again["transaction"], transaction.as_str());
-    let (_, verified_again) = post(&http, &addr, "/verify", &request(&signed, 1_000, None)).await;
-    assert_eq!(verified_again["isValid"], true);
+    // The same payment again, without a payment identifier, buys nothing more.
+    let (_, again) = post(&http, &addr, "/settle", &req(&signed, None)).await;
+    assert_eq!((again["success"].as_bool(), again["errorReason"].as_str()), (Some(false), Some("payment_already_used")));
+    let (_, verified_again) = post(&http, &addr, "/verify", &req(&signed, None)).await;
+    assert_eq!(verified_again["invalidReason"], "payment_already_used");
     let exposure = c.query.exposure(ExposureRequest { payer: "crawler-1".into() }).await.unwrap().into_inner();
     assert_eq!(exposure.rows[0].owed, "700");
 
     // Every refusal has its reason code.
     let fresh = |n: u64, amount: u64| iou_with(&key, amount, nonce(41, n));
     let mut cases: Vec<(&str, Value, u16, &str)> = Vec::new();
-    let mut wrong_version = request(&fresh(1, 10), 1_000, None);
+    let mut wrong_version = req(&fresh(1, 10), None);
     wrong_version["x402Version"] = json!(1);
     cases.push(("version", wrong_version, 200, "invalid_x402_version"));
-    let mut wrong_scheme = request(&fresh(2, 10), 1_000, None);
+    let mut wrong_scheme = req(&fresh(2, 10), None);
     wrong_scheme["paymentRequirements"]["scheme"] = json!("exact");
     cases.push(("scheme", wrong_scheme, 200, "unsupported_scheme"));
-    let mut wrong_network = request(&fresh(3, 10), 1_000, None);
+    let mut wrong_network = req(&fresh(3, 10), None);
     wrong_network["paymentRequirements"]["network"] = json!("eip155:8453");
     cases.push(("network", wrong_network, 200, "invalid_network"));
-    let mut not_echoed = request(&fresh(4, 10), 1_000, None);
+    let mut not_echoed = req(&fresh(4, 10), None);
     not_echoed["paymentRequirements"]["amount"] = json!("999");
     cases.push(("echo", not_echoed, 200, "invalid_payment_requirements"));
-    cases.push(("price", request(&fresh(5, 2_000), 1_000, None), 200, "price_not_acceptable"));
+    cases.push(("price", request(&fresh(5, 1), 1_000, None), 200, "price_not_acceptable"));
     let mut bad_signature = fresh(6, 10);
     bad_signature.signature[0] ^= 1;
-    cases.push(("signature", request(&bad_signature, 1_000, None), 200, "invalid_signature"));
+    cases.push(("signature", req(&bad_signature, None), 200, "invalid_signature"));
     let stranger = iou_with(&SigningKey::from_bytes(&[99; 32]), 10, nonce(41, 7));
-    cases.push(("unknown payer", request(&stranger, 1_000, None), 200, "signature_agent_unknown"));
-    cases.push(("credit", request(&fresh(8, 9_500), 10_000, None), 200, "insufficient_funds"));
-    let mut bad_hex = request(&fresh(9, 10), 1_000, None);
+    cases.push(("unknown payer", req(&stranger, None), 200, "signature_agent_unknown"));
+    cases.push(("credit", req(&fresh(8, 9_500), None), 200, "insufficient_funds"));
+    let mut bad_hex = req(&fresh(9, 10), None);
     bad_hex["paymentPayload"]["payload"]["signature"] = json!("not hex");
     cases.push(("hex", bad_hex, 200, "invalid_payload"));
     cases.push(("json", json!({"hello": "world"}), 400, "invalid_payload"));
-    let mut no_id = request(&fresh(10, 10), 1_000, None);
-    no_id["paymentPayload"]["extensions"] = json!({ "payment-identifier": { "required": true } });
+    let mut no_id = req(&fresh(10, 10), None);
+    no_id["paymentPayload"]["extensions"] = json!({ "payment-identifier": { "info": { "required": true } } });
     cases.push(("id required", no_id, 400, "payment_identifier_required"));
     cases.push((
         "id not the nonce",
-        request(&fresh(11, 10), 1_000, Some("order-000000000001")),
+        req(&fresh(11, 10), Some("order-000000000001")),
         400,
         "invalid_payload",
     ));
@@ -154,20 +159,20 @@ async fn payment_identifier_is_idempotent_across_a_restart() {
     let key = signer(2);
     let id = "order-2026-11-22-000042";
     let signed = iou_with(&key, 250, nonce_for_payment_id(id));
-    let (status, first) = post(&http, &server.http_addr, "/settle", &request(&signed, 1_000, Some(id))).await;
+    let (status, first) = post(&http, &server.http_addr, "/settle", &req(&signed, Some(id))).await;
     assert_eq!((status, &first["success"]), (200, &json!(true)), "{first}");
 
     // The engine dies (SIGKILL) and comes back; the identifier is remembered.
     server.kill();
     let server = ServerProcess::start(&data);
-    let (status, retried) = post(&http, &server.http_addr, "/settle", &request(&signed, 1_000, Some(id))).await;
+    let (status, retried) = post(&http, &server.http_addr, "/settle", &req(&signed, Some(id))).await;
     assert_eq!(status, 200);
     assert_eq!(retried["transaction"], first["transaction"], "the cached result, not a second charge");
 
     // Same identifier, different payload (another amount): 409 on both routes.
     let other = iou_with(&key, 300, nonce_for_payment_id(id));
     for path in ["/settle", "/verify"] {
-        let (status, conflict) = post(&http, &server.http_addr, path, &request(&other, 1_000, Some(id))).await;
+        let (status, conflict) = post(&http, &server.http_addr, path, &req(&other, Some(id))).await;
         let field = if path == "/verify" { "invalidReason" } else { "errorReason" };
         assert_eq!((status, conflict[field].as_str()), (409, Some("payment_identifier_conflict")), "{path}");
     }

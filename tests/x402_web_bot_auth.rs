@@ -22,8 +22,12 @@ const PAYEE: &str = "site-a.example";
 const AUTHORITY: &str = "site-a.example";
 const AGENT_ONE: &str = "https://crawler-one.example";
 
+/// The offer for the article (the resource server names the resource it sells).
 fn requirements(price: u64) -> Value {
-    json!({ "scheme": "batch-settlement", "network": NETWORK, "amount": price.to_string(), "asset": "USD", "payTo": PAYEE })
+    json!({
+        "scheme": "batch-settlement", "network": NETWORK, "amount": price.to_string(), "asset": "USD", "payTo": PAYEE,
+        "extra": { "resource": format!("https://{PAYEE}/article") },
+    })
 }
 
 /// What the crawler puts in `PAYMENT-SIGNATURE`: the offer it accepts and the amount it commits.
@@ -37,6 +41,14 @@ fn payment_signature(amount: u64, price: u64, payment_id: Option<&str>) -> Strin
     if let Some(id) = payment_id {
         payload["extensions"] = json!({ "payment-identifier": { "info": { "id": id } } });
     }
+    encode_header_json(&payload)
+}
+
+/// `PAYMENT-SIGNATURE` with a memo in its payload: another payment of the same terms.
+fn with_memo(payment_signature: &str, memo: u64) -> String {
+    let bytes = tally_core::evidence::decode_header_base64(payment_signature.as_bytes()).unwrap();
+    let mut payload: Value = serde_json::from_slice(&bytes).unwrap();
+    payload["payload"]["memo"] = json!(memo);
     encode_header_json(&payload)
 }
 
@@ -62,6 +74,11 @@ impl Signed {
     }
 
     fn body(&self, price: u64) -> Value {
+        self.body_charging(price, price)
+    }
+
+    /// The forwarded payment, with the server charging `charge` of the `price` it offered.
+    fn body_charging(&self, price: u64, charge: u64) -> Value {
         let headers = sign_web_bot_auth(
             &self.key,
             AUTHORITY,
@@ -83,7 +100,7 @@ impl Signed {
         json!({
             "x402Version": 2,
             "paymentPayload": { "x402Version": 2, "accepted": requirements(price), "payload": forwarded },
-            "paymentRequirements": requirements(price),
+            "paymentRequirements": requirements(charge),
         })
     }
 }
@@ -124,50 +141,60 @@ async fn web_bot_auth_payments_are_verified_recorded_and_audited() {
     assert_eq!(supported["extensions"], json!(["payment-identifier", "http-message-signatures"]));
 
     // /verify checks everything and records nothing.
-    let payment = Signed::new(&one, AGENT_ONE, payment_signature(300, 1_000, None));
+    let payment = Signed::new(&one, AGENT_ONE, payment_signature(1_000, 1_000, None));
     let (status, verdict) = post(&http, &addr, "/verify", &payment.body(1_000)).await;
     assert_eq!((status, &verdict["isValid"], &verdict["payer"]), (200, &json!(true), &json!("crawler-1")), "{verdict}");
     assert!(c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows.is_empty());
 
-    // /settle records the amount the signed payload commits (300 of a 1000 price).
-    let body = payment.body(1_000);
+    // /settle records what the server charges: 300 of the 1,000 it offered and the payload commits.
+    let body = payment.body_charging(1_000, 300);
     let (status, settled) = post(&http, &addr, "/settle", &body).await;
     assert_eq!((status, &settled["success"], &settled["amount"]), (200, &json!(true), &json!("300")), "{settled}");
     assert_eq!(settled["payer"], "crawler-1");
     let first_tx = settled["transaction"].as_str().unwrap().to_owned();
-    // The same signed request again is the same payment: the original commitment, no charge.
+    // The same signed request again buys nothing more (no payment identifier).
     let (_, again) = post(&http, &addr, "/settle", &body).await;
-    assert_eq!(again["transaction"], first_tx.as_str());
+    assert_eq!(again["errorReason"], "payment_already_used", "{again}");
+    assert!(!first_tx.is_empty());
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert_eq!(owed(&rows), vec![("crawler-1".into(), "300".into())]);
 
     // A payment identifier: a retry re-signed a second later (a different HTTP signature, the same
     // payload) gets the cached result; a different payload under the id is a 409.
     let id = "wba-payment-000000000001";
-    let mut with_id = Signed::new(&two, "https://crawler-two.example", payment_signature(500, 1_000, Some(id)));
-    let (status, paid) = post(&http, &addr, "/settle", &with_id.body(1_000)).await;
+    let mut with_id = Signed::new(&two, "https://crawler-two.example", payment_signature(1_000, 1_000, Some(id)));
+    let (status, paid) = post(&http, &addr, "/settle", &with_id.body_charging(1_000, 500)).await;
     assert_eq!((status, &paid["success"]), (200, &json!(true)), "{paid}");
     let id_tx = paid["transaction"].as_str().unwrap().to_owned();
     with_id.created_s += 1;
-    let (status, retried) = post(&http, &addr, "/settle", &with_id.body(1_000)).await;
-    assert_eq!((status, &retried["transaction"]), (200, &json!(id_tx)), "{retried}");
+    let (status, retried) = post(&http, &addr, "/settle", &with_id.body_charging(1_000, 500)).await;
+    assert_eq!((status, &retried["transaction"], &retried["amount"]), (200, &json!(id_tx), &json!("500")), "{retried}");
     let (_, verified) = post(&http, &addr, "/verify", &with_id.body(1_000)).await;
     assert_eq!(verified["isValid"], true, "{verified}");
-    let changed = Signed::new(&two, "https://crawler-two.example", payment_signature(501, 1_000, Some(id)));
+    // (A Web Bot Auth payload commits exactly the offer: the derivation rule refuses more. So the
+    // different payload differs elsewhere, and was signed at another time.)
+    let other_payload = with_memo(&payment_signature(1_000, 1_000, Some(id)), 1);
+    let mut changed = Signed::new(&two, "https://crawler-two.example", other_payload);
+    changed.created_s += 2;
     let (status, conflict) = post(&http, &addr, "/settle", &changed.body(1_000)).await;
     assert_eq!((status, &conflict["errorReason"]), (409, &json!("payment_identifier_conflict")), "{conflict}");
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert_eq!(owed(&rows), vec![("crawler-1".into(), "300".into()), ("crawler-2".into(), "500".into())]);
 
     // Every refusal has its reason code, and none records anything.
-    let fresh = |amount: u64| payment_signature(amount, 1_000, None);
+    // Each commits the 1,000 offered, and differs from the others by a memo.
+    let fresh = |n: u64| with_memo(&payment_signature(1_000, 1_000, None), n);
     let mut cases: Vec<(&str, Value, &str)> = vec![
         // crawler-1 registered its agent: it must sign as that agent.
         ("wrong agent", Signed::new(&one, "https://someone.example", fresh(7)).body(1_000), "signature_agent_unknown"),
         // crawler-2 registered none, and may not claim crawler-1's.
         ("borrowed agent", Signed::new(&two, AGENT_ONE, fresh(8)).body(1_000), "signature_agent_unknown"),
         ("unknown key", Signed::new(&signer(9), AGENT_ONE, fresh(9)).body(1_000), "signature_agent_unknown"),
-        ("over the price", Signed::new(&one, AGENT_ONE, fresh(1_001)).body(1_000), "price_not_acceptable"),
+        (
+            "under the price",
+            Signed::new(&one, AGENT_ONE, payment_signature(999, 1_000, None)).body(1_000),
+            "price_not_acceptable",
+        ),
     ];
     let mut not_base64 = Signed::new(&one, AGENT_ONE, fresh(6)).body(1_000);
     not_base64["paymentPayload"]["payload"]["paymentSignature"] = json!("!!! not base64");
@@ -225,8 +252,9 @@ async fn web_bot_auth_payments_are_verified_recorded_and_audited() {
     let evidence = parse_evidence(&found.evidence).unwrap();
     assert_eq!(
         (evidence.kind, evidence.iou.amount, evidence.iou.payee.as_str()),
-        (EvidenceKind::WebBotAuth, 500, PAYEE)
+        (EvidenceKind::WebBotAuth, 1_000, PAYEE)
     );
+    assert_eq!(found.charged, 500, "the ledger records the charge, the evidence the commitment");
     let signature = ed25519_dalek::Signature::from_slice(&found.iou.unwrap().signature).unwrap();
     let base = evidence.signed_message().expect("a Web Bot Auth record holds its base");
     two.verifying_key().verify(base, &signature).expect("the stored base verifies");
@@ -266,6 +294,8 @@ async fn crawler_pays_with_its_request_signature() {
         asset: "USD".into(),
         pay_to: PAYEE.into(),
         price: PRICE,
+        pricing: tally_x402::middleware::Pricing::Fixed,
+        payment_id_required: false,
         description: "an article".into(),
         http: reqwest::Client::new(),
         registration_url: None,

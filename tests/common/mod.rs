@@ -65,6 +65,13 @@ pub fn nonce(tag: u64, n: u64) -> [u8; 16] {
 }
 
 pub type Admin = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
+/// A Query client; every query call needs a token (the admin token reads everything).
+pub type Query = QueryClient<InterceptedService<Channel, TokenInterceptor>>;
+
+/// A Query client on `channel` presenting `token`.
+pub fn query_with(channel: Channel, token: &str) -> Query {
+    QueryClient::with_interceptor(channel, TokenInterceptor(token.into()))
+}
 
 #[derive(Clone)]
 pub struct TokenInterceptor(pub String);
@@ -83,7 +90,7 @@ pub async fn connect(addr: &str) -> Channel {
 
 pub struct Clients {
     pub ingest: IngestClient<Channel>,
-    pub query: QueryClient<Channel>,
+    pub query: Query,
     pub admin: Admin,
 }
 
@@ -91,7 +98,7 @@ pub async fn clients(addr: &str) -> Clients {
     let channel = connect(addr).await;
     Clients {
         ingest: IngestClient::new(channel.clone()),
-        query: QueryClient::new(channel.clone()),
+        query: query_with(channel.clone(), TOKEN),
         admin: AdminClient::with_interceptor(channel, TokenInterceptor(TOKEN.into())),
     }
 }
@@ -119,6 +126,7 @@ pub async fn register_basics(admin: &mut Admin, payers: u8, limit: u128) {
                     id: payee.into(),
                     display_name: payee.into(),
                     payout_destination: String::new(),
+                    status: proto::PayeeStatus::Active as i32,
                 }),
             })
             .await
@@ -265,6 +273,21 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The ledger id's short form (its first 8 hex digits) of the ledger in
+/// `data_dir`, read with `tally ledger info` (read-only, beside a live server):
+/// the prefix of its bank message ids and payment file names.
+pub fn ledger_short_id(data_dir: &Path) -> String {
+    let (ok, stdout, stderr) = run_tally(&["ledger", "info", "--json", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(ok, "tally ledger info: {stderr}");
+    let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    info["ledger_id"].as_str().unwrap()[..8].to_owned()
+}
+
+/// The name of a bank payment file: its message id `T<ledger short id>-E<epoch>-<currency>-<n>`.
+pub fn bank_file_name(short_id: &str, epoch: u64, asset: &str, chunk: u32, extension: &str) -> String {
+    format!("T{short_id}-E{epoch}-{asset}-{chunk}.{extension}")
 }
 
 /// Runs `tally` with arguments; returns (success, stdout, stderr).

@@ -2,8 +2,9 @@
 //!
 //! A payer is identified by an account id and authenticates with one or more
 //! Ed25519 public keys; each key belongs to exactly one payer. Its credit
-//! limit is per asset: the unsettled amount it may owe. A payer without a
-//! limit for an asset may owe nothing in it. A payee is an account id with a
+//! limit is per asset: the unsettled amount it may owe, inclusive (owing
+//! exactly the limit is allowed). A payer without a limit for an asset has a
+//! limit of zero: it may owe nothing in it. A payee is an account id with a
 //! payout destination that settlement fills in.
 
 use serde::{Deserialize, Serialize};
@@ -63,10 +64,20 @@ pub struct Payer {
     /// origin such as `https://crawler.example`, where its key directory
     /// lives), if known. Unique across payers.
     pub signature_agent: Option<String>,
+    /// Keys this payer revoked, with when (Unix ms). A revoked key stays
+    /// bound to its payer for ever (it can never be registered again, by
+    /// anyone, and its old IOUs stay attributable), but signs nothing new.
+    pub revoked_keys: Vec<(PublicKeyBytes, u64)>,
 }
 
 impl Payer {
-    /// The credit limit in `asset`, zero when none was set.
+    /// Whether `key` was revoked.
+    pub fn is_revoked(&self, key: &PublicKeyBytes) -> bool {
+        self.revoked_keys.iter().any(|(revoked, _)| revoked == key)
+    }
+
+    /// The credit limit in `asset`, zero when none was set. Limits are
+    /// inclusive: a payer with limit `L` may owe exactly `L`.
     pub fn credit_limit(&self, asset: &str) -> u128 {
         self.credit_limits.iter().find(|(code, _)| code == asset).map_or(0, |(_, limit)| *limit)
     }
@@ -80,6 +91,15 @@ impl Payer {
     }
 }
 
+/// Whether a payee may be paid and charged for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayeeStatus {
+    Active,
+    /// No new IOUs are accepted for it, and settlement holds what it is
+    /// owed (carried forward, reason `payee suspended`) until it is reinstated.
+    Suspended,
+}
+
 /// A registered payee (a publisher or API owner).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payee {
@@ -89,6 +109,19 @@ pub struct Payee {
     /// [`crate::destination::PayoutDestination`]; empty means "not yet
     /// provided" (its credit carries forward until it is).
     pub payout_destination: String,
+    pub status: PayeeStatus,
+}
+
+impl Payee {
+    /// An active payee.
+    pub fn new(id: &str, display_name: &str, payout_destination: &str) -> Payee {
+        Payee {
+            id: id.to_owned(),
+            display_name: display_name.to_owned(),
+            payout_destination: payout_destination.to_owned(),
+            status: PayeeStatus::Active,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +157,7 @@ mod tests {
             credit_limits: vec![],
             settles_with: None,
             signature_agent: None,
+            revoked_keys: vec![],
         };
         assert_eq!(payer.credit_limit("USD"), 0);
         payer.set_credit_limit("USD", 10);

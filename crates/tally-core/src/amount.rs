@@ -107,10 +107,37 @@ pub fn parse_amount(text: &str, scale: u8) -> Result<u128, AmountError> {
     units.checked_mul(10u128.pow(missing_places)).ok_or_else(overflow)
 }
 
+/// Parses an amount of smallest units written as x402 writes them: a
+/// canonical decimal string, digits only, no sign, no leading zeros (`"0"`
+/// itself is canonical), fitting a `u64`. `None` for anything else, so one
+/// amount has exactly one spelling on the wire (`"+5"`, `"05"` and `"5 "`
+/// are refused rather than read as 5).
+pub fn parse_canonical_units(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let canonical = !bytes.is_empty()
+        && bytes.len() <= 20
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes[0] != b'0' || bytes.len() == 1);
+    if !canonical {
+        return None;
+    }
+    text.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn canonical_units_have_one_spelling() {
+        assert_eq!(parse_canonical_units("0"), Some(0));
+        assert_eq!(parse_canonical_units("1500"), Some(1500));
+        assert_eq!(parse_canonical_units("18446744073709551615"), Some(u64::MAX));
+        for refused in ["", "+5", "-5", "05", "00", "5 ", " 5", "1.5", "1e3", "18446744073709551616", "0x10"] {
+            assert_eq!(parse_canonical_units(refused), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn formats_with_scale() {
@@ -147,6 +174,11 @@ mod tests {
         fn format_parse_round_trip(units in any::<u64>(), scale in 0u8..=SCALE_MAX) {
             let text = format_amount(u128::from(units), scale);
             prop_assert_eq!(parse_amount(&text, scale), Ok(u128::from(units)));
+        }
+
+        #[test]
+        fn canonical_units_round_trip(units in any::<u64>()) {
+            prop_assert_eq!(parse_canonical_units(&units.to_string()), Some(units));
         }
     }
 }

@@ -5,16 +5,24 @@
 //! deleting one) changes every hash after it. A record's hash is
 //!
 //! ```text
-//! SHA-256( "tally-log-v1"            12 bytes, domain tag
+//! SHA-256( "tally-log-v2"            12 bytes, domain tag
 //!        || prev_hash                32 bytes (all zero for the first record)
 //!        || seq                       8 bytes, u64 big-endian, first record is 1
 //!        || epoch                     8 bytes, u64 big-endian
 //!        || accepted_at_ms            8 bytes, u64 big-endian, Unix milliseconds
+//!        || charge                    8 bytes, u64 big-endian: what the payee
+//!                                    charged, at most the IOU's amount
 //!        || signature                64 bytes
 //!        || evidence                 what the payer signed, as stored: the IOU's
 //!                                    signing bytes, or a Web Bot Auth record
 //!                                    (see `crate::evidence`) )
 //! ```
+//!
+//! Records written by ledger format 1 have no charge (it was always the IOU's
+//! amount) and hash with the tag `"tally-log-v1"` and without the charge
+//! field ([`link_hash_v1`]). They stay as written: the log is append-only, so
+//! a format change never rewrites history, and a reader tells the two apart by
+//! the record's version byte (`tally_ledger::layout`).
 //!
 //! The pair `(seq, hash)` is the IOU's **commitment identifier**: its place
 //! in the log and a digest that binds it to everything before it. x402
@@ -33,11 +41,44 @@ pub type RecordHash = [u8; 32];
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: RecordHash = [0; 32];
 
-/// Domain tag of the record hash.
-pub const LOG_DOMAIN_TAG: &[u8; 12] = b"tally-log-v1";
+/// Domain tag of a format-1 record's hash.
+pub const LOG_DOMAIN_TAG_V1: &[u8; 12] = b"tally-log-v1";
+/// Domain tag of the record hash (format 2 on).
+pub const LOG_DOMAIN_TAG: &[u8; 12] = b"tally-log-v2";
+
+/// The fields a record's hash covers besides its predecessor's hash.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkContent<'a> {
+    pub seq: u64,
+    pub epoch: u64,
+    pub accepted_at_ms: u64,
+    /// What the payee charged: `Some` from format 2 on, `None` for a format-1 record.
+    pub charge: Option<u64>,
+    pub signature: &'a SignatureBytes,
+    pub evidence: &'a [u8],
+}
 
 /// Computes a record's hash from its predecessor's hash and its content.
-pub fn link_hash(
+pub fn link_hash(prev_hash: &RecordHash, content: &LinkContent<'_>) -> RecordHash {
+    let mut hasher = Sha256::new();
+    match content.charge {
+        Some(_) => hasher.update(LOG_DOMAIN_TAG),
+        None => hasher.update(LOG_DOMAIN_TAG_V1),
+    }
+    hasher.update(prev_hash);
+    hasher.update(content.seq.to_be_bytes());
+    hasher.update(content.epoch.to_be_bytes());
+    hasher.update(content.accepted_at_ms.to_be_bytes());
+    if let Some(charge) = content.charge {
+        hasher.update(charge.to_be_bytes());
+    }
+    hasher.update(content.signature);
+    hasher.update(content.evidence);
+    hasher.finalize().into()
+}
+
+/// The hash of a format-1 record (no charge field), as ledger format 1 wrote it.
+pub fn link_hash_v1(
     prev_hash: &RecordHash,
     seq: u64,
     epoch: u64,
@@ -45,15 +86,7 @@ pub fn link_hash(
     signature: &SignatureBytes,
     evidence: &[u8],
 ) -> RecordHash {
-    let mut hasher = Sha256::new();
-    hasher.update(LOG_DOMAIN_TAG);
-    hasher.update(prev_hash);
-    hasher.update(seq.to_be_bytes());
-    hasher.update(epoch.to_be_bytes());
-    hasher.update(accepted_at_ms.to_be_bytes());
-    hasher.update(signature);
-    hasher.update(evidence);
-    hasher.finalize().into()
+    link_hash(prev_hash, &LinkContent { seq, epoch, accepted_at_ms, charge: None, signature, evidence })
 }
 
 /// Where an accepted IOU sits in the ledger, and the chain hash binding it.
@@ -91,15 +124,41 @@ impl FromStr for CommitmentId {
 mod tests {
     use super::*;
 
+    fn hash(prev: &RecordHash, seq: u64, epoch: u64, at: u64, charge: Option<u64>, sig: u8, body: &[u8]) -> RecordHash {
+        let signature = [sig; 64];
+        link_hash(prev, &LinkContent { seq, epoch, accepted_at_ms: at, charge, signature: &signature, evidence: body })
+    }
+
     #[test]
     fn every_input_changes_the_hash() {
-        let base = link_hash(&GENESIS_HASH, 1, 1, 5, &[1; 64], b"iou");
-        assert_ne!(base, link_hash(&[1; 32], 1, 1, 5, &[1; 64], b"iou"));
-        assert_ne!(base, link_hash(&GENESIS_HASH, 2, 1, 5, &[1; 64], b"iou"));
-        assert_ne!(base, link_hash(&GENESIS_HASH, 1, 2, 5, &[1; 64], b"iou"));
-        assert_ne!(base, link_hash(&GENESIS_HASH, 1, 1, 6, &[1; 64], b"iou"));
-        assert_ne!(base, link_hash(&GENESIS_HASH, 1, 1, 5, &[2; 64], b"iou"));
-        assert_ne!(base, link_hash(&GENESIS_HASH, 1, 1, 5, &[1; 64], b"iov"));
+        for charge in [None, Some(7)] {
+            let base = hash(&GENESIS_HASH, 1, 1, 5, charge, 1, b"iou");
+            assert_ne!(base, hash(&[1; 32], 1, 1, 5, charge, 1, b"iou"));
+            assert_ne!(base, hash(&GENESIS_HASH, 2, 1, 5, charge, 1, b"iou"));
+            assert_ne!(base, hash(&GENESIS_HASH, 1, 2, 5, charge, 1, b"iou"));
+            assert_ne!(base, hash(&GENESIS_HASH, 1, 1, 6, charge, 1, b"iou"));
+            assert_ne!(base, hash(&GENESIS_HASH, 1, 1, 5, charge, 2, b"iou"));
+            assert_ne!(base, hash(&GENESIS_HASH, 1, 1, 5, charge, 1, b"iov"));
+        }
+        assert_ne!(hash(&GENESIS_HASH, 1, 1, 5, Some(7), 1, b"iou"), hash(&GENESIS_HASH, 1, 1, 5, Some(8), 1, b"iou"));
+        // A format-2 record never hashes like a format-1 record with the same content.
+        assert_ne!(hash(&GENESIS_HASH, 1, 1, 5, None, 1, b"iou"), hash(&GENESIS_HASH, 1, 1, 5, Some(0), 1, b"iou"));
+    }
+
+    #[test]
+    fn format_1_hashes_are_unchanged() {
+        // The value format 1 computed for this record (tag "tally-log-v1", no charge): old
+        // ledgers' chains must keep verifying.
+        let mut hasher = Sha256::new();
+        hasher.update(b"tally-log-v1");
+        hasher.update(GENESIS_HASH);
+        hasher.update(1u64.to_be_bytes());
+        hasher.update(1u64.to_be_bytes());
+        hasher.update(5u64.to_be_bytes());
+        hasher.update([1u8; 64]);
+        hasher.update(b"iou");
+        let expected: RecordHash = hasher.finalize().into();
+        assert_eq!(link_hash_v1(&GENESIS_HASH, 1, 1, 5, &[1; 64], b"iou"), expected);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`amount`]: assets, scales and decimal formatting of integer amounts
 //!   (no floats anywhere near money);
 //! - [`account`]: payers, payees and their statuses;
+//! - [`actor`]: who made a recorded change (the admin caller, the settler);
+//! - [`ledger_id`]: the random id of one ledger, mixed into every payment id;
 //! - [`outcome`]: the per-IOU result codes the engine answers with;
 //! - [`batch`]: batch-signed commitments (one signature over the Merkle root
 //!   of a batch of IOUs) and their inclusion proofs;
@@ -28,6 +30,7 @@
 //! may depend on them.
 
 pub mod account;
+pub mod actor;
 pub mod amount;
 pub mod batch;
 pub mod chain;
@@ -36,13 +39,16 @@ pub mod evidence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod iou;
+pub mod ledger_id;
 pub mod outcome;
 pub mod settlement;
 pub mod verify;
 
-pub use account::{Payee, Payer, PayerStatus};
-pub use amount::{Asset, format_amount, parse_amount};
-pub use chain::{CommitmentId, GENESIS_HASH, RecordHash, link_hash};
+pub use account::{Payee, PayeeStatus, Payer, PayerStatus};
+pub use actor::Actor;
+pub use amount::{Asset, format_amount, parse_amount, parse_canonical_units};
+pub use chain::{CommitmentId, GENESIS_HASH, LinkContent, RecordHash, link_hash, link_hash_v1};
+pub use ledger_id::LedgerId;
 pub use destination::{PayoutDestination, Rail};
 pub use evidence::{Commitment, Evidence, EvidenceError, EvidenceKind, parse_evidence};
 pub use iou::{Iou, IouError, Nonce, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};

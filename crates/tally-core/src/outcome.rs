@@ -42,11 +42,15 @@ pub enum Outcome {
     WrongNetwork = 15,
     /// A field is missing, too long or of the wrong shape.
     Malformed = 16,
+    /// The payer revoked the key that signed it.
+    KeyRevoked = 17,
+    /// The payee is suspended.
+    PayeeSuspended = 18,
 }
 
 impl Outcome {
     /// Every outcome, in wire order. Used by metrics and exhaustive tests.
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Conflict,
@@ -63,6 +67,8 @@ impl Outcome {
         Outcome::CreditLimitExceeded,
         Outcome::WrongNetwork,
         Outcome::Malformed,
+        Outcome::KeyRevoked,
+        Outcome::PayeeSuspended,
     ];
 
     /// A stable snake_case name, used in metrics labels, logs and JSON.
@@ -84,6 +90,8 @@ impl Outcome {
             Outcome::CreditLimitExceeded => "credit_limit_exceeded",
             Outcome::WrongNetwork => "wrong_network",
             Outcome::Malformed => "malformed",
+            Outcome::KeyRevoked => "key_revoked",
+            Outcome::PayeeSuspended => "payee_suspended",
         }
     }
 
@@ -109,6 +117,6 @@ mod tests {
             assert_eq!(Outcome::from_u8(*outcome as u8), Some(*outcome));
         }
         assert_eq!(Outcome::from_u8(0), None);
-        assert_eq!(Outcome::from_u8(17), None);
+        assert_eq!(Outcome::from_u8(Outcome::ALL.len() as u8 + 1), None);
     }
 }

@@ -17,6 +17,10 @@
 //!   no usable destination, no rail for the asset, the sub-cent remainder):
 //!   it is added to the payee's position in the next epoch, never lost.
 //!
+//! Every id a plan hands to a rail (payout ids, bill ids, EVM batch ids,
+//! bank message ids) mixes in the [`LedgerId`], so two ledgers paying from
+//! one treasury or bank account never produce the same id.
+//!
 //! Every amount is an integer in the asset's smallest unit; every sum is
 //! checked. Per asset the plan conserves value exactly:
 //! `Σ payouts + Σ fees + Σ carried out − Σ billed = Σ carried in`,
@@ -26,13 +30,14 @@
 //! and payout states) are defined here too, with their allowed transitions,
 //! so the ledger that stores them and the settler that drives them agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::destination::{PayoutDestination, Rail};
+use crate::ledger_id::LedgerId;
 
 /// Basis points in one whole.
 pub const BPS_ONE: u32 = 10_000;
@@ -128,6 +133,8 @@ pub enum CarryReason {
     RailPrecision,
     /// The bank rejected the payout; the text is the bank's reason.
     Rejected(String),
+    /// The payee is suspended: what it is owed is held until it is reinstated.
+    PayeeSuspended,
 }
 
 impl fmt::Display for CarryReason {
@@ -138,6 +145,7 @@ impl fmt::Display for CarryReason {
             CarryReason::NoRail => f.write_str("asset has no settlement rail"),
             CarryReason::RailPrecision => f.write_str("below the rail's smallest unit"),
             CarryReason::Rejected(reason) => write!(f, "rejected by the bank: {reason}"),
+            CarryReason::PayeeSuspended => f.write_str("payee suspended: held until reinstated"),
         }
     }
 }
@@ -194,9 +202,10 @@ pub struct AssetFigures {
 }
 
 impl AssetFigures {
-    /// `paid / gross` in parts per million (integer; no floats near money).
-    pub fn moved_ppm(&self) -> u128 {
-        self.paid.saturating_mul(1_000_000).checked_div(self.gross).unwrap_or(0)
+    /// `paid / gross` in parts per million (integer; no floats near money);
+    /// `None` when nothing was charged or the product overflows.
+    pub fn moved_ppm(&self) -> Option<u128> {
+        self.paid.checked_mul(1_000_000)?.checked_div(self.gross)
     }
 }
 
@@ -231,34 +240,138 @@ pub enum NettingError {
     Overflow(String),
     #[error("conservation violated for {0}: this is a bug, no plan was produced")]
     NotConserved(String),
+    #[error("bank message id {0:?} is longer than {BANK_MESSAGE_ID_LEN_MAX} characters")]
+    MessageIdTooLong(String),
+}
+
+/// Longest bank message id (ISO 20022 `MsgId` is `Max35Text`).
+pub const BANK_MESSAGE_ID_LEN_MAX: usize = 35;
+
+/// SHA-256 over a domain tag, the ledger id, the epoch and length-prefixed parts.
+fn id_digest(tag: &str, ledger: &LedgerId, epoch: u64, parts: &[&str]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(tag.as_bytes());
+    hasher.update(ledger.0);
+    hasher.update(epoch.to_be_bytes());
+    for part in parts {
+        let len = u32::try_from(part.len()).expect("id parts are short strings");
+        hasher.update(len.to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
 }
 
 /// A short deterministic id: a letter, then 30 hex digits (120 bits) of
-/// SHA-256 over a domain tag and length-prefixed parts. 31 characters fit
-/// ISO 20022's 35-character EndToEndId.
-fn short_id(letter: char, tag: &str, epoch: u64, parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(tag.as_bytes());
-    hasher.update(epoch.to_be_bytes());
-    for part in parts {
-        hasher.update((part.len() as u32).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    let digest = hasher.finalize();
+/// [`id_digest`]. 31 characters fit ISO 20022's 35-character EndToEndId.
+fn short_id(letter: char, tag: &str, ledger: &LedgerId, epoch: u64, parts: &[&str]) -> String {
+    let digest = id_digest(tag, ledger, epoch, parts);
     let mut id = String::with_capacity(31);
     id.push(letter);
     id.push_str(&hex::encode(&digest[..15]));
     id
 }
 
-/// The payout id of `(epoch, payee, asset, rail)`.
-pub fn payout_id(epoch: u64, payee: &str, asset: &str, rail: Rail) -> String {
-    short_id('P', "tally-payout-v1", epoch, &[payee, asset, rail.as_str()])
+/// The payout id of `(ledger, epoch, payee, asset, rail)`.
+pub fn payout_id(ledger: &LedgerId, epoch: u64, payee: &str, asset: &str, rail: Rail) -> String {
+    short_id('P', "tally-payout-v2", ledger, epoch, &[payee, asset, rail.as_str()])
 }
 
-/// The bill id of `(epoch, party, asset)`.
-pub fn bill_id(epoch: u64, party: &Party, asset: &str) -> String {
-    short_id('B', "tally-bill-v1", epoch, &[&party.to_string(), asset])
+/// The bill id of `(ledger, epoch, party, asset)`.
+pub fn bill_id(ledger: &LedgerId, epoch: u64, party: &Party, asset: &str) -> String {
+    short_id('B', "tally-bill-v2", ledger, epoch, &[&party.to_string(), asset])
+}
+
+/// `0x`-hex of SHA-256("tally-evm-batch-v2" ‖ ledger id ‖ epoch ‖ index ‖
+/// payout ids): the `bytes32` the payout contract refuses to execute twice.
+pub fn evm_batch_id(ledger: &LedgerId, epoch: u64, index: u32, payout_ids: &[&str]) -> String {
+    let index = index.to_be_bytes();
+    let mut parts: Vec<&str> = Vec::with_capacity(payout_ids.len() + 1);
+    let index_hex = hex::encode(index);
+    parts.push(&index_hex);
+    parts.extend_from_slice(payout_ids);
+    format!("0x{}", hex::encode(id_digest("tally-evm-batch-v2", ledger, epoch, &parts)))
+}
+
+/// A bank file's message id (ISO 20022 `MsgId`, and the file's name):
+/// `T<ledger short id>-E<epoch>-<currency>-<chunk>`, e.g. `Ta1b2c3d4-E12-EUR-1`.
+/// Readable by finance staff, unique per ledger, at most 35 characters: an
+/// epoch or chunk number too long to fit is an error, never a truncation.
+pub fn bank_message_id(ledger: &LedgerId, epoch: u64, asset: &str, chunk: usize) -> Result<String, NettingError> {
+    let id = format!("T{}-E{epoch}-{asset}-{chunk}", ledger.short());
+    if id.len() > BANK_MESSAGE_ID_LEN_MAX {
+        return Err(NettingError::MessageIdTooLong(id));
+    }
+    Ok(id)
+}
+
+/// How big batches may be: payouts per EVM transaction, transfers per bank file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLimits {
+    pub payouts_per_evm_tx: u32,
+    pub transfers_per_iso20022_file: u32,
+    pub transfers_per_nacha_file: u32,
+}
+
+/// Cuts a plan's payouts into batches in a fixed order (rail, asset, payout
+/// id), so cutting the same plan twice yields the same batches and ids.
+pub fn cut_batches(plan: &SettlementPlan, ledger: &LedgerId, limits: BatchLimits) -> Result<Vec<RailBatch>, NettingError> {
+    let mut groups: BTreeMap<(Rail, &str), Vec<&str>> = BTreeMap::new();
+    for payout in &plan.payouts {
+        groups.entry((payout.rail, payout.asset.as_str())).or_default().push(payout.id.as_str());
+    }
+    let mut batches = Vec::new();
+    for ((rail, asset), payout_ids) in groups {
+        let size = match rail {
+            Rail::Evm => limits.payouts_per_evm_tx,
+            Rail::Iso20022 => limits.transfers_per_iso20022_file,
+            Rail::Nacha => limits.transfers_per_nacha_file,
+        }
+        .max(1) as usize;
+        for (chunk_index, chunk) in payout_ids.chunks(size).enumerate() {
+            let index = u32::try_from(batches.len()).map_err(|_| NettingError::Overflow("batch count".into()))?;
+            let id = match rail {
+                Rail::Evm => evm_batch_id(ledger, plan.epoch, index, chunk),
+                Rail::Iso20022 | Rail::Nacha => bank_message_id(ledger, plan.epoch, asset, chunk_index + 1)?,
+            };
+            batches.push(RailBatch {
+                epoch: plan.epoch,
+                index,
+                id,
+                rail,
+                asset: asset.to_owned(),
+                payout_ids: chunk.iter().map(|s| (*s).to_owned()).collect(),
+            });
+        }
+    }
+    Ok(batches)
+}
+
+/// Where two plans of one epoch first differ, for a refusal that says what
+/// changed (`None`: they are equal).
+pub fn plan_difference(expected: &SettlementPlan, proposed: &SettlementPlan) -> Option<String> {
+    if expected == proposed {
+        return None;
+    }
+    if expected.epoch != proposed.epoch || expected.fee_bps != proposed.fee_bps {
+        return Some(format!(
+            "epoch/fee: expected {}/{} bps, got {}/{} bps",
+            expected.epoch, expected.fee_bps, proposed.epoch, proposed.fee_bps
+        ));
+    }
+    if expected.figures != proposed.figures {
+        return Some(format!("figures: expected {:?}, got {:?}", expected.figures, proposed.figures));
+    }
+    fn first<T: PartialEq + fmt::Debug>(what: &str, a: &[T], b: &[T]) -> Option<String> {
+        if a.len() != b.len() {
+            return Some(format!("{what}: expected {} entries, got {}", a.len(), b.len()));
+        }
+        a.iter().zip(b).find(|(x, y)| x != y).map(|(x, y)| format!("{what}: expected {x:?}, got {y:?}"))
+    }
+    first("payouts", &expected.payouts, &proposed.payouts)
+        .or_else(|| first("bills", &expected.bills, &proposed.bills))
+        .or_else(|| first("carries out", &expected.carries_out, &proposed.carries_out))
+        .or_else(|| first("carries in", &expected.carries_in, &proposed.carries_in))
+        .or_else(|| Some("the plans differ".to_owned()))
 }
 
 #[derive(Default)]
@@ -272,6 +385,8 @@ struct Position {
 
 /// Everything besides the aggregates that netting needs.
 pub struct NettingInput<'a> {
+    /// Mixed into every payout and bill id.
+    pub ledger_id: LedgerId,
     pub epoch: u64,
     pub policy: &'a SettlementPolicy,
     /// Payer id → the payee account it nets under.
@@ -280,10 +395,16 @@ pub struct NettingInput<'a> {
     pub destinations: &'a BTreeMap<String, PayoutDestination>,
     /// Carries into this epoch.
     pub carries_in: &'a [Carry],
+    /// Suspended payees: their credit is held (carried), not paid.
+    pub held: &'a BTreeSet<String>,
 }
 
 fn checked_add(a: u128, b: u128, what: &str) -> Result<u128, NettingError> {
     a.checked_add(b).ok_or_else(|| NettingError::Overflow(what.to_owned()))
+}
+
+fn checked_count(a: u64, b: u64, what: &str) -> Result<u64, NettingError> {
+    a.checked_add(b).ok_or_else(|| NettingError::Overflow(format!("IOU count of {what}")))
 }
 
 /// Nets one sealed epoch. `flows` may come in any order; the plan is the
@@ -304,17 +425,17 @@ pub fn net<'f>(
     for flow in flows {
         let fig = figures.entry(flow.asset.to_owned()).or_default();
         fig.gross = checked_add(fig.gross, flow.sum, flow.asset)?;
-        fig.iou_count = fig.iou_count.saturating_add(flow.count);
+        fig.iou_count = checked_count(fig.iou_count, flow.count, flow.asset)?;
         let payer_party = match input.links.get(flow.payer) {
             Some(payee) => Party::Payee(payee.clone()),
             None => Party::Payer(flow.payer.to_owned()),
         };
         let debtor = positions.entry((payer_party, flow.asset.to_owned())).or_default();
         debtor.debit = checked_add(debtor.debit, flow.sum, flow.asset)?;
-        debtor.debit_ious = debtor.debit_ious.saturating_add(flow.count);
+        debtor.debit_ious = checked_count(debtor.debit_ious, flow.count, flow.asset)?;
         let creditor = positions.entry((Party::Payee(flow.payee.to_owned()), flow.asset.to_owned())).or_default();
         creditor.credit = checked_add(creditor.credit, flow.sum, flow.asset)?;
-        creditor.credit_ious = creditor.credit_ious.saturating_add(flow.count);
+        creditor.credit_ious = checked_count(creditor.credit_ious, flow.count, flow.asset)?;
     }
     let mut carries_in: Vec<String> = Vec::with_capacity(input.carries_in.len());
     for carry in input.carries_in {
@@ -341,10 +462,10 @@ pub fn net<'f>(
         let credit = checked_add(position.credit, position.carried_in, &asset)?;
         if credit < position.debit {
             let amount = position.debit - credit;
-            fig.bill_count += 1;
+            fig.bill_count = checked_count(fig.bill_count, 1, &asset)?;
             fig.billed = checked_add(fig.billed, amount, &asset)?;
             plan.bills.push(Bill {
-                id: bill_id(epoch, &party, &asset),
+                id: bill_id(&input.ledger_id, epoch, &party, &asset),
                 epoch,
                 party,
                 asset,
@@ -372,6 +493,10 @@ pub fn net<'f>(
             });
             Ok::<(), NettingError>(())
         };
+        if input.held.contains(&payee) {
+            carry(net_credit, CarryReason::PayeeSuspended, "suspended", fig)?;
+            continue;
+        }
         let Some(asset_policy) = policy.assets.get(&asset) else {
             carry(net_credit, CarryReason::NoRail, "no-rail", fig)?;
             continue;
@@ -397,12 +522,12 @@ pub fn net<'f>(
         if remainder > 0 {
             carry(remainder, CarryReason::RailPrecision, "precision", fig)?;
         }
-        fig.payout_count += 1;
+        fig.payout_count = checked_count(fig.payout_count, 1, &asset)?;
         fig.paid = checked_add(fig.paid, amount, &asset)?;
         fig.fees = checked_add(fig.fees, fee, &asset)?;
-        fig.payout_iou_count = fig.payout_iou_count.saturating_add(position.credit_ious);
+        fig.payout_iou_count = checked_count(fig.payout_iou_count, position.credit_ious, &asset)?;
         plan.payouts.push(Payout {
-            id: payout_id(epoch, &payee, &asset, asset_policy.rail),
+            id: payout_id(&input.ledger_id, epoch, &payee, &asset, asset_policy.rail),
             epoch,
             payee,
             asset,
@@ -526,14 +651,19 @@ pub enum BatchState {
         block_number: u64,
         gas_used: u64,
     },
-    /// Generated; its name and hash are fixed before the write.
+    /// Generated; its name, hash and creation time are fixed before the
+    /// write, so a resume regenerates exactly the same bytes.
     FilePrepared {
         file_name: String,
         sha256: [u8; 32],
+        /// When the file was generated (its creation timestamp; its
+        /// execution date counts from here, never from an earlier day).
+        created_at_ms: u64,
     },
     FileWritten {
         file_name: String,
         sha256: [u8; 32],
+        created_at_ms: u64,
     },
     /// The step failed; a resume retries (the rail's own idempotency makes
     /// that safe). The reason is shown to operators.
@@ -626,6 +756,56 @@ pub struct BillRecord {
     pub holders: Vec<String>,
 }
 
+/// An epoch's counters as its batch and payout records imply them: what
+/// [`EpochSettlement`]'s running counters must equal (`tally ledger verify`
+/// recomputes them; the writer keeps them incrementally).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DerivedCounters {
+    pub batches_open: u64,
+    pub payouts_open: u64,
+    pub gas_used: u64,
+    /// Σ (amount + fee) of rejected payouts, per asset, sorted by asset.
+    pub rejected: Vec<(String, u128)>,
+}
+
+/// Recomputes [`DerivedCounters`] from the records; an overflow is an error.
+pub fn derive_counters(batches: &[BatchRecord], payouts: &[PayoutRecord]) -> Result<DerivedCounters, NettingError> {
+    let overflow = |what: &str| NettingError::Overflow(what.to_owned());
+    let mut counters = DerivedCounters::default();
+    for batch in batches {
+        match &batch.state {
+            BatchState::EvmMined { gas_used, .. } => {
+                counters.gas_used = counters.gas_used.checked_add(*gas_used).ok_or_else(|| overflow("gas used"))?;
+            }
+            BatchState::FileWritten { .. } => {}
+            _ => counters.batches_open = counters.batches_open.checked_add(1).ok_or_else(|| overflow("batches"))?,
+        }
+    }
+    let mut rejected: BTreeMap<&str, u128> = BTreeMap::new();
+    for record in payouts {
+        if !record.state.is_final() {
+            counters.payouts_open = counters.payouts_open.checked_add(1).ok_or_else(|| overflow("payouts"))?;
+        }
+        if let PayoutState::Rejected(_) = record.state {
+            let amount = record.payout.amount.checked_add(record.payout.fee).ok_or_else(|| overflow("rejected"))?;
+            let total = rejected.entry(record.payout.asset.as_str()).or_default();
+            *total = total.checked_add(amount).ok_or_else(|| overflow("rejected"))?;
+        }
+    }
+    counters.rejected = rejected.into_iter().map(|(asset, amount)| (asset.to_owned(), amount)).collect();
+    Ok(counters)
+}
+
+/// The status an epoch's counters imply once every batch is done (`None`
+/// while batches are open: then it is planned, submitting or needs attention).
+pub fn terminal_status(batches_open: u64, payouts_open: u64) -> Option<SettlementStatus> {
+    match (batches_open, payouts_open) {
+        (0, 0) => Some(SettlementStatus::Settled),
+        (0, _) => Some(SettlementStatus::Submitted),
+        _ => None,
+    }
+}
+
 /// Truncates a reason to [`REASON_LEN_MAX`] bytes on a character boundary.
 pub fn bounded_reason(reason: &str) -> String {
     if reason.len() <= REASON_LEN_MAX {
@@ -661,13 +841,26 @@ mod tests {
         Flow { payer, payee, asset: "USDC", sum, count: 1 }
     }
 
+    const LEDGER: LedgerId = LedgerId([7; 16]);
+
+    fn input<'a>(
+        epoch: u64,
+        policy: &'a SettlementPolicy,
+        links: &'a BTreeMap<String, String>,
+        destinations: &'a BTreeMap<String, PayoutDestination>,
+        carries_in: &'a [Carry],
+        held: &'a BTreeSet<String>,
+    ) -> NettingInput<'a> {
+        NettingInput { ledger_id: LEDGER, epoch, policy, links, destinations, carries_in, held }
+    }
+
     #[test]
     fn pays_creditors_bills_debtors_and_carries_small_credit() {
         let policy = policy(100, 50, 1);
         let links = BTreeMap::new();
         let destinations = BTreeMap::from([("site-a".to_owned(), evm(1)), ("site-b".to_owned(), evm(2))]);
-        let input =
-            NettingInput { epoch: 7, policy: &policy, links: &links, destinations: &destinations, carries_in: &[] };
+        let held = BTreeSet::new();
+        let input = input(7, &policy, &links, &destinations, &[], &held);
         let plan =
             net(&input, [flow("bot", "site-a", 1_000), flow("bot", "site-b", 40), flow("bot", "site-c", 5)]).unwrap();
         assert_eq!(plan.bills.len(), 1);
@@ -681,7 +874,8 @@ mod tests {
         assert!(carried.contains(&("site-c", 5, &CarryReason::NoDestination)));
         let fig = &plan.figures[0];
         assert_eq!((fig.gross, fig.paid, fig.fees, fig.billed, fig.carried_out), (1_045, 990, 10, 1_045, 45));
-        assert_eq!(fig.moved_ppm(), 947_368);
+        assert_eq!(fig.moved_ppm(), Some(947_368));
+        assert_eq!(AssetFigures::default().moved_ppm(), None, "nothing charged: no ratio");
     }
 
     #[test]
@@ -689,8 +883,8 @@ mod tests {
         let policy = policy(0, 1, 1);
         let links = BTreeMap::from([("agent-key-owner".to_owned(), "agent".to_owned())]);
         let destinations = BTreeMap::from([("agent".to_owned(), evm(9)), ("api".to_owned(), evm(8))]);
-        let input =
-            NettingInput { epoch: 1, policy: &policy, links: &links, destinations: &destinations, carries_in: &[] };
+        let held = BTreeSet::new();
+        let input = input(1, &policy, &links, &destinations, &[], &held);
         // The agent earns 300 from a crawler and spends 120 at an API.
         let plan = net(&input, [flow("crawler", "agent", 300), flow("agent-key-owner", "api", 120)]).unwrap();
         let agent = plan.payouts.iter().find(|p| p.payee == "agent").unwrap();
@@ -723,13 +917,8 @@ mod tests {
             source: "carry:2:pub:EUR:below-minimum".into(),
         };
         let carries = [carry];
-        let input = NettingInput {
-            epoch: 3,
-            policy: &policy,
-            links: &links,
-            destinations: &destinations,
-            carries_in: &carries,
-        };
+        let held = BTreeSet::new();
+        let input = input(3, &policy, &links, &destinations, &carries, &held);
         let plan = net(&input, [Flow { payer: "bot", payee: "pub", asset: "EUR", sum: 1_234_567, count: 9 }]).unwrap();
         assert_eq!(plan.payouts[0].amount, 1_230_000);
         assert_eq!(plan.carries_out[0].amount, 8_888);
@@ -739,10 +928,120 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        assert_eq!(payout_id(1, "a", "USDC", Rail::Evm), payout_id(1, "a", "USDC", Rail::Evm));
-        assert_ne!(payout_id(1, "a", "USDC", Rail::Evm), payout_id(2, "a", "USDC", Rail::Evm));
-        assert_ne!(payout_id(1, "ab", "USDC", Rail::Evm), payout_id(1, "a", "bUSDC", Rail::Evm));
-        assert_eq!(payout_id(1, "a", "USDC", Rail::Evm).len(), 31);
+        let other = LedgerId([8; 16]);
+        assert_eq!(payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm), payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm));
+        assert_ne!(payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm), payout_id(&LEDGER, 2, "a", "USDC", Rail::Evm));
+        assert_ne!(payout_id(&LEDGER, 1, "ab", "USDC", Rail::Evm), payout_id(&LEDGER, 1, "a", "bUSDC", Rail::Evm));
+        assert_eq!(payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm).len(), 31);
+        // Two ledgers never share an id: the defect where a second ledger on one treasury
+        // reproduced the first one's epoch-1 batch id and was told "already executed".
+        assert_ne!(payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm), payout_id(&other, 1, "a", "USDC", Rail::Evm));
+        assert_ne!(bill_id(&LEDGER, 1, &Party::Payer("b".into()), "USDC"), bill_id(&other, 1, &Party::Payer("b".into()), "USDC"));
+        assert_ne!(evm_batch_id(&LEDGER, 1, 0, &["P1"]), evm_batch_id(&other, 1, 0, &["P1"]));
+        assert_ne!(evm_batch_id(&LEDGER, 1, 0, &["P1"]), evm_batch_id(&LEDGER, 1, 1, &["P1"]));
+        assert_eq!(evm_batch_id(&LEDGER, 1, 0, &["P1"]).len(), 66);
+        assert_ne!(bank_message_id(&LEDGER, 1, "EUR", 1), bank_message_id(&other, 1, "EUR", 1));
+        assert_eq!(bank_message_id(&LEDGER, 12, "EUR", 1).unwrap(), "T07070707-E12-EUR-1");
+    }
+
+    #[test]
+    fn bank_message_ids_never_exceed_35_characters() {
+        // 13-digit epochs (a seal a second for 300,000 years) and 100,000 files an epoch fit exactly.
+        assert_eq!(bank_message_id(&LEDGER, 9_999_999_999_999, "EUR", 100_000).unwrap().len(), 35);
+        assert!(matches!(
+            bank_message_id(&LEDGER, 99_999_999_999_999, "EUR", 100_000),
+            Err(NettingError::MessageIdTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn batches_are_cut_by_rail_and_size_deterministically() {
+        let policy = SettlementPolicy {
+            fee_bps: 0,
+            assets: BTreeMap::from([
+                ("USDC".to_owned(), AssetPolicy { rail: Rail::Evm, payout_min: 0, payable_multiple: 1 }),
+                ("EUR".to_owned(), AssetPolicy { rail: Rail::Iso20022, payout_min: 0, payable_multiple: 1 }),
+            ]),
+        };
+        let mut destinations: BTreeMap<String, PayoutDestination> =
+            (0..5u8).map(|i| (format!("s{i}"), evm(i + 1))).collect();
+        destinations.insert("bank".into(), PayoutDestination::Iban { iban: "DE89370400440532013000".into(), bic: None });
+        let (links, held) = (BTreeMap::new(), BTreeSet::new());
+        let input = input(4, &policy, &links, &destinations, &[], &held);
+        let names: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
+        let mut flows: Vec<Flow> = names.iter().map(|n| Flow { payer: "bot", payee: n, asset: "USDC", sum: 10, count: 1 }).collect();
+        flows.push(Flow { payer: "bot", payee: "bank", asset: "EUR", sum: 10, count: 1 });
+        let plan = net(&input, flows).unwrap();
+        let limits = BatchLimits { payouts_per_evm_tx: 2, transfers_per_iso20022_file: 10, transfers_per_nacha_file: 10 };
+        let batches = cut_batches(&plan, &LEDGER, limits).unwrap();
+        assert_eq!(batches.len(), 4, "3 EVM transactions of at most 2, one bank file");
+        assert_eq!(batches.iter().map(|b| b.payout_ids.len()).sum::<usize>(), 6);
+        assert!(batches.iter().enumerate().all(|(i, b)| b.index as usize == i && b.epoch == 4));
+        assert_eq!(batches, cut_batches(&plan, &LEDGER, limits).unwrap(), "deterministic");
+        assert!(batches.iter().any(|b| b.id == "T07070707-E4-EUR-1"));
+    }
+
+    #[test]
+    fn a_suspended_payee_is_held_not_paid() {
+        let policy = policy(0, 1, 1);
+        let links = BTreeMap::new();
+        let destinations = BTreeMap::from([("site-a".to_owned(), evm(1)), ("site-b".to_owned(), evm(2))]);
+        let held = BTreeSet::from(["site-b".to_owned()]);
+        let input = input(2, &policy, &links, &destinations, &[], &held);
+        let plan = net(&input, [flow("bot", "site-a", 100), flow("bot", "site-b", 50)]).unwrap();
+        assert_eq!(plan.payouts.iter().map(|p| p.payee.as_str()).collect::<Vec<_>>(), ["site-a"]);
+        assert_eq!(plan.carries_out.len(), 1);
+        assert_eq!((plan.carries_out[0].amount, &plan.carries_out[0].reason), (50, &CarryReason::PayeeSuspended));
+    }
+
+    #[test]
+    fn plan_differences_name_the_first_change() {
+        let policy = policy(0, 1, 1);
+        let links = BTreeMap::new();
+        let destinations = BTreeMap::from([("site-a".to_owned(), evm(1))]);
+        let held = BTreeSet::new();
+        let input = input(2, &policy, &links, &destinations, &[], &held);
+        let plan = net(&input, [flow("bot", "site-a", 100)]).unwrap();
+        assert_eq!(plan_difference(&plan, &plan), None);
+        let mut forged = plan.clone();
+        forged.payouts[0].destination = evm(9);
+        assert!(plan_difference(&plan, &forged).unwrap().starts_with("payouts:"));
+        let mut forged = plan.clone();
+        forged.figures[0].paid += 1;
+        assert!(plan_difference(&plan, &forged).unwrap().starts_with("figures:"));
+    }
+
+    #[test]
+    fn counters_derive_from_records() {
+        let payout = |id: &str, state: PayoutState| PayoutRecord {
+            payout: Payout {
+                id: id.into(),
+                epoch: 1,
+                payee: "p".into(),
+                asset: "EUR".into(),
+                rail: Rail::Iso20022,
+                destination: evm(1),
+                net_credit: 10,
+                fee: 1,
+                amount: 9,
+                iou_count: 1,
+            },
+            batch_index: 0,
+            state,
+        };
+        let batch = |state: BatchState| BatchRecord {
+            batch: RailBatch { epoch: 1, index: 0, id: "x".into(), rail: Rail::Evm, asset: "EUR".into(), payout_ids: vec![] },
+            state,
+        };
+        let counters = derive_counters(
+            &[batch(BatchState::Planned), batch(BatchState::EvmMined { tx_hash: [0; 32], block_number: 1, gas_used: 7 })],
+            &[payout("a", PayoutState::Submitted), payout("b", PayoutState::Rejected("no".into())), payout("c", PayoutState::Settled("r".into()))],
+        )
+        .unwrap();
+        assert_eq!(counters, DerivedCounters { batches_open: 1, payouts_open: 1, gas_used: 7, rejected: vec![("EUR".into(), 10)] });
+        assert_eq!(terminal_status(0, 0), Some(SettlementStatus::Settled));
+        assert_eq!(terminal_status(0, 1), Some(SettlementStatus::Submitted));
+        assert_eq!(terminal_status(1, 0), None);
     }
 
     #[test]
@@ -754,7 +1053,7 @@ mod tests {
         assert!(prepared.may_become(&mined));
         assert!(!mined.may_become(&BatchState::Failed("x".into())));
         assert!(!prepared.may_become(&BatchState::Planned));
-        assert!(!prepared.may_become(&BatchState::FileWritten { file_name: "f".into(), sha256: [0; 32] }));
+        assert!(!prepared.may_become(&BatchState::FileWritten { file_name: "f".into(), sha256: [0; 32], created_at_ms: 0 }));
         assert!(BatchState::Failed("x".into()).may_become(&mined));
     }
 
@@ -779,7 +1078,8 @@ mod tests {
                 epoch_to: 5, payee: names[usize::from(*payee)].clone(), asset: "USDC".into(),
                 amount: u128::from(*amount), reason: CarryReason::BelowMinimum, source: format!("s{i}"),
             }).collect();
-            let input = NettingInput { epoch: 5, policy: &policy, links: &links, destinations: &destinations, carries_in: &carries };
+            let held = BTreeSet::new();
+            let input = input(5, &policy, &links, &destinations, &carries, &held);
             let flow_list: Vec<Flow> = flows.iter().map(|(a, b, sum)| Flow {
                 payer: &names[usize::from(*a)], payee: &names[usize::from(*b)], asset: "USDC", sum: u128::from(*sum), count: 1,
             }).collect();

@@ -1,8 +1,9 @@
 //! Ed25519 verification: keys at registration, signatures on the hot path.
 //!
 //! **The validity rule.** An IOU signature `(R, s)` under key `A` over
-//! message `M` is valid when `s` is canonical (`s < ℓ`), `R` and `A` decode
-//! to curve points, and the *cofactored* equation holds:
+//! message `M` is valid when `s` is canonical (`s < ℓ`), `R` is the canonical
+//! encoding of a curve point (RFC 8032 §5.1.3: `y < p`, no sign bit on
+//! `x = 0`), `A` is a registered key, and the *cofactored* equation holds:
 //! `[8]([s]B − [k]A − R) = 0` with `k = SHA-512(R ‖ A ‖ M) mod ℓ`.
 //! Every signature an RFC 8032 signer produces satisfies it.
 //!
@@ -67,6 +68,8 @@ pub enum KeyError {
     WeakKey,
     #[error("key is not the canonical encoding of its point")]
     NonCanonical,
+    #[error("key has a small-order (torsion) component: it is not a point an Ed25519 signer produces")]
+    TorsionComponent,
 }
 
 /// Decodes a public key for registration, refusing invalid and weak ones.
@@ -74,6 +77,13 @@ pub fn parse_registration_key(bytes: &PublicKeyBytes) -> Result<VerifyingKey, Ke
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::NotAPoint)?;
     if key.is_weak() {
         return Err(KeyError::WeakKey);
+    }
+    // A key A + T (T of small order) is not weak, yet under the cofactored rule it
+    // verifies the same signatures as A, while cofactorless checkers (most Ed25519
+    // libraries) disagree with each other about them. No RFC 8032 signer produces
+    // such a key, so refusing it costs nothing and keeps every verifier in agreement.
+    if !key.to_edwards().is_torsion_free() {
+        return Err(KeyError::TorsionComponent);
     }
     // Several byte strings decode to the same point (y ≥ p, or x = 0 with the sign bit set). One
     // payer key must have one spelling, or the key index, JWK thumbprints and replay index could be
@@ -93,6 +103,9 @@ pub struct VerifyItem<'a> {
 
 /// Verifies one signature under the cofactored validity rule above, exactly.
 pub fn verify_one(item: &VerifyItem<'_>) -> bool {
+    if !has_canonical_encoding(item.signature) {
+        return false;
+    }
     let (r_bytes, s_bytes) = item.signature.split_at(32);
     let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes.try_into().expect("32 bytes"))) else {
         return false;
@@ -112,11 +125,40 @@ pub fn verify_one(item: &VerifyItem<'_>) -> bool {
     difference.mul_by_cofactor().is_identity()
 }
 
-/// Whether `s` is canonical (< ℓ). Checked before batching, so that the
-/// batch and the single check agree on non-canonical encodings too.
-fn has_canonical_s(signature: &SignatureBytes) -> bool {
+/// The field prime p = 2²⁵⁵ − 19, little-endian.
+const FIELD_PRIME_LE: [u8; 32] = {
+    let mut p = [0xff; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    p
+};
+
+/// Whether 32 bytes are the one canonical encoding of a point's y and x-sign
+/// (RFC 8032 §5.1.3): y < p, and no sign bit on x = 0 (the points y = ±1).
+/// curve25519-dalek's `decompress` accepts the other spellings; a second
+/// spelling of R would let two byte strings be "the same" signature and let a
+/// strict checker disagree with the engine. Byte comparisons only: no field
+/// arithmetic on the hot path.
+fn is_canonical_point(bytes: &[u8; 32]) -> bool {
+    let mut y = *bytes;
+    let sign = y[31] >> 7 == 1;
+    y[31] &= 0x7f;
+    // y < p, comparing little-endian from the most significant byte.
+    let below_p = y.iter().rev().zip(FIELD_PRIME_LE.iter().rev()).find(|(a, b)| a != b).is_some_and(|(a, b)| a < b);
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut minus_one = FIELD_PRIME_LE;
+    minus_one[0] -= 1;
+    below_p && !(sign && (y == one || y == minus_one))
+}
+
+/// Whether `s` is canonical (< ℓ) and `R` is canonically encoded. Checked
+/// before batching, so that the batch and the single check agree on
+/// non-canonical encodings too.
+fn has_canonical_encoding(signature: &SignatureBytes) -> bool {
     let s: [u8; 32] = signature[32..].try_into().expect("32 bytes");
-    bool::from(Scalar::from_canonical_bytes(s).is_some())
+    let r: [u8; 32] = signature[..32].try_into().expect("32 bytes");
+    bool::from(Scalar::from_canonical_bytes(s).is_some()) && is_canonical_point(&r)
 }
 
 /// Verifies every item; `result[i]` says whether `items[i]` is valid.
@@ -124,12 +166,12 @@ pub fn verify_many(items: &[VerifyItem<'_>]) -> Vec<bool> {
     if items.is_empty() {
         return Vec::new();
     }
-    if items.iter().all(|item| has_canonical_s(item.signature)) && batch_ok(items) {
+    if items.iter().all(|item| has_canonical_encoding(item.signature)) && batch_ok(items) {
         return vec![true; items.len()];
     }
     let mut valid = Vec::with_capacity(items.len());
     for chunk in items.chunks(FALLBACK_CHUNK_LEN) {
-        if chunk.len() > 1 && chunk.iter().all(|item| has_canonical_s(item.signature)) && batch_ok(chunk) {
+        if chunk.len() > 1 && chunk.iter().all(|item| has_canonical_encoding(item.signature)) && batch_ok(chunk) {
             valid.extend(std::iter::repeat_n(true, chunk.len()));
         } else {
             valid.extend(chunk.iter().map(verify_one));
@@ -154,7 +196,7 @@ fn challenge_hash(item: &VerifyItem<'_>) -> [u8; 64] {
 /// Whether the cofactored batch equation holds for every item at once (see
 /// the module docs). The caller has checked that every `s` is canonical.
 fn batch_ok(items: &[VerifyItem<'_>]) -> bool {
-    debug_assert!(items.iter().all(|item| has_canonical_s(item.signature)));
+    debug_assert!(items.iter().all(|item| has_canonical_encoding(item.signature)));
     let challenges: Vec<[u8; 64]> = items.iter().map(challenge_hash).collect();
 
     // Coefficients: 128 bits each, from a hash over every input of the batch.
@@ -239,6 +281,55 @@ mod tests {
         off_curve[0] = 2;
         assert_eq!(parse_registration_key(&off_curve), Err(KeyError::NotAPoint));
         assert!(parse_registration_key(&key(1).verifying_key().to_bytes()).is_ok());
+    }
+
+    #[test]
+    fn non_canonical_r_encodings_are_refused_alone_and_in_batches() {
+        // A signature whose R is the identity (r = 0): s = k·a. Valid with the canonical
+        // encoding of R; each other spelling of the same point is refused, alone and batched.
+        let signing = key(9);
+        let a = signing.to_scalar();
+        let public = signing.verifying_key();
+        let message = b"non-canonical R";
+        let signature_with = |r_bytes: [u8; 32]| {
+            let mut hasher = Sha512::new();
+            hasher.update(r_bytes);
+            hasher.update(public.as_bytes());
+            hasher.update(message);
+            let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&r_bytes);
+            signature[32..].copy_from_slice((k * a).as_bytes());
+            signature
+        };
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let canonical = signature_with(identity);
+        assert!(verify_one(&VerifyItem { key: &public, message, signature: &canonical }));
+        let mut signed_zero_x = identity;
+        signed_zero_x[31] |= 0x80;
+        let mut y_plus_p = FIELD_PRIME_LE;
+        y_plus_p[0] += 1; // p + 1 ≡ 1
+        for spelling in [signed_zero_x, y_plus_p] {
+            let forged = signature_with(spelling);
+            let item = VerifyItem { key: &public, message, signature: &forged };
+            assert!(!verify_one(&item), "{}", hex::encode(spelling));
+            let honest = signing.sign(b"honest").to_bytes();
+            let batch = [VerifyItem { key: &public, message: b"honest", signature: &honest }, item];
+            assert_eq!(verify_many(&batch), vec![true, false]);
+        }
+        assert!(is_canonical_point(&public.to_bytes()));
+    }
+
+    #[test]
+    fn refuses_keys_with_a_torsion_component() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let honest = key(3).verifying_key().to_edwards();
+        for torsion in &EIGHT_TORSION[1..] {
+            let mixed = (honest + torsion).compress().to_bytes();
+            assert_eq!(parse_registration_key(&mixed), Err(KeyError::TorsionComponent));
+        }
+        assert!(parse_registration_key(&honest.compress().to_bytes()).is_ok());
     }
 
     #[test]

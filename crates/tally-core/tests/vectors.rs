@@ -5,16 +5,20 @@
 //! bytes, signatures and hashes, and that the document shows exactly these
 //! vectors, so the two cannot drift apart.
 //!
+//! The log record hashes come in two chains: format 1 (no charge, what ledger
+//! format 1 wrote; these values must never change, or old ledgers would stop
+//! verifying) and format 2 (with the charge).
+//!
 //! To regenerate the document's vector blocks after a deliberate format
 //! change, run
 //! `cargo test -p tally-core --test vectors -- --ignored --nocapture print_vectors`
 //! and paste its output into the document and the constants below.
 
 use ed25519_dalek::{Signer, SigningKey};
-use tally_core::chain::{CommitmentId, GENESIS_HASH, RecordHash};
+use tally_core::chain::{CommitmentId, GENESIS_HASH, LOG_DOMAIN_TAG, LOG_DOMAIN_TAG_V1, RecordHash};
 use tally_core::iou::Iou;
-use tally_core::link_hash;
 use tally_core::verify::{VerifyItem, parse_registration_key, verify_one};
+use tally_core::{LinkContent, link_hash, link_hash_v1};
 
 /// The document, compiled in so the drift check needs no file access.
 const DOC: &str = include_str!("../../../docs/iou-format.md");
@@ -102,32 +106,85 @@ struct ChainVector {
     seq: u64,
     epoch: u64,
     accepted_at_ms: u64,
+    /// What the payee charged: `Some` for a format-2 record, `None` for a
+    /// format-1 record (which has no charge field; it charged the whole amount).
+    charge: Option<u64>,
     hash: &'static str,
 }
 
-/// The first record of a log holds vector 1.
-const CHAIN_1: ChainVector = ChainVector {
-    name: "Record 1 (vector 1, first record of the log)",
+/// Format 1: the first record of a log holds vector 1.
+const CHAIN_V1_1: ChainVector = ChainVector {
+    name: "Format 1, record 1 (vector 1, first record of the log)",
     iou: &VECTOR_1,
     prev_hash: "0000000000000000000000000000000000000000000000000000000000000000",
     seq: 1,
     epoch: 1,
     accepted_at_ms: 1_700_000_000_123,
+    charge: None,
     hash: "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
 };
 
-/// The second record holds vector 2 and links to record 1.
-const CHAIN_2: ChainVector = ChainVector {
-    name: "Record 2 (vector 2, links to record 1)",
+/// Format 1: the second record holds vector 2 and links to record 1.
+const CHAIN_V1_2: ChainVector = ChainVector {
+    name: "Format 1, record 2 (vector 2, links to record 1)",
     iou: &VECTOR_2,
     prev_hash: "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
     seq: 2,
     epoch: 1,
     accepted_at_ms: 1_735_689_601_234,
+    charge: None,
     hash: "c8e258fb06e35fcd15070c7ddb7ca6b4e832dc116d7fbd96489ec9813af8e8c8",
 };
 
-const CHAIN: [&ChainVector; 2] = [&CHAIN_1, &CHAIN_2];
+/// Format 2: the same two IOUs at the same places and times, now with a
+/// charge. Vector 1 is charged its whole amount.
+const CHAIN_V2_1: ChainVector = ChainVector {
+    name: "Format 2, record 1 (vector 1, charged its whole amount)",
+    iou: &VECTOR_1,
+    prev_hash: "0000000000000000000000000000000000000000000000000000000000000000",
+    seq: 1,
+    epoch: 1,
+    accepted_at_ms: 1_700_000_000_123,
+    charge: Some(1),
+    hash: "6f228a2b199023a961cee6f084d59bbb476114a2fa875ed33e8af0227aef0ca9",
+};
+
+/// Format 2: vector 2 commits to 100 but the payee charges 60 (dynamic
+/// pricing), and the record links to record 1.
+const CHAIN_V2_2: ChainVector = ChainVector {
+    name: "Format 2, record 2 (vector 2, charged 60 of its 100, links to record 1)",
+    iou: &VECTOR_2,
+    prev_hash: "6f228a2b199023a961cee6f084d59bbb476114a2fa875ed33e8af0227aef0ca9",
+    seq: 2,
+    epoch: 1,
+    accepted_at_ms: 1_735_689_601_234,
+    charge: Some(60),
+    hash: "29d0f08fabba3d6ad009df01f2d790a74c8041341d2c0ac80b059ea6f10e3cf8",
+};
+
+/// The format-1 chain: what ledger format 1 wrote. Its hashes never change.
+const CHAIN_V1: [&ChainVector; 2] = [&CHAIN_V1_1, &CHAIN_V1_2];
+/// The format-2 chain.
+const CHAIN_V2: [&ChainVector; 2] = [&CHAIN_V2_1, &CHAIN_V2_2];
+/// Both chains, each starting from the genesis hash.
+const CHAINS: [&[&ChainVector; 2]; 2] = [&CHAIN_V1, &CHAIN_V2];
+
+/// Every record of both chains.
+fn chain_records() -> impl Iterator<Item = &'static ChainVector> {
+    CHAINS.into_iter().flatten().copied()
+}
+
+/// A record's hash: format 1 (no charge) with [`link_hash_v1`], format 2 with
+/// [`link_hash`] and the charge.
+fn record_hash(c: &ChainVector, prev: &RecordHash, signature: &[u8; 64], evidence: &[u8]) -> RecordHash {
+    let (seq, epoch, accepted_at_ms) = (c.seq, c.epoch, c.accepted_at_ms);
+    match c.charge {
+        None => link_hash_v1(prev, seq, epoch, accepted_at_ms, signature, evidence),
+        Some(charge) => {
+            link_hash(prev, &LinkContent { seq, epoch, accepted_at_ms, charge: Some(charge), signature, evidence })
+        }
+    }
+}
 
 fn unhex<const N: usize>(text: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -188,17 +245,35 @@ fn render_vector(v: &Vector) -> String {
     )
 }
 
+/// A record's block as the document prints it, in the order the hash reads
+/// its fields. A format-1 record has no `charge` line.
 fn render_chain(c: &ChainVector) -> String {
+    let tag = match c.charge {
+        None => LOG_DOMAIN_TAG_V1,
+        Some(_) => LOG_DOMAIN_TAG,
+    };
+    let charge = c.charge.map_or(String::new(), |charge| format!("charge         = {charge}\n"));
     format!(
-        "prev_hash      = {}\n\
+        "domain_tag     = \"{}\"\n\
+         prev_hash      = {}\n\
          seq            = {}\n\
          epoch          = {}\n\
          accepted_at_ms = {}\n\
+         {charge}\
          signature      = {}\n\
          signing_bytes  = {}\n\
          record_hash    = {}\n\
          commitment_id  = {}:{}\n",
-        c.prev_hash, c.seq, c.epoch, c.accepted_at_ms, c.iou.signature, c.iou.signing_bytes, c.hash, c.seq, c.hash,
+        std::str::from_utf8(tag).expect("ASCII"),
+        c.prev_hash,
+        c.seq,
+        c.epoch,
+        c.accepted_at_ms,
+        c.iou.signature,
+        c.iou.signing_bytes,
+        c.hash,
+        c.seq,
+        c.hash,
     )
 }
 
@@ -335,17 +410,64 @@ fn vector_3_sits_on_the_edges() {
 
 #[test]
 fn chain_hashes_match_the_document() {
-    assert_eq!(CHAIN_1.prev_hash, hex::encode(GENESIS_HASH));
-    assert_eq!(CHAIN_2.prev_hash, CHAIN_1.hash, "record 2 links to record 1");
-    for c in CHAIN {
+    for chain in CHAINS {
+        assert_eq!(chain[0].prev_hash, hex::encode(GENESIS_HASH), "{}", chain[0].name);
+        assert_eq!(chain[1].prev_hash, chain[0].hash, "{} links to record 1", chain[1].name);
+        for (c, seq) in chain.iter().zip(1..) {
+            assert_eq!(c.seq, seq, "{}", c.name);
+        }
+    }
+    for c in chain_records() {
         let prev: RecordHash = unhex(c.prev_hash);
         let signature: [u8; 64] = unhex(c.iou.signature);
         let bytes = hex::decode(c.iou.signing_bytes).expect("hex");
-        let hash = link_hash(&prev, c.seq, c.epoch, c.accepted_at_ms, &signature, &bytes);
+        let hash = record_hash(c, &prev, &signature, &bytes);
         assert_eq!(hex::encode(hash), c.hash, "{}", c.name);
         let id = CommitmentId { seq: c.seq, hash };
         assert_eq!(id.to_string(), format!("{}:{}", c.seq, c.hash));
         assert_eq!(format!("{}:{}", c.seq, c.hash).parse::<CommitmentId>(), Ok(id));
+    }
+}
+
+#[test]
+fn format_1_records_keep_their_hash() {
+    // `link_hash` without a charge is the format-1 hash, and the format-1
+    // vectors are the values format 1 wrote (tag "tally-log-v1", no charge).
+    for c in CHAIN_V1 {
+        assert_eq!(c.charge, None, "{}", c.name);
+        let prev: RecordHash = unhex(c.prev_hash);
+        let signature: [u8; 64] = unhex(c.iou.signature);
+        let bytes = hex::decode(c.iou.signing_bytes).expect("hex");
+        let content = LinkContent {
+            seq: c.seq,
+            epoch: c.epoch,
+            accepted_at_ms: c.accepted_at_ms,
+            charge: None,
+            signature: &signature,
+            evidence: &bytes,
+        };
+        assert_eq!(hex::encode(link_hash(&prev, &content)), c.hash, "{}", c.name);
+    }
+    assert_eq!(CHAIN_V1_1.hash, "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32");
+    assert_eq!(CHAIN_V1_2.hash, "c8e258fb06e35fcd15070c7ddb7ca6b4e832dc116d7fbd96489ec9813af8e8c8");
+}
+
+#[test]
+fn format_2_vectors_show_the_charge() {
+    for c in CHAIN_V2 {
+        let charge = c.charge.expect("a format-2 record has a charge");
+        assert!((1..=c.iou.amount).contains(&charge), "{}: a charge is 1..=the IOU's amount", c.name);
+    }
+    // Dynamic pricing: one record is charged less than its IOU commits to.
+    assert!(CHAIN_V2.iter().any(|c| c.charge < Some(c.iou.amount)), "a record charged below its amount");
+    // The format-2 chain holds the format-1 chain's IOUs at the same places
+    // and times, so only the tag and the charge tell their hashes apart.
+    for (v1, v2) in CHAIN_V1.iter().zip(CHAIN_V2) {
+        assert_eq!(
+            (v1.iou.name, v1.seq, v1.epoch, v1.accepted_at_ms),
+            (v2.iou.name, v2.seq, v2.epoch, v2.accepted_at_ms)
+        );
+        assert_ne!(v1.hash, v2.hash, "{}", v2.name);
     }
 }
 
@@ -377,35 +499,39 @@ fn the_document_shows_exactly_these_vectors() {
     }
     let breakdown = render_breakdown(&VECTOR_2);
     assert!(DOC.contains(&breakdown), "the worked example differs from\n{breakdown}");
-    for c in CHAIN {
+    for c in chain_records() {
         assert!(DOC.contains(&render_chain(c)), "{}: the document's block differs from\n{}", c.name, render_chain(c));
     }
     // And the other way round: every hex value the document lists is one of
     // ours, so no stale vector lingers in the text.
     let mut ours: Vec<&str> = VECTORS.iter().map(|v| v.signing_bytes).collect();
     let mut listed = doc_values("signing_bytes");
-    ours.extend(CHAIN.iter().map(|c| c.iou.signing_bytes));
+    ours.extend(chain_records().map(|c| c.iou.signing_bytes));
     ours.sort_unstable();
     listed.sort_unstable();
     assert_eq!(listed, ours, "signing_bytes lines in the document");
     let mut ours: Vec<&str> = VECTORS.iter().map(|v| v.signature).collect();
     let mut listed = doc_values("signature");
-    ours.extend(CHAIN.iter().map(|c| c.iou.signature));
+    ours.extend(chain_records().map(|c| c.iou.signature));
     ours.sort_unstable();
     listed.sort_unstable();
     assert_eq!(listed, ours, "signature lines in the document");
-    let mut ours: Vec<String> = CHAIN.iter().map(|c| c.hash.to_owned()).collect();
+    let mut ours: Vec<&str> = chain_records().map(|c| c.hash).collect();
     let mut listed = doc_values("record_hash");
     ours.sort_unstable();
     listed.sort_unstable();
     assert_eq!(listed, ours, "record_hash lines in the document");
+    let mut ours: Vec<String> = chain_records().filter_map(|c| c.charge).map(|c| c.to_string()).collect();
+    let mut listed = doc_values("charge");
+    ours.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(listed, ours, "charge lines in the document");
 }
 
 /// Prints the document's vector blocks, computed from the inputs above.
 #[test]
 #[ignore = "a generator, run by hand when the format changes"]
 fn print_vectors() {
-    let mut prev = GENESIS_HASH;
     let mut computed = Vec::new();
     for v in VECTORS {
         let bytes = iou_of(v).signing_bytes();
@@ -420,19 +546,22 @@ fn print_vectors() {
         println!("```text\n{}```\n", render_breakdown(&filled));
         computed.push(filled);
     }
-    for c in CHAIN {
-        let v = computed.iter().find(|v| v.name == c.iou.name).expect("a listed vector");
-        let signature: [u8; 64] = unhex(v.signature);
-        let bytes = hex::decode(v.signing_bytes).expect("hex");
-        let hash = link_hash(&prev, c.seq, c.epoch, c.accepted_at_ms, &signature, &bytes);
-        let filled = ChainVector {
-            iou: Box::leak(Box::new(*v)),
-            prev_hash: hex::encode(prev).leak(),
-            hash: hex::encode(hash).leak(),
-            ..*c
-        };
-        println!("### {}\n\n```text\n{}```\n", c.name, render_chain(&filled));
-        prev = hash;
+    for chain in CHAINS {
+        let mut prev = GENESIS_HASH;
+        for c in chain {
+            let v = computed.iter().find(|v| v.name == c.iou.name).expect("a listed vector");
+            let signature: [u8; 64] = unhex(v.signature);
+            let bytes = hex::decode(v.signing_bytes).expect("hex");
+            let hash = record_hash(c, &prev, &signature, &bytes);
+            let filled = ChainVector {
+                iou: Box::leak(Box::new(*v)),
+                prev_hash: hex::encode(prev).leak(),
+                hash: hex::encode(hash).leak(),
+                ..**c
+            };
+            println!("### {}\n\n```text\n{}```\n", c.name, render_chain(&filled));
+            prev = hash;
+        }
     }
 }
 

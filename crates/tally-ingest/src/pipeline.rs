@@ -3,7 +3,11 @@
 //! [`Pipeline::submit`] takes one batch and answers one result per IOU:
 //!
 //! 1. **Stateless checks** (cheap, on the caller's task): shape, network,
-//!    validity window, non-zero amount.
+//!    non-zero amount, a charge within the amount. The validity window is
+//!    *not* refused here: it is the writer's decision, after replay, so a
+//!    late retry of an accepted IOU is answered with its original commitment
+//!    (`DUPLICATE`) rather than `EXPIRED`, and time is judged by one clock
+//!    that never goes back (`tally_ledger::writer`).
 //! 2. **Key lookup** in the writer's [`KeyDirectory`](tally_ledger::KeyDirectory)
 //!    (already-decompressed keys, no disk).
 //! 3. **Signature verification** on the [`VerifierPool`]: when cores are
@@ -30,7 +34,7 @@ use tally_core::iou::SIGNING_BYTES_LEN_MAX;
 use tally_core::verify::{VerifyItem, verify_many, verify_one};
 use tally_core::{Commitment, Iou, Outcome, PublicKeyBytes, SignatureBytes, SignedIou, ValidityPolicy};
 use tally_ledger::writer::STAGE_SECONDS;
-use tally_ledger::{AppendItem, AppendResult, BatchRecord, Clock, LedgerError, WriterHandle};
+use tally_ledger::{AppendItem, AppendResult, BatchRecord, LedgerError, WriterHandle};
 use tokio::sync::{Semaphore, oneshot};
 
 /// Bounds and policy of the pipeline.
@@ -198,10 +202,26 @@ pub struct SignedBatch {
     pub ious: Vec<Result<Iou, Outcome>>,
 }
 
+/// A commitment with what the payee charges for it (at most its amount).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charged {
+    pub commitment: Commitment,
+    pub charge: u64,
+}
+
+impl Charged {
+    /// The whole committed amount is charged.
+    pub fn whole(commitment: Commitment) -> Charged {
+        let charge = commitment.signed.iou.amount;
+        Charged { commitment, charge }
+    }
+}
+
 /// A commitment that passed the cheap checks, on its way to verification.
 struct Candidate {
     index: usize,
     commitment: Commitment,
+    charge: u64,
     key: VerifyingKey,
 }
 
@@ -209,13 +229,12 @@ pub struct Pipeline {
     config: PipelineConfig,
     writer: WriterHandle,
     verifier: VerifierPool,
-    clock: Clock,
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, writer: WriterHandle, clock: Clock) -> Pipeline {
+    pub fn new(config: PipelineConfig, writer: WriterHandle) -> Pipeline {
         let verifier = VerifierPool::start(config.verify_threads, config.verify_jobs_max);
-        Pipeline { config, writer, verifier, clock }
+        Pipeline { config, writer, verifier }
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -226,10 +245,18 @@ impl Pipeline {
         &self.writer
     }
 
-    /// Now, in Unix seconds, by the pipeline's clock (the one validity
-    /// windows are judged by).
+    /// Now, in Unix seconds, as the writer judges it: `max(clock, the
+    /// ledger's time mark)`, so a front door never pre-judges time by an
+    /// earlier clock than the one that decides.
     pub fn now_s(&self) -> u64 {
-        (self.clock)() / 1000
+        self.writer.now_s()
+    }
+
+    /// The validity window of `iou` now (see [`Pipeline::now_s`]). Front
+    /// doors that preview a decision (`/verify`) use it after their replay
+    /// check; the writer applies the same rule when it decides.
+    pub fn check_window(&self, iou: &Iou) -> Result<(), Outcome> {
+        self.config.validity.check(iou, self.now_s())
     }
 
     /// Submits one batch of Tally IOUs. `Err(outcome)` entries are IOUs the
@@ -253,29 +280,43 @@ impl Pipeline {
         &self,
         batch: Vec<Result<Commitment, Outcome>>,
     ) -> Result<Vec<AppendResult>, PipelineError> {
+        self.submit_charged(batch.into_iter().map(|item| item.map(Charged::whole)).collect()).await
+    }
+
+    /// [`Pipeline::submit_commitments`] with an explicit charge per
+    /// commitment (`1..=amount`; anything else is `INVALID_AMOUNT`): what an
+    /// x402 resource server charges under the scheme's dynamic pricing.
+    pub async fn submit_charged(&self, batch: Vec<Result<Charged, Outcome>>) -> Result<Vec<AppendResult>, PipelineError> {
         let len = batch.len();
         if len > self.config.batch_ious_max {
             return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
         }
         let started = std::time::Instant::now();
         let mut results: Vec<Option<AppendResult>> = vec![None; len];
-        let now_s = (self.clock)() / 1000;
 
         // 1. Stateless checks.
         let mut checked = Vec::with_capacity(len);
         for (index, item) in batch.into_iter().enumerate() {
-            match item.and_then(|commitment| self.check(&commitment.signed.iou, now_s).map(|()| commitment)) {
-                Ok(commitment) => checked.push((index, commitment)),
+            let item = item.and_then(|charged| {
+                self.check(&charged.commitment.signed.iou)?;
+                if charged.charge == 0 || charged.charge > charged.commitment.signed.iou.amount {
+                    return Err(Outcome::InvalidAmount);
+                }
+                Ok(charged)
+            });
+            match item {
+                Ok(charged) => checked.push((index, charged)),
                 Err(outcome) => results[index] = Some(AppendResult::rejected(outcome)),
             }
         }
 
         // 2. Key lookup, one read lock for the batch.
-        let keys = self.writer.directory().lookup_many(checked.iter().map(|(_, c)| &c.signed.iou.payer_key));
+        let keys =
+            self.writer.directory().lookup_many(checked.iter().map(|(_, c)| &c.commitment.signed.iou.payer_key));
         let mut candidates = Vec::with_capacity(checked.len());
-        for ((index, commitment), key) in checked.into_iter().zip(keys) {
+        for ((index, Charged { commitment, charge }), key) in checked.into_iter().zip(keys) {
             match key {
-                Some(key) => candidates.push(Candidate { index, commitment, key }),
+                Some(key) => candidates.push(Candidate { index, commitment, charge, key }),
                 None => results[index] = Some(AppendResult::rejected(Outcome::UnknownPayer)),
             }
         }
@@ -287,7 +328,8 @@ impl Pipeline {
         for (candidate, valid) in verified {
             if valid {
                 indices.push(candidate.index);
-                items.push(AppendItem::from(candidate.commitment));
+                let Commitment { signed, evidence, .. } = candidate.commitment;
+                items.push(AppendItem { signed, evidence, charge: candidate.charge });
             } else {
                 results[candidate.index] = Some(AppendResult::rejected(Outcome::BadSignature));
             }
@@ -373,15 +415,15 @@ impl Pipeline {
             return refuse_all(Outcome::BadSignature);
         }
 
-        let now_s = self.now_s();
         let mut results: Vec<Option<AppendResult>> = vec![None; len];
         let mut indices = Vec::with_capacity(len);
         let mut items = Vec::with_capacity(len);
         for (index, (iou, evidence)) in ious.into_iter().zip(evidences).enumerate() {
-            match self.check(&iou, now_s) {
+            match self.check(&iou) {
                 Ok(()) => {
                     indices.push(index);
-                    items.push(AppendItem { signed: SignedIou { iou, signature }, evidence });
+                    let charge = iou.amount;
+                    items.push(AppendItem { signed: SignedIou { iou, signature }, evidence, charge });
                 }
                 Err(outcome) => results[index] = Some(AppendResult::rejected(outcome)),
             }
@@ -401,28 +443,28 @@ impl Pipeline {
     }
 
     /// Checks one commitment exactly as [`Pipeline::submit_commitments`]
-    /// would up to the commit (shape, network, validity window, registered
-    /// key, signature) and records nothing. Replay and credit are the
+    /// would up to the commit (shape, network, registered key, signature)
+    /// and records nothing. Replay, the validity window and credit are the
     /// writer's decisions; a caller that wants to preview them reads the
-    /// ledger. `Accepted` here means "would reach the writer".
+    /// ledger and [`Pipeline::check_window`]. `Accepted` here means "would
+    /// reach the writer".
     pub async fn verify_only(&self, commitment: Commitment) -> Result<Outcome, PipelineError> {
-        let now_s = (self.clock)() / 1000;
-        if let Err(outcome) = self.check(&commitment.signed.iou, now_s) {
+        if let Err(outcome) = self.check(&commitment.signed.iou) {
             return Ok(outcome);
         }
         let Some(key) = self.writer.directory().lookup(&commitment.signed.iou.payer_key) else {
             return Ok(Outcome::UnknownPayer);
         };
-        let verified = self.verify(vec![Candidate { index: 0, commitment, key }]).await?;
+        let charge = commitment.signed.iou.amount;
+        let verified = self.verify(vec![Candidate { index: 0, commitment, charge, key }]).await?;
         Ok(if verified.first().is_some_and(|(_, valid)| *valid) { Outcome::Accepted } else { Outcome::BadSignature })
     }
 
-    fn check(&self, iou: &Iou, now_s: u64) -> Result<(), Outcome> {
+    fn check(&self, iou: &Iou) -> Result<(), Outcome> {
         iou.check_shape().map_err(|_| Outcome::Malformed)?;
         if iou.network != self.config.network {
             return Err(Outcome::WrongNetwork);
         }
-        self.config.validity.check(iou, now_s)?;
         if iou.amount == 0 {
             return Err(Outcome::InvalidAmount);
         }

@@ -26,7 +26,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::grpc::admin::AdminService;
-use crate::grpc::auth::AdminAuth;
+use crate::grpc::auth::{AdminAuth, QueryAuth};
 use crate::grpc::ingest::IngestService;
 use crate::grpc::query::QueryService;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -87,9 +87,10 @@ impl Engine {
                 queue_depth_max: config.writer_queue_depth_max,
                 group_ious_max: config.writer_group_ious_max,
                 clock: config.clock.clone(),
+                validity: config.pipeline.validity,
             },
         )?;
-        let pipeline = Arc::new(Pipeline::new(config.pipeline, writer.handle(), config.clock));
+        let pipeline = Arc::new(Pipeline::new(config.pipeline, writer.handle()));
         Ok(Engine { ledger, pipeline, writer })
     }
 
@@ -241,10 +242,12 @@ pub async fn serve_listeners(
 
     let ingest = IngestServer::new(IngestService::new(engine.pipeline.clone(), limits.stream_batches_inflight_max))
         .max_decoding_message_size(limits.message_bytes_max);
-    let query = QueryServer::new(QueryService::new(engine.ledger.clone()));
+    let admin_auth = AdminAuth::new(admin_token)?;
+    let query_auth = QueryAuth::new(admin_auth.clone(), engine.ledger.clone());
+    let query = QueryServer::new(QueryService::new(engine.ledger.clone(), query_auth));
     let admin = AdminServer::with_interceptor(
         AdminService::new(engine.ledger.clone(), engine.pipeline.writer().clone()),
-        AdminAuth::new(admin_token),
+        admin_auth,
     );
     let tls = listeners.tls.as_ref();
 

@@ -32,9 +32,9 @@ use tally_core::SignedIou;
 use tokio::sync::oneshot;
 
 use crate::LedgerError;
+use crate::command::{AdminError, AdminReply, AppendResult};
 use crate::directory::KeyDirectory;
 use crate::store::Ledger;
-use crate::writer::{AdminError, AdminReply, AppendResult};
 
 /// Decided groups waiting for the committer, beside the one it is writing.
 /// One is enough to keep both stages busy; more would only add latency and
@@ -61,6 +61,9 @@ pub(crate) struct CommitJob {
     pub(crate) generation: u64,
     /// The group's accepted IOUs, dropped here rather than on the writer.
     pub(crate) spent: Vec<SignedIou>,
+    /// The ledger's time mark once this group is durable: the replay index's
+    /// pruning horizon may follow it only then.
+    pub(crate) time_mark_ms: u64,
 }
 
 /// What became of a job, reported to the writer in job order.
@@ -99,6 +102,7 @@ pub(crate) fn run_committer(
         match outcome {
             Ok(()) => {
                 directory.publish(job.new_keys.into_iter());
+                ledger.publish_time_mark(job.time_mark_ms);
                 metrics::histogram!("tally_commit_seconds").record(job.started.elapsed().as_secs_f64());
                 metrics::histogram!("tally_commit_group_ious").record(job.appended as f64);
                 metrics::counter!("tally_commit_groups_total").increment(1);

@@ -28,13 +28,30 @@ pub const CF_EPOCHS: &str = "epochs";
 /// Settlement plans, batches, payouts, bills and carries (see [`crate::settlement`]).
 pub const CF_SETTLEMENT: &str = "settlement";
 
-/// Every column family, in creation order.
 /// Batch-signed commitments: `payer key ‖ batch_seq` → the statement's count and root, the payer's
 /// signature and every leaf hash (see [`BatchRecord`]). Put once, never updated.
 pub const CF_BATCHES: &str = "batches";
 
-pub const COLUMN_FAMILIES: [&str; 8] =
-    [CF_LOG, CF_NONCES, CF_AGG_BY_PAYER, CF_AGG_BY_PAYEE, CF_ACCOUNTS, CF_EPOCHS, CF_SETTLEMENT, CF_BATCHES];
+/// The ledger's identity and format: `format`, `ledger_id`, … (see [`crate::format`]).
+pub const CF_META: &str = "meta";
+
+/// The control-plane journal: `seq (u64 BE)` → one hash-chained record of an
+/// admin change or settlement step, with who made it (see [`crate::journal`]).
+pub const CF_JOURNAL: &str = "journal";
+
+/// Every column family, in creation order.
+pub const COLUMN_FAMILIES: [&str; 10] = [
+    CF_LOG,
+    CF_NONCES,
+    CF_AGG_BY_PAYER,
+    CF_AGG_BY_PAYEE,
+    CF_ACCOUNTS,
+    CF_EPOCHS,
+    CF_SETTLEMENT,
+    CF_BATCHES,
+    CF_META,
+    CF_JOURNAL,
+];
 
 pub const ACCOUNT_ASSET_PREFIX: &[u8] = b"asset/";
 pub const ACCOUNT_PAYER_PREFIX: &[u8] = b"payer/";
@@ -43,6 +60,24 @@ pub const ACCOUNT_KEY_PREFIX: &[u8] = b"key/";
 /// `"agent/" signature agent` → the id (UTF-8) of the payer it belongs to; an
 /// index the writer keeps in step with [`tally_core::Payer::signature_agent`].
 pub const ACCOUNT_AGENT_PREFIX: &[u8] = b"agent/";
+/// `"qtoken/" SHA-256(token)` → bincode [`crate::tokens::QueryToken`]: the
+/// query service's scoped bearer tokens, stored hashed.
+pub const ACCOUNT_QUERY_TOKEN_PREFIX: &[u8] = b"qtoken/";
+
+/// The index record `"agent/" agent` of a payer's signature agent.
+pub fn agent_index_key(agent: &str) -> Vec<u8> {
+    let mut key = ACCOUNT_AGENT_PREFIX.to_vec();
+    key.extend_from_slice(agent.as_bytes());
+    key
+}
+
+/// `prefix ‖ id`: the key of an account record.
+pub fn account_key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + id.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(id);
+    key
+}
 
 /// Appends `len(s) as u8 || s`.
 pub(crate) fn push_lp(out: &mut Vec<u8>, s: &str) {
@@ -197,18 +232,32 @@ pub fn merge_aggregates(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb
     Some(total.encode().to_vec())
 }
 
-/// Offsets inside a log record value.
+/// Offsets inside a log record value (format 2, written from ledger format 2 on).
 ///
 /// ```text
-///   0   8  epoch, u64 BE
-///   8   8  accepted_at_ms, u64 BE
-///  16  32  prev_hash
-///  48  32  hash (see tally_core::chain)
-///  80  64  signature
-/// 144   .  the evidence: what the payer signed (tally_core::evidence):
+///   0   1  record version, 2
+///   1   8  epoch, u64 BE
+///   9   8  accepted_at_ms, u64 BE
+///  17   8  charge, u64 BE: what the payee charged (≤ the IOU's amount)
+///  25  32  prev_hash
+///  57  32  hash (see tally_core::chain)
+///  89  64  signature
+/// 153   .  the evidence: what the payer signed (tally_core::evidence):
 ///           the IOU's canonical signing bytes, or a Web Bot Auth record
 /// ```
-pub const LOG_HEADER_LEN: usize = 144;
+///
+/// A format-1 record (written by ledger format 1, kept as it was) has no
+/// version byte and no charge: `epoch ‖ accepted_at_ms ‖ prev_hash ‖ hash ‖
+/// signature ‖ evidence`, 144 header bytes; its charge is the IOU's amount.
+/// Its first byte is the high byte of its epoch, which is zero for every
+/// epoch below 2⁵⁶ (epochs count up from 1 by one per seal), so the first
+/// byte tells the two apart: 0 is format 1, 2 is format 2, anything else is
+/// corruption.
+pub const LOG_HEADER_LEN: usize = 153;
+/// The header of a format-1 record.
+pub const LOG_HEADER_LEN_V1: usize = 144;
+/// The version byte that opens a format-2 log record.
+pub const LOG_RECORD_V2: u8 = 2;
 
 /// One IOU as the log holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +265,9 @@ pub struct StoredIou {
     pub seq: u64,
     pub epoch: u64,
     pub accepted_at_ms: u64,
+    /// What the payee charged; `None` for a format-1 record, whose charge is
+    /// the IOU's amount (see [`StoredIou::charge`]).
+    pub charge: Option<u64>,
     pub prev_hash: RecordHash,
     pub hash: RecordHash,
     pub signature: SignatureBytes,
@@ -234,24 +286,43 @@ impl StoredIou {
         self.evidence().map(|evidence| evidence.iou)
     }
 
+    /// What the payee charged: the recorded charge, or for a format-1
+    /// record the IOU's amount (format 1 always charged the whole amount).
+    pub fn charge(&self) -> Result<u64, LedgerError> {
+        match self.charge {
+            Some(charge) => Ok(charge),
+            None => Ok(self.iou()?.amount),
+        }
+    }
+
     /// Recomputes this record's hash from its content and `prev_hash`.
     pub fn computed_hash(&self) -> RecordHash {
-        tally_core::link_hash(
-            &self.prev_hash,
-            self.seq,
-            self.epoch,
-            self.accepted_at_ms,
-            &self.signature,
-            &self.evidence,
-        )
+        let content = tally_core::LinkContent {
+            seq: self.seq,
+            epoch: self.epoch,
+            accepted_at_ms: self.accepted_at_ms,
+            charge: self.charge,
+            signature: &self.signature,
+            evidence: &self.evidence,
+        };
+        tally_core::link_hash(&self.prev_hash, &content)
     }
 }
 
-/// Encodes a log record value. The evidence is stored verbatim: what was
-/// signed and hashed is exactly what is kept.
+/// Encodes a log record value in the format its `charge` says (format 2
+/// with a charge; format 1 without, which only tests that build old ledgers
+/// write). The evidence is stored verbatim: what was signed and hashed is
+/// exactly what is kept.
 pub fn encode_log_record(record: &StoredIou, out: &mut Vec<u8>) {
-    out.extend_from_slice(&record.epoch.to_be_bytes());
-    out.extend_from_slice(&record.accepted_at_ms.to_be_bytes());
+    if let Some(charge) = record.charge {
+        out.push(LOG_RECORD_V2);
+        out.extend_from_slice(&record.epoch.to_be_bytes());
+        out.extend_from_slice(&record.accepted_at_ms.to_be_bytes());
+        out.extend_from_slice(&charge.to_be_bytes());
+    } else {
+        out.extend_from_slice(&record.epoch.to_be_bytes());
+        out.extend_from_slice(&record.accepted_at_ms.to_be_bytes());
+    }
     out.extend_from_slice(&record.prev_hash);
     out.extend_from_slice(&record.hash);
     out.extend_from_slice(&record.signature);
@@ -262,17 +333,27 @@ pub fn decode_log_record(key: &[u8], value: &[u8]) -> Result<StoredIou, LedgerEr
     let seq = u64::from_be_bytes(
         key.try_into().map_err(|_| LedgerError::Corruption(format!("log key {}", hex::encode(key))))?,
     );
-    if value.len() < LOG_HEADER_LEN {
-        return Err(LedgerError::Corruption(format!("log record {seq} is {} bytes", value.len())));
-    }
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().expect("8 bytes"));
+    let (epoch, accepted_at_ms, charge, rest) = match value.first().copied() {
+        Some(LOG_RECORD_V2) if value.len() >= LOG_HEADER_LEN => (u64_at(1), u64_at(9), Some(u64_at(17)), 25),
+        Some(0) if value.len() >= LOG_HEADER_LEN_V1 => (u64_at(0), u64_at(8), None, 16),
+        Some(0 | LOG_RECORD_V2) => {
+            return Err(LedgerError::Corruption(format!("log record {seq} is {} bytes", value.len())));
+        }
+        Some(version) => {
+            return Err(LedgerError::Corruption(format!("log record {seq} has unknown version byte {version}")));
+        }
+        None => return Err(LedgerError::Corruption(format!("log record {seq} is empty"))),
+    };
     Ok(StoredIou {
         seq,
-        epoch: u64::from_be_bytes(value[0..8].try_into().expect("8 bytes")),
-        accepted_at_ms: u64::from_be_bytes(value[8..16].try_into().expect("8 bytes")),
-        prev_hash: value[16..48].try_into().expect("32 bytes"),
-        hash: value[48..80].try_into().expect("32 bytes"),
-        signature: value[80..144].try_into().expect("64 bytes"),
-        evidence: value[144..].to_vec(),
+        epoch,
+        accepted_at_ms,
+        charge,
+        prev_hash: value[rest..rest + 32].try_into().expect("32 bytes"),
+        hash: value[rest + 32..rest + 64].try_into().expect("32 bytes"),
+        signature: value[rest + 64..rest + 128].try_into().expect("64 bytes"),
+        evidence: value[rest + 128..].to_vec(),
     })
 }
 
@@ -420,12 +501,12 @@ mod tests {
 
         #[test]
         fn log_records_round_trip(
-            seq in 1u64.., epoch in any::<u64>(), at in any::<u64>(),
+            seq in 1u64.., epoch in 0u64..(1 << 56), at in any::<u64>(), charge in proptest::option::of(any::<u64>()),
             prev in any::<[u8; 32]>(), hash in any::<[u8; 32]>(),
             sig in proptest::collection::vec(any::<u8>(), 64), body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
             let record = StoredIou {
-                seq, epoch, accepted_at_ms: at, prev_hash: prev, hash,
+                seq, epoch, accepted_at_ms: at, charge, prev_hash: prev, hash,
                 signature: sig.try_into().unwrap(), evidence: body,
             };
             let mut value = Vec::new();
@@ -463,6 +544,11 @@ mod tests {
     fn damaged_values_are_corruption_not_panics() {
         assert!(decode_log_record(&[0; 8], &[0; 10]).is_err());
         assert!(decode_log_record(&[0; 7], &[0; 200]).is_err());
+        assert!(decode_log_record(&[0; 8], &[]).is_err());
+        let mut v2 = vec![LOG_RECORD_V2];
+        v2.extend_from_slice(&[0; 150]);
+        assert!(decode_log_record(&[0; 8], &v2).is_err(), "a format-2 record shorter than its header");
+        assert!(decode_log_record(&[0; 8], &[1; 200]).is_err(), "unknown version byte");
         assert!(decode_nonce_entry(&[0; 47]).is_err());
         assert!(decode_aggregate_key(&[0; 9]).is_err());
         assert!(AggregateValue::decode(&[0; 23]).is_none());

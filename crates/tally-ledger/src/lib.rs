@@ -11,6 +11,14 @@
 //! - [`store::Ledger`] opens the database and serves reads: balances,
 //!   epochs, accounts, single IOUs. Reads go straight to RocksDB from any
 //!   thread.
+//! - [`format`] knows which on-disk format a directory holds: a new ledger's
+//!   genesis (its random ledger id), and the migration of older formats.
+//! - [`command`] is the writer's vocabulary (appends, admin commands,
+//!   settlement steps, their answers), shared by everything that talks to it.
+//! - [`journal`] is the hash chain of every control-plane change, with who
+//!   made it; the accounts, epochs and settlement column families are its
+//!   materialised view.
+//! - [`tokens`] holds the query service's scoped tokens (stored hashed).
 //! - [`writer`] runs the **single writer**: one thread that takes commands
 //!   from a bounded queue, applies replay, account and credit checks against
 //!   its in-memory [`state::State`], and commits whole groups of commands as
@@ -24,29 +32,38 @@
 //!   public keys without touching the disk.
 //! - [`settlement`] stores settlement plans, batches, payouts, bills and
 //!   carries, and applies the state machine's steps inside the writer.
-//! - [`audit`] recomputes every aggregate from the log, walks the hash
-//!   chain and re-verifies signatures: `tally ledger verify`.
+//! - [`audit`] recomputes every aggregate from the log, walks both hash
+//!   chains, re-verifies signatures, replays the journal against the stored
+//!   accounts and settlement records, and nets every plan again:
+//!   `tally ledger verify`.
 //!
 //! The durability contract: a reply from the writer that says "accepted"
 //! is sent only after the batch holding that IOU was written with
 //! `sync = true`.
 
 pub mod audit;
+pub mod command;
 mod commit;
 pub mod directory;
 pub mod failpoint;
+pub mod format;
+pub mod journal;
 pub mod layout;
 pub mod settlement;
 pub mod state;
 pub mod store;
+pub mod tokens;
 pub mod writer;
 
 pub use audit::{AuditOptions, AuditReport, audit};
+pub use command::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, SettlementCommand};
 pub use directory::KeyDirectory;
+pub use format::{FORMAT_CURRENT, Meta};
+pub use journal::{JournalEntry, JournalHead, Notice};
 pub use layout::{AggregateValue, BatchRecord, EpochRecord, EpochStatus, StoredIou};
-pub use settlement::SettlementCommand;
-pub use store::{BalanceFilter, BalanceRow, Ledger, LedgerOptions, MemoryUsage};
-pub use writer::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, Writer, WriterConfig, WriterHandle};
+pub use store::{BalanceFilter, BalancePage, BalanceRow, Ledger, LedgerOptions, MemoryUsage};
+pub use tokens::{QueryScope, QueryToken, token_digest};
+pub use writer::{Writer, WriterConfig, WriterHandle};
 
 /// Errors from the storage layer. Any of these fails a whole group commit:
 /// nothing in it is acknowledged.
@@ -64,6 +81,10 @@ pub enum LedgerError {
     WriterStopped,
     #[error("the group commit failed, nothing in it was written: {0}")]
     WriteFailed(String),
+    /// A reader's request was malformed (a forged page token, say): the
+    /// caller's fault, answered `INVALID_ARGUMENT`, never a panic.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 /// RocksDB's own corruption findings (a bad block checksum, say) are

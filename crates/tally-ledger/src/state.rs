@@ -1,17 +1,20 @@
 //! The writer's in-memory state, and how it is rebuilt from disk.
 //!
-//! Everything here is derived from the database: the head of the hash chain
-//! (the last log record), the open epoch (the last epoch record), accounts,
-//! the last planned epoch, and each payer's unsettled total per asset (its
-//! aggregates in epochs not yet planned, plus its open bills). Nothing is persisted twice. After a crash, or
-//! after a failed write, the writer throws its state away and calls
-//! [`State::load`] again, so memory can never drift from what is durable.
+//! Everything here is derived from the database: the heads of the two hash
+//! chains (the last log record, the last journal entry), the time mark (the
+//! later of their times), the open epoch (the last epoch record), accounts,
+//! query tokens, the last planned epoch, and each payer's unsettled total per
+//! asset (its aggregates in epochs not yet planned, plus its open bills).
+//! Nothing is persisted twice. After a crash, or after a failed write, the
+//! writer throws its state away and calls [`State::load`] again, so memory
+//! can never drift from what is durable.
 
 use std::collections::HashMap;
 
 use tally_core::{Asset, Payee, Payer, PublicKeyBytes, RecordHash};
 
 use crate::LedgerError;
+use crate::journal::JournalHead;
 use crate::layout::{EpochRecord, EpochStatus};
 use crate::store::Ledger;
 
@@ -22,6 +25,11 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct State {
     pub head_seq: u64,
     pub head_hash: RecordHash,
+    pub journal_head: JournalHead,
+    /// The latest time the ledger has recorded (Unix ms): the last log
+    /// record's `accepted_at_ms` or the last journal entry's `at_ms`,
+    /// whichever is later. The writer never judges time below it.
+    pub time_mark_ms: u64,
     /// The open epoch; `None` only on a brand-new ledger, before the writer
     /// opens epoch 1.
     pub open_epoch: Option<EpochRecord>,
@@ -34,11 +42,19 @@ pub struct State {
     pub exposure: FastMap<String, FastMap<String, u128>>,
     /// The highest epoch whose settlement plan is recorded (0: none).
     pub planned_through: u64,
+    /// Query token name → the SHA-256 it is stored under (revoked ones included:
+    /// a name is never reused).
+    pub tokens: FastMap<String, [u8; 32]>,
 }
 
 impl State {
     pub fn load(ledger: &Ledger) -> Result<State, LedgerError> {
         let (head_seq, head_hash) = ledger.head()?;
+        let journal_head = ledger.journal_head()?;
+        let head_at_ms = match ledger.record(head_seq)? {
+            Some(record) => record.accepted_at_ms,
+            None => 0,
+        };
         let epochs = ledger.epochs()?;
         let open_epoch = epochs.last().cloned();
         if let Some(open) = &open_epoch
@@ -49,6 +65,8 @@ impl State {
         let mut state = State {
             head_seq,
             head_hash,
+            journal_head,
+            time_mark_ms: head_at_ms.max(journal_head.at_ms),
             open_epoch,
             assets: ledger.assets()?.into_iter().map(|a| (a.code.clone(), a)).collect(),
             payers: ledger.payers()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
@@ -56,6 +74,7 @@ impl State {
             payees: ledger.payees()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
             exposure: FastMap::default(),
             planned_through: ledger.planned_through()?,
+            tokens: ledger.query_tokens()?.into_iter().map(|(digest, token)| (token.name, digest)).collect(),
         };
         for ((payer, asset), owed) in ledger.unsettled_owed(None)? {
             state.set_exposure(&payer, &asset, owed);

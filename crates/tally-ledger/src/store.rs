@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
@@ -15,17 +16,20 @@ use rocksdb::{
 use tally_core::{Asset, Payee, Payer, PublicKeyBytes};
 
 use crate::LedgerError;
+use crate::format::Meta;
 use crate::layout::*;
 
 /// Knobs fixed when the ledger is opened.
 #[derive(Clone)]
 pub struct LedgerOptions {
-    /// Nonces are forgotten this long after their IOU expired. An expired IOU
-    /// is refused before the replay index is consulted, so any margin is
-    /// safe while clocks are honest; the margin absorbs a clock stepping
-    /// backwards.
+    /// Nonces are forgotten this long after their IOU expired *by the
+    /// ledger's time mark* (the latest time it has recorded, never the wall
+    /// clock: see [`Ledger::publish_time_mark`]). Until then a late retry of
+    /// an accepted IOU is answered from its record (`DUPLICATE`, the
+    /// original commitment).
     pub nonce_retention_margin_s: u64,
-    /// Wall clock used by the pruning compaction filter.
+    /// Wall clock for the timestamps of a new ledger's genesis or a
+    /// migration (tests substitute a controlled clock).
     pub clock: crate::Clock,
     /// Open without taking the write lock (for `tally ledger verify` beside a
     /// running server). Read-only ledgers refuse to start a writer.
@@ -44,6 +48,12 @@ pub struct Ledger {
     pub(crate) db: Arc<DB>,
     path: PathBuf,
     read_only: bool,
+    meta: Meta,
+    /// The replay index's pruning horizon, Unix seconds: nonces of IOUs that
+    /// expired before it may be forgotten. Only the writer raises it, from
+    /// durable time marks (see [`Ledger::publish_time_mark`]); 0 prunes nothing.
+    prune_horizon_s: Arc<AtomicU64>,
+    nonce_retention_margin_s: u64,
 }
 
 /// RocksDB's memory by kind ([`Ledger::memory_usage`]), bytes.
@@ -61,6 +71,43 @@ pub struct BalanceFilter {
     pub payer: Option<String>,
     pub payee: Option<String>,
     pub asset: Option<String>,
+}
+
+/// One page of [`Ledger::balances`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalancePage {
+    pub rows: Vec<BalanceRow>,
+    /// Aggregates examined to produce this page.
+    pub scanned: usize,
+    /// Where the next page starts, when a bound stopped this one.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Where a balance scan stopped: which order, which epoch, the last key examined.
+struct BalanceCursor {
+    by_payee: bool,
+    epoch: u64,
+    key: Vec<u8>,
+}
+
+impl BalanceCursor {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.key.len());
+        out.push(if self.by_payee { b'e' } else { b'r' });
+        out.extend_from_slice(&self.key);
+        out
+    }
+
+    /// A cursor from a client: checked, never trusted (a forged one is an error, not a panic).
+    fn decode(bytes: &[u8], by_payee: bool) -> Result<BalanceCursor, LedgerError> {
+        let bad = || LedgerError::InvalidRequest("the page token is not one this filter produced".into());
+        let (&order, key) = bytes.split_first().ok_or_else(bad)?;
+        if order != if by_payee { b'e' } else { b'r' } || key.len() > 8 + 3 * 256 {
+            return Err(bad());
+        }
+        let (epoch, ..) = decode_aggregate_key(key).map_err(|_| bad())?;
+        Ok(BalanceCursor { by_payee, epoch, key: key.to_vec() })
+    }
 }
 
 /// One aggregate: what `payer` owes `payee` in `asset` for `epoch`.
@@ -118,6 +165,7 @@ impl Ledger {
         // flushes the largest (without stalling writers).
         let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLES_BYTES_MAX, false);
         db_options.set_write_buffer_manager(&memtables);
+        let prune_horizon_s = Arc::new(AtomicU64::new(0));
 
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
@@ -150,12 +198,13 @@ impl Ledger {
                     // bloom filter answers those without walking the skiplist.
                     cf.set_memtable_prefix_bloom_ratio(0.05);
                     cf.set_memtable_whole_key_filtering(true);
-                    let margin = options.nonce_retention_margin_s;
-                    let clock = options.clock.clone();
+                    // Prune below the horizon the writer published, never by
+                    // the wall clock: a clock stepped forward must not make the
+                    // index forget nonces the writer would still accept.
+                    let horizon = prune_horizon_s.clone();
                     cf.set_compaction_filter("tally_prune_expired_nonces", move |_level, _key, value| {
-                        let now_s = clock() / 1000;
                         match nonce_entry_expiry(value) {
-                            Some(expires) if expires.saturating_add(margin) < now_s => Decision::Remove,
+                            Some(expires) if expires < horizon.load(Ordering::Acquire) => Decision::Remove,
                             _ => Decision::Keep,
                         }
                     });
@@ -168,11 +217,62 @@ impl Ledger {
         // Read-only opens register the same merge operators: reads resolve
         // merge operands through them.
         let db = if options.read_only {
+            // A format-1 ledger has no `meta` column family, and a read-only
+            // open cannot create it: say what it is and how to migrate it.
+            let existing = DB::list_cf(&db_options, path)?;
+            if !existing.iter().any(|name| name == CF_META) {
+                return Err(crate::format::format_1_read_only());
+            }
             DB::open_cf_descriptors_read_only(&db_options, path, descriptors, false)?
         } else {
             DB::open_cf_descriptors(&db_options, path, descriptors)?
         };
-        Ok(Ledger { db: Arc::new(db), path: path.to_owned(), read_only: options.read_only })
+        let mut ledger = Ledger {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            read_only: options.read_only,
+            meta: crate::format::Meta {
+                format: 0,
+                ledger_id: tally_core::LedgerId([0; 16]),
+                created_at_ms: 0,
+                log_format2_from_seq: 0,
+                migrated_from: None,
+            },
+            prune_horizon_s,
+            nonce_retention_margin_s: options.nonce_retention_margin_s,
+        };
+        // Before anything reads a record: a new ledger gets its genesis, an
+        // older format is migrated (or, read-only, refused).
+        ledger.meta = ledger.settle_format((options.clock)())?;
+        Ok(ledger)
+    }
+
+    /// The ledger's format, id and history of formats.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn ledger_id(&self) -> tally_core::LedgerId {
+        self.meta.ledger_id
+    }
+
+    /// Raises the replay index's pruning horizon to `mark_ms` less the
+    /// retention margin. Called by the writer with a **durable** time mark
+    /// only: every IOU that expired before the mark is refused by the writer
+    /// for ever (it judges expiry by `max(clock, mark)`), so forgetting its
+    /// nonce can never let it in twice, whatever any clock does later.
+    pub(crate) fn publish_time_mark(&self, mark_ms: u64) {
+        let horizon_s = (mark_ms / 1000).checked_sub(self.nonce_retention_margin_s).unwrap_or(0);
+        self.prune_horizon_s.fetch_max(horizon_s, Ordering::AcqRel);
+    }
+
+    /// The pruning horizon now published (Unix seconds; 0: nothing is pruned).
+    pub fn prune_horizon_s(&self) -> u64 {
+        self.prune_horizon_s.load(Ordering::Acquire)
+    }
+
+    pub fn nonce_retention_margin_s(&self) -> u64 {
+        self.nonce_retention_margin_s
     }
 
     /// What RocksDB holds in memory now, summed over the column families:
@@ -323,7 +423,7 @@ impl Ledger {
     /// The payer whose signature agent is exactly `agent`, through the
     /// `"agent/"` index the writer keeps.
     pub fn payer_by_signature_agent(&self, agent: &str) -> Result<Option<Payer>, LedgerError> {
-        let Some(value) = self.db.get_cf(self.cf(CF_ACCOUNTS), crate::writer::agent_index_key(agent))? else {
+        let Some(value) = self.db.get_cf(self.cf(CF_ACCOUNTS), agent_index_key(agent))? else {
             return Ok(None);
         };
         let id = std::str::from_utf8(&value)
@@ -376,49 +476,104 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Aggregates matching `filter`, at most `limit` rows, sorted by
-    /// `(epoch, payer, payee, asset)` or `(epoch, payee, payer, asset)`.
+    /// Aggregates matching `filter`, sorted by `(epoch, payer, payee, asset)`
+    /// or `(epoch, payee, payer, asset)`: at most `rows_max` rows, and at
+    /// most `scanned_max` aggregates *examined*, matching or not. A filter
+    /// that matches nothing therefore costs at most `scanned_max` reads, not
+    /// a scan of every aggregate of every epoch. When either bound stops the
+    /// scan, the page says where to go on (`next`, an opaque cursor for the
+    /// same filter).
     ///
-    /// Reads only the key ranges the filter names: one epoch prefix (further
-    /// narrowed by payer or payee) per epoch, never a scan of the log.
-    pub fn balances(&self, filter: &BalanceFilter, limit: usize) -> Result<Vec<BalanceRow>, LedgerError> {
+    /// Reads only the key ranges the filter names (one epoch prefix, further
+    /// narrowed by payer or payee, per epoch), never the log, and leaves the
+    /// block cache alone: a query must not evict the blocks ingest needs.
+    pub fn balances(
+        &self,
+        filter: &BalanceFilter,
+        rows_max: usize,
+        scanned_max: usize,
+        after: Option<&[u8]>,
+    ) -> Result<BalancePage, LedgerError> {
+        assert!(rows_max > 0 && scanned_max > 0);
         let by_payee = filter.payee.is_some() && filter.payer.is_none();
         let (cf_name, leading) = if by_payee {
             (CF_AGG_BY_PAYEE, filter.payee.as_deref())
         } else {
             (CF_AGG_BY_PAYER, filter.payer.as_deref())
         };
+        let after = match after {
+            Some(cursor) => Some(BalanceCursor::decode(cursor, by_payee)?),
+            None => None,
+        };
         let epochs: Vec<u64> = match filter.epoch {
             Some(epoch) => vec![epoch],
             None => self.epochs()?.iter().map(|e| e.epoch).collect(),
         };
-        let mut rows = Vec::new();
+        let mut page = BalancePage::default();
         for epoch in epochs {
-            let complete = self.scan_aggregates(cf_name, epoch, leading, |first, second, asset, aggregate| {
+            if after.as_ref().is_some_and(|cursor| epoch < cursor.epoch) {
+                continue;
+            }
+            let prefix = aggregate_prefix(epoch, leading);
+            let mut read = ReadOptions::default();
+            read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+            read.fill_cache(false);
+            // Resume strictly after the cursor's key (appending a zero byte is the next key).
+            let start = match &after {
+                Some(cursor) if cursor.epoch == epoch && cursor.key.as_slice() >= prefix.as_slice() => {
+                    let mut next = cursor.key.clone();
+                    next.push(0);
+                    next
+                }
+                _ => prefix.clone(),
+            };
+            let iter = self.db.iterator_cf_opt(self.cf(cf_name), read, IteratorMode::From(&start, Direction::Forward));
+            for item in iter {
+                let (key, value) = item?;
+                page.scanned += 1;
+                let (_, first, second, asset) = decode_aggregate_key(&key)?;
                 let (payer, payee) = if by_payee { (second, first) } else { (first, second) };
-                if filter.payee.as_deref().is_some_and(|p| p != payee)
-                    || filter.asset.as_deref().is_some_and(|a| a != asset)
-                {
-                    return true;
+                let matches = filter.payee.as_deref().is_none_or(|p| p == payee)
+                    && filter.asset.as_deref().is_none_or(|a| a == asset);
+                if matches {
+                    let aggregate = AggregateValue::decode(&value)
+                        .ok_or_else(|| LedgerError::Corruption(format!("aggregate value {}", hex::encode(&value))))?;
+                    page.rows.push(BalanceRow {
+                        epoch,
+                        payer: payer.to_owned(),
+                        payee: payee.to_owned(),
+                        asset: asset.to_owned(),
+                        sum: aggregate.sum,
+                        count: aggregate.count,
+                    });
                 }
-                if rows.len() == limit {
-                    return false;
+                if page.rows.len() == rows_max || page.scanned == scanned_max {
+                    page.next = Some(BalanceCursor { by_payee, epoch, key: key.to_vec() }.encode());
+                    return Ok(page);
                 }
-                rows.push(BalanceRow {
-                    epoch,
-                    payer: payer.to_owned(),
-                    payee: payee.to_owned(),
-                    asset: asset.to_owned(),
-                    sum: aggregate.sum,
-                    count: aggregate.count,
-                });
-                true
-            })?;
-            if !complete {
-                break;
             }
         }
-        Ok(rows)
+        Ok(page)
+    }
+
+    /// Every aggregate matching `filter`, page by page, for trusted callers
+    /// that need the whole answer (statements, reports). More than
+    /// `rows_max` rows is an error, never a silently shortened list.
+    pub fn balances_all(&self, filter: &BalanceFilter, rows_max: usize) -> Result<Vec<BalanceRow>, LedgerError> {
+        const PAGE_SCANNED_MAX: usize = 100_000;
+        let mut rows = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.balances(filter, PAGE_SCANNED_MAX, PAGE_SCANNED_MAX, after.as_deref())?;
+            rows.extend(page.rows);
+            if rows.len() > rows_max {
+                return Err(LedgerError::Unavailable(format!("more than {rows_max} balance rows match")));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(rows),
+            }
+        }
     }
 
     /// What each payer owes per asset in IOUs not yet settled: the sum of
@@ -466,6 +621,9 @@ impl Ledger {
         let prefix = aggregate_prefix(epoch, leading);
         let mut read = ReadOptions::default();
         read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));
+        // Whole-epoch scans (planning, exposure, audit) must not evict the
+        // replay index's blocks that ingest needs from the shared cache.
+        read.fill_cache(false);
         let iter = self.db.iterator_cf_opt(self.cf(cf_name), read, IteratorMode::From(&prefix, Direction::Forward));
         for item in iter {
             let (key, value) = item?;

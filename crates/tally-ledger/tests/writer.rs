@@ -42,10 +42,10 @@ fn setup() -> Fixture {
     let clock_ms = Arc::new(AtomicU64::new(NOW_S * 1000));
     let (ledger, writer) = open(dir.path(), &clock_ms);
     let admin = writer.handle();
-    admin.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
+    admin.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
     for (id, seed, limit) in [("crawler-a", 1u8, 10_000u128), ("crawler-b", 2, 1_000)] {
         admin
-            .admin_blocking(AdminCommand::RegisterPayer {
+            .admin_blocking(test_actor(), AdminCommand::RegisterPayer {
                 id: id.into(),
                 display_name: id.into(),
                 keys: vec![signer(seed).verifying_key().to_bytes()],
@@ -55,10 +55,11 @@ fn setup() -> Fixture {
     }
     for id in ["news.example", "api.example"] {
         admin
-            .admin_blocking(AdminCommand::RegisterPayee(Payee {
+            .admin_blocking(test_actor(), AdminCommand::RegisterPayee(Payee {
                 id: id.into(),
                 display_name: id.into(),
                 payout_destination: String::new(),
+                status: tally_core::PayeeStatus::Active,
             }))
             .unwrap();
     }
@@ -85,12 +86,12 @@ fn signed_item(seed: u8, payee: &str, amount: u64, nonce: [u8; 16], resource: u3
     };
     let signing_bytes = iou.signing_bytes();
     let signature = key.sign(&signing_bytes).to_bytes();
-    AppendItem { signed: SignedIou { iou, signature }, evidence: signing_bytes }
+    AppendItem { charge: iou.amount, signed: SignedIou { iou, signature }, evidence: signing_bytes }
 }
 
 fn clean_audit(ledger: &Ledger) -> tally_ledger::AuditReport {
     let report =
-        audit(ledger, AuditOptions { verify_signatures: true, now_s: NOW_S, nonce_retention_margin_s: 3_600 }).unwrap();
+        audit(ledger, AuditOptions { verify_signatures: true }).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     report
 }
@@ -132,16 +133,16 @@ fn accepts_aggregates_and_answers_replays() {
     assert_eq!(again[1].outcome, Outcome::Conflict);
 
     let by_payer =
-        f.ledger.balances(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 100).unwrap();
+        f.ledger.balances_all(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 100).unwrap();
     let summary: Vec<(&str, u128, u64)> = by_payer.iter().map(|r| (r.payee.as_str(), r.sum, r.count)).collect();
     assert_eq!(summary, [("api.example", 5, 1), ("news.example", 350, 2)]);
     let by_payee =
-        f.ledger.balances(&BalanceFilter { payee: Some("news.example".into()), ..Default::default() }, 100).unwrap();
+        f.ledger.balances_all(&BalanceFilter { payee: Some("news.example".into()), ..Default::default() }, 100).unwrap();
     let summary: Vec<(&str, u128)> = by_payee.iter().map(|r| (r.payer.as_str(), r.sum)).collect();
     assert_eq!(summary, [("crawler-a", 350), ("crawler-b", 7)]);
     let pair = f
         .ledger
-        .balances(
+        .balances_all(
             &BalanceFilter {
                 payer: Some("crawler-b".into()),
                 payee: Some("news.example".into()),
@@ -171,15 +172,15 @@ fn rejects_by_account_state() {
     let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
     assert_eq!(outcomes, [Outcome::UnknownPayer, Outcome::UnknownPayee, Outcome::UnknownAsset, Outcome::InvalidAmount]);
 
-    w.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 6, false).unwrap())).unwrap();
+    w.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, false).unwrap())).unwrap();
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 1, 5)]).unwrap()[0].outcome, Outcome::AssetDisabled);
-    w.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
+    w.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
     assert!(matches!(
-        w.admin_blocking(AdminCommand::UpsertAsset(Asset::new("USD", 2, true).unwrap())),
+        w.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 2, true).unwrap())),
         Err(AdminError::Invalid(_))
     ));
 
-    w.admin_blocking(AdminCommand::SetPayerStatus { payer_id: "crawler-a".into(), status: PayerStatus::Suspended })
+    w.admin_blocking(test_actor(), AdminCommand::SetPayerStatus { payer_id: "crawler-a".into(), status: PayerStatus::Suspended })
         .unwrap();
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 1, 6)]).unwrap()[0].outcome, Outcome::SuspendedPayer);
 
@@ -210,7 +211,7 @@ fn credit_limit_is_exact_and_survives_restart() {
         w.append_blocking(vec![iou(2, "news.example", 1, 50)]).unwrap()[0].outcome,
         Outcome::CreditLimitExceeded
     );
-    w.admin_blocking(AdminCommand::SetCreditLimit { payer_id: "crawler-b".into(), asset: "USD".into(), limit: 1_001 })
+    w.admin_blocking(test_actor(), AdminCommand::SetCreditLimit { payer_id: "crawler-b".into(), asset: "USD".into(), limit: 1_001 })
         .unwrap();
     assert_eq!(w.append_blocking(vec![iou(2, "news.example", 1, 50)]).unwrap()[0].outcome, Outcome::Accepted);
     clean_audit(&ledger);
@@ -221,7 +222,7 @@ fn sealing_moves_new_ious_to_the_next_epoch() {
     let f = setup();
     let w = f.writer.handle();
     w.append_blocking(vec![iou(1, "news.example", 10, 1), iou(1, "news.example", 10, 2)]).unwrap();
-    let AdminReply::Sealed { sealed, opened } = w.admin_blocking(AdminCommand::SealEpoch).unwrap() else {
+    let AdminReply::Sealed { sealed, opened } = w.admin_blocking(test_actor(), AdminCommand::SealEpoch).unwrap() else {
         panic!("seal answers with the epochs");
     };
     assert_eq!((sealed.epoch, sealed.status, sealed.seq_last), (1, EpochStatus::Sealed, Some(2)));
@@ -230,9 +231,9 @@ fn sealing_moves_new_ious_to_the_next_epoch() {
     assert_eq!(after[0].epoch, 2);
     // A replay of an epoch-1 IOU still answers with epoch 1.
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 10, 1)]).unwrap()[0].epoch, 1);
-    let epoch_one = f.ledger.balances(&BalanceFilter { epoch: Some(1), ..Default::default() }, 100).unwrap();
+    let epoch_one = f.ledger.balances_all(&BalanceFilter { epoch: Some(1), ..Default::default() }, 100).unwrap();
     assert_eq!((epoch_one[0].sum, epoch_one[0].count), (20, 2));
-    let epoch_two = f.ledger.balances(&BalanceFilter { epoch: Some(2), ..Default::default() }, 100).unwrap();
+    let epoch_two = f.ledger.balances_all(&BalanceFilter { epoch: Some(2), ..Default::default() }, 100).unwrap();
     assert_eq!((epoch_two[0].sum, epoch_two[0].count), (5, 1));
     assert_eq!(f.ledger.epochs().unwrap().len(), 2);
     clean_audit(&f.ledger);
@@ -249,23 +250,23 @@ fn admin_refuses_bad_registrations() {
         keys,
         credit_limits: vec![],
     };
-    assert!(matches!(w.admin_blocking(register("crawler-a", vec![[5; 32]])), Err(AdminError::AlreadyExists(_))));
-    assert!(matches!(w.admin_blocking(register("other", vec![taken])), Err(AdminError::AlreadyExists(_))));
+    assert!(matches!(w.admin_blocking(test_actor(), register("crawler-a", vec![[5; 32]])), Err(AdminError::AlreadyExists(_))));
+    assert!(matches!(w.admin_blocking(test_actor(), register("other", vec![taken])), Err(AdminError::AlreadyExists(_))));
     let mut identity = [0u8; 32];
     identity[0] = 1;
-    assert!(matches!(w.admin_blocking(register("weak", vec![identity])), Err(AdminError::Invalid(_))));
+    assert!(matches!(w.admin_blocking(test_actor(), register("weak", vec![identity])), Err(AdminError::Invalid(_))));
     assert!(matches!(
-        w.admin_blocking(register("bad id", vec![signer(7).verifying_key().to_bytes()])),
+        w.admin_blocking(test_actor(), register("bad id", vec![signer(7).verifying_key().to_bytes()])),
         Err(AdminError::Invalid(_))
     ));
-    assert!(matches!(w.admin_blocking(register("nokeys", vec![])), Err(AdminError::Invalid(_))));
+    assert!(matches!(w.admin_blocking(test_actor(), register("nokeys", vec![])), Err(AdminError::Invalid(_))));
     assert!(matches!(
-        w.admin_blocking(AdminCommand::SetCreditLimit { payer_id: "ghost".into(), asset: "USD".into(), limit: 1 }),
+        w.admin_blocking(test_actor(), AdminCommand::SetCreditLimit { payer_id: "ghost".into(), asset: "USD".into(), limit: 1 }),
         Err(AdminError::NotFound(_))
     ));
     // A key added later is usable at once, and published to the directory.
     let added = signer(8).verifying_key().to_bytes();
-    w.admin_blocking(AdminCommand::AddPayerKey { payer_id: "crawler-a".into(), key: added }).unwrap();
+    w.admin_blocking(test_actor(), AdminCommand::AddPayerKey { payer_id: "crawler-a".into(), key: added }).unwrap();
     assert!(w.directory().lookup(&added).is_some());
     assert_eq!(w.append_blocking(vec![iou(8, "news.example", 1, 1)]).unwrap()[0].outcome, Outcome::Accepted);
 }
@@ -279,28 +280,33 @@ fn tampering_with_a_record_is_detected() {
     writer.shutdown();
     drop(ledger);
 
-    // Rewrite record 3's amount (byte 60 of the signing bytes) directly in
-    // RocksDB, as someone with disk access might.
+    // Rewrite record 3's committed amount (byte 60 of the signing bytes) and
+    // record 4's charge directly in RocksDB, as someone with disk access might.
     {
         let ledger = Ledger::open(dir.path(), LedgerOptions::default()).unwrap();
-        let mut record = ledger.record(3).unwrap().unwrap();
-        record.evidence[60 + 7] ^= 0x01;
-        let mut value = Vec::new();
-        encode_log_record(&record, &mut value);
+        let mut amount_changed = ledger.record(3).unwrap().unwrap();
+        amount_changed.evidence[60 + 7] ^= 0x01;
+        let mut charge_changed = ledger.record(4).unwrap().unwrap();
+        charge_changed.charge = Some(9);
         drop(ledger);
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), tally_ledger::layout::COLUMN_FAMILIES)
             .unwrap();
-        db.put_cf(db.cf_handle(CF_LOG).unwrap(), log_key(3), &value).unwrap();
-        let stored = db.get_cf(db.cf_handle(CF_LOG).unwrap(), log_key(3)).unwrap().unwrap();
-        assert_eq!(decode_log_record(&log_key(3), &stored).unwrap().evidence, record.evidence);
+        for record in [&amount_changed, &charge_changed] {
+            let mut value = Vec::new();
+            encode_log_record(record, &mut value);
+            db.put_cf(db.cf_handle(CF_LOG).unwrap(), log_key(record.seq), &value).unwrap();
+            let stored = db.get_cf(db.cf_handle(CF_LOG).unwrap(), log_key(record.seq)).unwrap().unwrap();
+            assert_eq!(decode_log_record(&log_key(record.seq), &stored).unwrap(), *record);
+        }
     }
     let ledger = Ledger::open(dir.path(), LedgerOptions { read_only: true, ..LedgerOptions::default() }).unwrap();
-    let report =
-        audit(&ledger, AuditOptions { verify_signatures: true, now_s: NOW_S, nonce_retention_margin_s: 3_600 })
-            .unwrap();
+    let report = audit(&ledger, AuditOptions { verify_signatures: true }).unwrap();
     let text = report.problems.join("\n");
     assert!(text.contains("record 3: content does not match its hash"), "{text}");
     assert!(text.contains("record 3: signature does not verify"), "{text}");
+    // The charge is covered by the record's hash, and the aggregates count charges.
+    assert!(text.contains("record 4: content does not match its hash"), "{text}");
+    assert!(!text.contains("record 4: signature"), "the payer's signature does not cover the charge: {text}");
     assert!(text.contains("stored"), "aggregate mismatch reported: {text}");
 }
 
@@ -313,23 +319,36 @@ fn expired_nonces_are_pruned_only_after_the_margin() {
     w.append_blocking(vec![item]).unwrap();
     f.ledger.compact();
     assert!(f.ledger.nonce_known(&key, &nonce).unwrap());
-    // Expired, but inside the margin: kept.
+    // Pruning follows the ledger's durable time mark, not the clock: the
+    // clock alone moves nothing.
+    f.clock_ms.store((NOW_S + 600 + 3_601) * 1000, Ordering::SeqCst);
+    f.ledger.compact();
+    assert!(f.ledger.nonce_known(&key, &nonce).unwrap(), "a clock that moved prunes nothing by itself");
+    // Expired, but inside the margin by a recorded time: kept.
     f.clock_ms.store((NOW_S + 600 + 3_600) * 1000, Ordering::SeqCst);
+    record_something(&w);
     f.ledger.compact();
     assert!(f.ledger.nonce_known(&key, &nonce).unwrap());
-    // Past expiry plus margin: forgotten, and the audit accepts that.
+    // Past expiry plus margin by a recorded time: forgotten, and the audit accepts that.
     f.clock_ms.store((NOW_S + 600 + 3_601) * 1000, Ordering::SeqCst);
+    record_something(&w);
     f.ledger.compact();
     assert!(!f.ledger.nonce_known(&key, &nonce).unwrap());
     let report = audit(
         &f.ledger,
-        AuditOptions { verify_signatures: true, now_s: NOW_S + 600 + 3_601, nonce_retention_margin_s: 3_600 },
+        AuditOptions { verify_signatures: true },
     )
     .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.nonces_pruned, 1);
     // And the IOU itself can never come back: it is expired.
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 10, 1)]).unwrap()[0].outcome, Outcome::Expired);
+}
+
+/// Records an admin change (re-enabling USD): a journal entry at the writer's
+/// time, which becomes the ledger's durable time mark.
+fn record_something(w: &tally_ledger::WriterHandle) {
+    w.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
 }
 
 /// An IOU of crawler-a with a two-byte nonce (more than `iou`'s 256).
@@ -394,10 +413,15 @@ fn pipelined_groups_answer_replays_exactly_once() {
     assert_eq!(conflict[0].outcome, Outcome::Conflict);
 
     let total: u128 = (0..IOUS).map(|n| u128::from(n % 7) + 1).sum();
-    let balances = f.ledger.balances(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 10);
+    let balances = f.ledger.balances_all(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 10);
     let balances = balances.unwrap();
     assert_eq!(balances.iter().map(|r| r.sum).sum::<u128>(), total);
     assert_eq!(balances.iter().map(|r| r.count).sum::<u64>(), u64::from(IOUS));
     let report = clean_audit(&f.ledger);
     assert_eq!(report.records, u64::from(IOUS));
+}
+
+/// Who the tests' admin commands are recorded as.
+fn test_actor() -> tally_core::Actor {
+    tally_core::Actor::admin_token("test")
 }

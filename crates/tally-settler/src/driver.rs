@@ -15,15 +15,22 @@
 //!      the chain is asked first: if the payout contract has executed the
 //!      batch id, its transaction is recorded; otherwise the recorded bytes
 //!      are rebroadcast (same hash, so at most one of them can ever be mined);
-//!      if their nonce was taken by something else, the batch is signed again
-//!      with a fresh nonce. The contract refuses a batch id twice per treasury.
+//!      if their nonce was taken by something else, or they were mined but
+//!      reverted (an allowance or balance short, say, since fixed), the batch
+//!      is signed again with a fresh nonce. The contract refuses a batch id
+//!      twice per treasury, and batch ids carry the ledger id, so two ledgers
+//!      on one treasury never share one.
 //!      A batch signed for another chain, contract or treasury than the one
 //!      configured now is never signed again: the epoch needs attention, since
 //!      the old transaction could still be mined.
-//!    - Bank files: generate the bytes (deterministic), record name and
-//!      SHA-256, write atomically into the outbox, record it. On resume the
-//!      file is regenerated; identical bytes already in the outbox are
-//!      recognised, different bytes stop with needs-attention.
+//!    - Bank files: generate the bytes (deterministic, stamped with the time of
+//!      preparation, and asking for an execution date no earlier than that
+//!      day plus the configured delay), record name, hash and that time, write
+//!      atomically into the outbox (readable by its owner only), record it. On
+//!      resume the file is regenerated from the recorded time; identical bytes
+//!      already in the outbox are recognised, different bytes stop with
+//!      needs-attention. A file prepared but never published whose execution
+//!      date has passed is prepared again, with a new date, under the same name.
 //! 4. The writer derives `submitted` / `settled` from the batches and payouts.
 //!
 //! A failure leaves the batch's recorded state untouched and marks the epoch
@@ -31,14 +38,18 @@
 //! `seal = false` (`tally settle --resume`, and `tally serve` at startup)
 //! completes the epoch. Only one settlement runs at a time (a mutex), so a
 //! schedule and a finance user never race.
+//!
+//! Every step is recorded through the writer on behalf of an [`Actor`]: the
+//! settler, acting for whoever asked (an admin caller, the schedule, the
+//! engine resuming at startup), so the journal says who moved money.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
-use tally_core::settlement::{BatchRecord, BatchState, PayoutRecord, RailBatch, SettlementPlan, SettlementStatus};
-use tally_core::{PayoutDestination, Rail};
+use tally_core::settlement::{BatchRecord, BatchState, PayoutRecord, RailBatch, SettlementStatus};
+use tally_core::{Actor, PayoutDestination, Rail};
 use tally_ledger::{AdminCommand, AdminError, AdminReply, Ledger, SettlementCommand, WriterHandle};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -48,14 +59,23 @@ use crate::config::{SettlementConfig, currency_minor_units};
 use crate::evm::{EvmClient, EvmConfig, EvmError, parse_address};
 use crate::failpoint;
 use crate::outbox::{self, OutboxWrite};
-use crate::plan::{BatchLimits, plan_epoch, to_rail_units};
+use crate::plan::{BatchLimits, Proposal, plan_epoch, to_rail_units};
 use crate::report::{EpochReport, report_of};
 
-/// What to do.
-#[derive(Clone, Copy, Debug, Default)]
+/// What to do, and for whom.
+#[derive(Clone, Debug)]
 pub struct SettleRequest {
     /// Seal the open epoch first (end-of-day). `false` only resumes.
     pub seal: bool,
+    /// Who asked: recorded with every step (`settler (<requested_by>)`), e.g.
+    /// `admin-token@10.0.0.5:51234`, `schedule daily@02:00`, `startup resume`.
+    pub requested_by: String,
+}
+
+impl SettleRequest {
+    pub fn new(seal: bool, requested_by: &str) -> SettleRequest {
+        SettleRequest { seal, requested_by: requested_by.to_owned() }
+    }
 }
 
 /// Progress for a bar or a log.
@@ -123,15 +143,16 @@ impl Settler {
             }
             None => None,
         };
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let limits = BatchLimits {
-            payouts_per_evm_tx: match &config.evm {
+            payouts_per_evm_tx: to_u32(match &config.evm {
                 Some(settings) => {
                     settings.payouts_per_tx_max.min(crate::evm::recipients_per_tx_max(settings.gas_per_tx_max))
                 }
                 None => crate::config::PAYOUTS_PER_EVM_TX_DEFAULT,
-            },
-            transfers_per_iso20022_file: config.iso20022.as_ref().map_or(1, |s| s.transfers_per_file_max),
-            transfers_per_nacha_file: config.nacha.as_ref().map_or(1, |s| s.transfers_per_file_max),
+            }),
+            transfers_per_iso20022_file: to_u32(config.iso20022.as_ref().map_or(1, |s| s.transfers_per_file_max)),
+            transfers_per_nacha_file: to_u32(config.nacha.as_ref().map_or(1, |s| s.transfers_per_file_max)),
         };
         let outbox = config.outbox_dir.clone().unwrap_or_else(|| data_dir.join("outbox"));
         let settler = Arc::new(Settler {
@@ -144,7 +165,10 @@ impl Settler {
             limits,
             running: Mutex::new(()),
         });
-        if let Err(error) = settler.evm_client().await {
+        // Only a configured rail is worth a warning when it cannot be reached.
+        if settler.evm_target.is_some()
+            && let Err(error) = settler.evm_client().await
+        {
             tracing::warn!(%error, "the EVM rail is not reachable now; it connects when a batch needs it");
         }
         Ok(settler)
@@ -174,7 +198,7 @@ impl Settler {
 
     /// The plan the open epoch would get if it were sealed now (nothing is
     /// sealed or recorded). Figures can change until the seal.
-    pub fn preview(&self) -> Result<(SettlementPlan, Vec<RailBatch>), SettleError> {
+    pub fn preview(&self) -> Result<Proposal, SettleError> {
         let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
         let planned_through = self.ledger.planned_through()?;
         if planned_through + 1 != open {
@@ -194,8 +218,9 @@ impl Settler {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Vec<EpochReport>, SettleError> {
         let _running = self.running.lock().await;
+        let actor = Actor::settler(&request.requested_by);
         if request.seal {
-            match self.writer.admin(AdminCommand::SealEpoch).await.map_err(admin_error)? {
+            match self.writer.admin(actor.clone(), AdminCommand::SealEpoch).await.map_err(admin_error)? {
                 AdminReply::Sealed { sealed, .. } => progress(Progress::Sealed { epoch: sealed.epoch }),
                 other => return Err(SettleError::Ledger(format!("seal answered {other:?}"))),
             }
@@ -205,13 +230,13 @@ impl Settler {
         let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
         // Plan every sealed epoch in order; then submit each unfinished one.
         for epoch in self.ledger.planned_through()? + 1..open {
-            self.plan(epoch, progress).await?;
+            self.plan(&actor, epoch, progress).await?;
         }
         for settlement in self.ledger.settlements()? {
             if matches!(settlement.status, SettlementStatus::Settled | SettlementStatus::Submitted) {
                 continue;
             }
-            self.submit(settlement.epoch, progress).await?;
+            self.submit(&actor, settlement.epoch, progress).await?;
             let report = report_of(&self.ledger, settlement.epoch)?;
             progress(Progress::Finished { epoch: settlement.epoch, status: report.status.label().to_owned() });
             reports.push(report);
@@ -219,42 +244,58 @@ impl Settler {
         Ok(reports)
     }
 
-    async fn plan(&self, epoch: u64, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<(), SettleError> {
-        // The carries into an epoch can change (a bank rejection) between
-        // reading them and recording the plan; the writer refuses a stale
-        // plan, so plan again, a bounded number of times.
+    async fn plan(
+        &self,
+        actor: &Actor,
+        epoch: u64,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), SettleError> {
+        // The writer nets the epoch again and records the plan only if it is
+        // identical; the carries into an epoch (a bank rejection) or an
+        // account can change between reading and recording, so a mismatch is
+        // planned again, a bounded number of times.
         const PLAN_ATTEMPTS_MAX: usize = 8;
+        let mut last_mismatch = String::new();
         for _ in 0..PLAN_ATTEMPTS_MAX {
-            let (plan, batches) = plan_epoch(&self.ledger, &self.config, epoch, self.limits)?;
+            let Proposal { plan, batches, policy, limits } =
+                plan_epoch(&self.ledger, &self.config, epoch, self.limits)?;
             let (payouts, batch_count) = (plan.payouts.len() as u64, batches.len() as u64);
-            let command = SettlementCommand::RecordPlan { plan: Box::new(plan), batches };
-            match self.writer.admin(AdminCommand::Settlement(command)).await {
+            let command = SettlementCommand::RecordPlan { plan: Box::new(plan), batches, policy, limits };
+            match self.writer.admin(actor.clone(), AdminCommand::Settlement(command)).await {
                 Ok(_) => {
                     tracing::info!(epoch, payouts, batches = batch_count, "settlement plan recorded");
                     progress(Progress::Planned { epoch, payouts, batches: batch_count });
                     fail_at("settle-after-plan")?;
                     return Ok(());
                 }
-                // The carries into the epoch (or its IOUs) changed since
-                // they were read: read and net again.
-                Err(AdminError::Invalid(message)) if message.ends_with("plan it again") => continue,
+                Err(AdminError::PlanMismatch(reason)) => {
+                    tracing::info!(epoch, %reason, "the ledger changed while planning; netting again");
+                    last_mismatch = reason;
+                }
                 Err(error) => return Err(admin_error(error)),
             }
         }
-        Err(SettleError::Busy(format!("epoch {epoch}: carries kept changing while planning")))
+        Err(SettleError::Busy(format!(
+            "epoch {epoch}: the ledger kept changing while planning ({PLAN_ATTEMPTS_MAX} attempts; last: {last_mismatch})"
+        )))
     }
 
-    async fn step(&self, command: SettlementCommand) -> Result<(), SettleError> {
+    async fn step(&self, actor: &Actor, command: SettlementCommand) -> Result<(), SettleError> {
         failpoint::hit("ledger-step").map_err(|e| SettleError::Ledger(e.to_string()))?;
-        self.writer.admin(AdminCommand::Settlement(command)).await.map(|_| ()).map_err(admin_error)
+        self.writer.admin(actor.clone(), AdminCommand::Settlement(command)).await.map(|_| ()).map_err(admin_error)
     }
 
-    async fn submit(&self, epoch: u64, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<(), SettleError> {
+    async fn submit(
+        &self,
+        actor: &Actor,
+        epoch: u64,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), SettleError> {
         let batches = self.ledger.batches(epoch)?;
         if batches.iter().all(|b| b.state.is_done()) {
             return Ok(());
         }
-        self.step(SettlementCommand::SetStatus { epoch, status: SettlementStatus::Submitting }).await?;
+        self.step(actor, SettlementCommand::SetStatus { epoch, status: SettlementStatus::Submitting }).await?;
         fail_at("settle-after-submitting")?;
         let payouts: HashMap<String, PayoutRecord> =
             self.ledger.payouts(epoch)?.into_iter().map(|p| (p.payout.id.clone(), p)).collect();
@@ -267,8 +308,8 @@ impl Settler {
             }
             let index = record.batch.index;
             let result = match record.batch.rail {
-                Rail::Evm => self.submit_evm(&record, &payouts).await,
-                Rail::Iso20022 | Rail::Nacha => self.submit_bank_file(&record, &payouts).await,
+                Rail::Evm => self.submit_evm(actor, &record, &payouts).await,
+                Rail::Iso20022 | Rail::Nacha => self.submit_bank_file(actor, &record, &payouts).await,
             };
             if let Err(error) = result {
                 // Record why on the epoch, then stop: later batches wait for
@@ -278,7 +319,7 @@ impl Settler {
                 let reason = format!("batch {index}: {error}");
                 tracing::error!(epoch, batch = index, %reason, "settlement batch failed");
                 let status = SettlementStatus::NeedsAttention(reason);
-                self.step(SettlementCommand::SetStatus { epoch, status }).await?;
+                self.step(actor, SettlementCommand::SetStatus { epoch, status }).await?;
                 return Err(error);
             }
             done += 1;
@@ -309,6 +350,7 @@ impl Settler {
 
     async fn submit_evm(
         &self,
+        actor: &Actor,
         record: &BatchRecord,
         payouts: &HashMap<String, PayoutRecord>,
     ) -> Result<(), SettleError> {
@@ -320,7 +362,7 @@ impl Settler {
         // First, the chain's truth: if the contract executed this batch id,
         // only the record is missing.
         if let Some(mined) = evm.batch_executed(batch_id).await? {
-            return self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await;
+            return self.record_mined(actor, epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await;
         }
         let context = self.evm_context(evm);
         let mut prepared = match &record.state {
@@ -335,14 +377,23 @@ impl Settler {
             }
             _ => None,
         };
-        // A recorded transaction whose nonce something else consumed can
-        // never be mined: sign again with a fresh nonce.
-        if let Some((nonce, tx_hash, _)) = &prepared
-            && evm.receipt(*tx_hash).await?.is_none()
-            && evm.latest_nonce().await? > *nonce
-        {
-            tracing::warn!(epoch, batch = index, nonce, "recorded transaction's nonce was consumed; signing again");
-            prepared = None;
+        // The batch is not executed (asked above). A recorded transaction that
+        // was mined but reverted, or whose nonce something else consumed, can
+        // never execute it: sign again with a fresh nonce. (Rebroadcasting the
+        // same bytes would only be refused, for ever.)
+        if let Some((nonce, tx_hash, _)) = &prepared {
+            match evm.receipt(*tx_hash).await? {
+                Some(receipt) if !receipt.success => {
+                    tracing::warn!(epoch, batch = index, %tx_hash, "recorded transaction reverted; signing again");
+                    prepared = None;
+                }
+                Some(_) => {}
+                None if evm.latest_nonce().await? > *nonce => {
+                    tracing::warn!(epoch, batch = index, nonce, "recorded transaction's nonce was consumed; signing again");
+                    prepared = None;
+                }
+                None => {}
+            }
         }
         let (tx_hash, raw) = match prepared {
             Some((_, tx_hash, raw)) => (tx_hash, raw),
@@ -356,7 +407,7 @@ impl Settler {
                     raw_tx: tx.raw.clone(),
                     signed_for: context.clone(),
                 };
-                self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+                self.step(actor, SettlementCommand::UpdateBatch { epoch, index, state }).await?;
                 fail_at("evm-after-prepare")?;
                 (tx.tx_hash, tx.raw)
             }
@@ -380,12 +431,15 @@ impl Settler {
             // Reverted: maybe a concurrent copy of the batch won; ask the chain.
             if let Some(executed) = evm.batch_executed(batch_id).await? {
                 return self
-                    .record_mined(epoch, index, executed.tx_hash, executed.block_number, executed.gas_used)
+                    .record_mined(actor, epoch, index, executed.tx_hash, executed.block_number, executed.gas_used)
                     .await;
             }
-            return Err(SettleError::Rail(format!("batch {index}: transaction {tx_hash} reverted")));
+            return Err(SettleError::Rail(format!(
+                "batch {index}: transaction {tx_hash} reverted (is the treasury's allowance or balance short?); \
+                 fix the cause and resume: the batch is signed again with a fresh nonce"
+            )));
         }
-        self.record_mined(epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await
+        self.record_mined(actor, epoch, index, mined.tx_hash, mined.block_number, mined.gas_used).await
     }
 
     /// What a signed transaction is bound to: chain, contract, treasury.
@@ -396,6 +450,7 @@ impl Settler {
 
     async fn record_mined(
         &self,
+        actor: &Actor,
         epoch: u64,
         index: u32,
         tx_hash: B256,
@@ -403,7 +458,7 @@ impl Settler {
         gas_used: u64,
     ) -> Result<(), SettleError> {
         let state = BatchState::EvmMined { tx_hash: tx_hash.0, block_number, gas_used };
-        self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+        self.step(actor, SettlementCommand::UpdateBatch { epoch, index, state }).await?;
         tracing::info!(epoch, batch = index, %tx_hash, gas_used, "EVM batch mined");
         fail_at("evm-after-receipt")?;
         Ok(())
@@ -418,18 +473,16 @@ impl Settler {
             .ok_or_else(|| SettleError::Ledger(format!("asset {asset} is not registered")))
     }
 
-    /// The bytes and file name of a bank batch: a pure function of the
-    /// persisted plan, the payee names and the rail configuration.
+    /// The bytes and file name of a bank batch stamped `created_at_ms`: a
+    /// pure function of the persisted plan, the payee names, the rail
+    /// configuration and that time. The requested execution (or effective
+    /// entry) date is the creation day plus the configured delay.
     pub fn bank_file(
         &self,
         batch: &RailBatch,
         payouts: &HashMap<String, PayoutRecord>,
+        created_at_ms: u64,
     ) -> Result<(String, Vec<u8>), SettleError> {
-        let epoch_record = self
-            .ledger
-            .epoch(batch.epoch)?
-            .ok_or_else(|| SettleError::Ledger(format!("epoch {} is missing", batch.epoch)))?;
-        let created_at_ms = epoch_record.sealed_at_ms.unwrap_or(epoch_record.opened_at_ms);
         let scale = self.asset_scale(&batch.asset)?;
         let minor = currency_minor_units(&batch.asset);
         let names: HashMap<String, String> =
@@ -503,6 +556,9 @@ impl Settler {
                             tally_core::destination::AchAccountKind::Savings => bank::AccountKind::Savings,
                         },
                         amount_cents,
+                        // NACHA files are conventionally upper case: the Individual ID
+                        // Number is the payout id's first 15 characters, upper-cased
+                        // (docs/settlement.md); match it case-insensitively.
                         individual_id: record.payout.id.chars().take(15).collect::<String>().to_ascii_uppercase(),
                         name,
                     });
@@ -534,27 +590,66 @@ impl Settler {
         }
     }
 
+    /// When a bank file is stamped: now (the ledger's time, never behind
+    /// its time mark), and never before its epoch was sealed.
+    fn file_time_ms(&self, epoch: u64) -> Result<u64, SettleError> {
+        let epoch_record =
+            self.ledger.epoch(epoch)?.ok_or_else(|| SettleError::Ledger(format!("epoch {epoch} is missing")))?;
+        let sealed_ms = epoch_record.sealed_at_ms.unwrap_or(epoch_record.opened_at_ms);
+        Ok(tally_ledger::unix_now_ms().max(self.writer.time_mark_ms()).max(sealed_ms))
+    }
+
+    /// Whether a prepared file's execution date (its creation day plus the
+    /// delay) is before today.
+    fn execution_date_passed(&self, created_at_ms: u64, now_ms: u64, rail: Rail) -> bool {
+        let delay_days = match rail {
+            Rail::Iso20022 => self.config.iso20022.as_ref().map_or(0, |s| s.execution_delay_days),
+            Rail::Nacha => self.config.nacha.as_ref().map_or(0, |s| s.execution_delay_days),
+            Rail::Evm => 0,
+        };
+        let day = |ms: u64| ms / 86_400_000;
+        day(created_at_ms) + u64::from(delay_days) < day(now_ms)
+    }
+
     async fn submit_bank_file(
         &self,
+        actor: &Actor,
         record: &BatchRecord,
         payouts: &HashMap<String, PayoutRecord>,
     ) -> Result<(), SettleError> {
         let batch = &record.batch;
         let (epoch, index) = (batch.epoch, batch.index);
-        let (file_name, bytes) = self.bank_file(batch, payouts)?;
+        let now_ms = self.file_time_ms(epoch)?;
+        // A prepared file keeps its bytes (its time) if it may have reached
+        // the bank; one never published whose execution date passed is
+        // prepared again with today's date, under the same name.
+        let recorded = match &record.state {
+            BatchState::FilePrepared { file_name, sha256, created_at_ms } => {
+                let published = outbox::was_published(&self.outbox, file_name)?;
+                if !published && self.execution_date_passed(*created_at_ms, now_ms, batch.rail) {
+                    tracing::warn!(epoch, batch = index, file_name, "prepared file's execution date passed; preparing it again");
+                    None
+                } else {
+                    Some((file_name.clone(), *sha256, *created_at_ms))
+                }
+            }
+            _ => None,
+        };
+        let created_at_ms = recorded.as_ref().map_or(now_ms, |(_, _, at)| *at);
+        let (file_name, bytes) = self.bank_file(batch, payouts, created_at_ms)?;
         let sha256 = outbox::sha256(&bytes);
-        match &record.state {
-            BatchState::FilePrepared { file_name: recorded, sha256: recorded_hash } => {
-                if *recorded != file_name || *recorded_hash != sha256 {
+        match recorded {
+            Some((recorded_name, recorded_hash, _)) => {
+                if recorded_name != file_name || recorded_hash != sha256 {
                     return Err(SettleError::Rail(format!(
                         "batch {index}: the regenerated {file_name} differs from the recorded one \
                          (was the bank configuration or a payee name changed?)"
                     )));
                 }
             }
-            _ => {
-                let state = BatchState::FilePrepared { file_name: file_name.clone(), sha256 };
-                self.step(SettlementCommand::UpdateBatch { epoch, index, state }).await?;
+            None => {
+                let state = BatchState::FilePrepared { file_name: file_name.clone(), sha256, created_at_ms };
+                self.step(actor, SettlementCommand::UpdateBatch { epoch, index, state }).await?;
                 fail_at("bank-after-prepare")?;
             }
         }
@@ -563,18 +658,19 @@ impl Settler {
             tracing::info!(path = %path.display(), "identical file already in the outbox");
         }
         fail_at("bank-after-write")?;
-        self.step(SettlementCommand::UpdateBatch {
+        self.step(actor, SettlementCommand::UpdateBatch {
             epoch,
             index,
-            state: BatchState::FileWritten { file_name, sha256 },
+            state: BatchState::FileWritten { file_name, sha256, created_at_ms },
         })
         .await?;
         fail_at("bank-after-record")
     }
 
-    /// Applies a bank's `pain.002` status report: accepted payouts become
-    /// settled; rejected ones are carried forward with the bank's reason.
-    pub async fn import_bank_status(&self, xml: &[u8]) -> Result<ImportSummary, SettleError> {
+    /// Applies a bank's `pain.002` status report on behalf of `actor` (who
+    /// imported it): accepted payouts become settled; rejected ones are
+    /// carried forward with the bank's reason.
+    pub async fn import_bank_status(&self, xml: &[u8], actor: &Actor) -> Result<ImportSummary, SettleError> {
         let report = bank::parse_pain002(xml)?;
         let (epoch, batch) = self.find_bank_batch(&report.original_message_id)?;
         let mut summary =
@@ -592,7 +688,7 @@ impl Settler {
             };
             let accepted = verdict.is_ok();
             let command = SettlementCommand::RecordBankStatus { payout_id: payout_id.clone(), verdict };
-            match self.writer.admin(AdminCommand::Settlement(command)).await {
+            match self.writer.admin(actor.clone(), AdminCommand::Settlement(command)).await {
                 Ok(AdminReply::BankStatus { changed: false }) => summary.unchanged += 1,
                 Ok(_) if accepted => summary.accepted += 1,
                 Ok(_) => summary.rejected += 1,

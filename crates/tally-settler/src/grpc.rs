@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tally_core::settlement::{AssetFigures, Bill, BillRecord, Carry, Party, PayoutRecord, PayoutState};
+use tally_core::Actor;
+use tally_core::settlement::{
+    AssetFigures, BatchRecord, BatchState, Bill, BillRecord, Carry, Party, PayoutRecord, PayoutState,
+};
 use tally_ledger::{AdminCommand, Ledger, SettlementCommand, WriterHandle};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -92,7 +95,8 @@ fn figures_to_proto(figures: &[AssetFigures], scales: &HashMap<String, u8>) -> V
             carried_in: f.carried_in.to_string(),
             carried_out: f.carried_out.to_string(),
             payout_iou_count: f.payout_iou_count,
-            moved_ppm: u64::try_from(f.moved_ppm()).unwrap_or(u64::MAX),
+            // 0 when nothing was charged (the ratio is undefined).
+            moved_ppm: f.moved_ppm().and_then(|ppm| u64::try_from(ppm).ok()).unwrap_or(0),
         })
         .collect()
 }
@@ -132,6 +136,25 @@ pub fn report_to_proto(report: &EpochReport, scales: &HashMap<String, u8>) -> pr
     }
 }
 
+/// Who is calling the settlement service: the admin token's holder, from the
+/// caller's address (recorded with every step it causes).
+fn actor_of<T>(request: &Request<T>) -> Actor {
+    match request.remote_addr() {
+        Some(addr) => Actor::admin_token(&addr.to_string()),
+        None => Actor::admin_token("local"),
+    }
+}
+
+/// The file a bank batch went into (empty for EVM batches and files not yet prepared).
+fn batch_file(batch: Option<&BatchRecord>) -> String {
+    match batch.map(|b| &b.state) {
+        Some(BatchState::FilePrepared { file_name, .. } | BatchState::FileWritten { file_name, .. }) => {
+            file_name.clone()
+        }
+        _ => String::new(),
+    }
+}
+
 fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> proto::Payout {
     let p = &record.payout;
     let reference = match &record.state {
@@ -153,6 +176,7 @@ fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> proto
         state: record.state.label().to_owned(),
         reference,
         batch_index: record.batch_index,
+        file_name: String::new(),
     }
 }
 
@@ -188,6 +212,7 @@ impl Settlement for SettlementService {
     type SettleStream = EventStream;
 
     async fn settle(&self, request: Request<proto::SettleRequest>) -> Result<Response<EventStream>, Status> {
+        let requested_by = actor_of(&request).to_string();
         let resume_only = request.into_inner().resume_only;
         let (sender, receiver) = tokio::sync::mpsc::channel(SETTLE_EVENTS_BUFFERED_MAX);
         let settler = self.settler.clone();
@@ -209,7 +234,7 @@ impl Settlement for SettlementService {
                 // A slow or vanished client must not stall settlement.
                 let _ = progress_sender.try_send(Ok(proto::SettleEvent { event: Some(event) }));
             };
-            let result = settler.settle(SettleRequest { seal: !resume_only }, &progress).await;
+            let result = settler.settle(SettleRequest::new(!resume_only, &requested_by), &progress).await;
             match result {
                 Ok(reports) => {
                     let scales = scales(&ledger).unwrap_or_default();
@@ -235,8 +260,8 @@ impl Settlement for SettlementService {
         let settler = self.settler.clone();
         let (plan, batches, scales) = self
             .read(move |ledger| {
-                let (plan, batches) = settler.preview()?;
-                Ok((plan, batches, scales(&ledger)?))
+                let proposal = settler.preview()?;
+                Ok((proposal.plan, proposal.batches, scales(&ledger)?))
             })
             .await?;
         Ok(Response::new(proto::PreviewResponse {
@@ -282,7 +307,15 @@ impl Settlement for SettlementService {
         let payouts = self
             .read(move |ledger| {
                 let scales = scales(&ledger)?;
-                Ok(ledger.payouts(epoch)?.iter().map(|p| payout_to_proto(p, &scales)).collect())
+                let batches = ledger.batches(epoch)?;
+                Ok(ledger
+                    .payouts(epoch)?
+                    .iter()
+                    .map(|p| proto::Payout {
+                        file_name: batch_file(batches.get(p.batch_index as usize)),
+                        ..payout_to_proto(p, &scales)
+                    })
+                    .collect())
             })
             .await?;
         Ok(Response::new(proto::PayoutsResponse { payouts }))
@@ -307,9 +340,10 @@ impl Settlement for SettlementService {
         &self,
         request: Request<proto::MarkBillPaidRequest>,
     ) -> Result<Response<proto::MarkBillPaidResponse>, Status> {
+        let actor = actor_of(&request);
         let request = request.into_inner();
         let command = SettlementCommand::MarkBillPaid { epoch: request.epoch, bill_id: request.bill_id };
-        self.writer.admin(AdminCommand::Settlement(command)).await.map_err(|e| match e {
+        self.writer.admin(actor, AdminCommand::Settlement(command)).await.map_err(|e| match e {
             tally_ledger::AdminError::NotFound(m) => Status::not_found(m),
             other => Status::failed_precondition(other.to_string()),
         })?;
@@ -353,13 +387,14 @@ impl Settlement for SettlementService {
         &self,
         request: Request<proto::ImportBankStatusRequest>,
     ) -> Result<Response<proto::ImportBankStatusResponse>, Status> {
+        let actor = actor_of(&request);
         let bytes = request.into_inner().pain002;
         if bytes.len() > STATUS_REPORT_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
                 "status reports are limited to {STATUS_REPORT_BYTES_MAX} bytes"
             )));
         }
-        let summary = self.settler.import_bank_status(&bytes).await.map_err(to_status)?;
+        let summary = self.settler.import_bank_status(&bytes, &actor).await.map_err(to_status)?;
         Ok(Response::new(proto::ImportBankStatusResponse {
             epoch: summary.epoch,
             original_message_id: summary.original_message_id,

@@ -21,6 +21,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -84,6 +85,24 @@ fn fail_at(name: &'static str, path: &Path) -> Result<(), OutboxError> {
 }
 
 /// Places `bytes` at `dir/name` atomically and durably.
+/// Payment files: `rw-------` (they carry account numbers).
+pub const PAYMENT_FILE_MODE: u32 = 0o600;
+/// The outbox and its `.sent/` directory, when Tally creates them: `rwx------`.
+pub const OUTBOX_DIR_MODE: u32 = 0o700;
+
+/// Whether a file of this name was ever published (it is in the outbox, or
+/// its record is in `.sent/`): then its bytes must never change.
+pub fn was_published(dir: &Path, name: &str) -> Result<bool, OutboxError> {
+    for path in [dir.join(name), dir.join(SENT_DIR).join(name)] {
+        match fs::symlink_metadata(&path) {
+            Ok(_) => return Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io(&path)(error)),
+        }
+    }
+    Ok(false)
+}
+
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWrite, OutboxError> {
     let name_ok = !name.is_empty()
         && name.len() <= 128
@@ -94,7 +113,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
     }
     fail_at("outbox-write", dir)?;
     let sent_dir = dir.join(SENT_DIR);
-    fs::create_dir_all(&sent_dir).map_err(io(&sent_dir))?;
+    fs::DirBuilder::new().recursive(true).mode(OUTBOX_DIR_MODE).create(&sent_dir).map_err(io(&sent_dir))?;
     let target = dir.join(name);
     let sent = sent_dir.join(name);
     let temporary = dir.join(format!(".{name}.partial"));
@@ -125,8 +144,14 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
         (Existing::Missing, Existing::Missing) => {}
     }
     {
-        let mut file =
-            OpenOptions::new().write(true).create(true).truncate(true).open(&temporary).map_err(io(&temporary))?;
+        // Bank files carry account numbers: readable and writable by their owner only.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PAYMENT_FILE_MODE)
+            .open(&temporary)
+            .map_err(io(&temporary))?;
         let half = bytes.len() / 2;
         file.write_all(&bytes[..half]).map_err(io(&temporary))?;
         file.flush().map_err(io(&temporary))?;

@@ -1,33 +1,43 @@
 //! Planning: from a sealed epoch in the ledger to a plan and its batches.
 //!
 //! This reads everything netting needs (the epoch's aggregates, payer
-//! links, payee destinations, carries into the epoch, asset scales), runs
-//! the pure [`tally_core::settlement::net`], and cuts the payouts into
-//! [`RailBatch`]es: EVM transactions of at most `payouts_per_tx` payouts,
-//! and bank files of at most `transfers_per_file` transfers, one or more per
-//! epoch and currency. Batch ids are derived from the epoch and contents,
-//! so planning twice yields the same bytes.
+//! links, payee destinations and statuses, carries into the epoch, asset
+//! scales, the ledger id), runs the pure [`tally_core::settlement::net`],
+//! and cuts the payouts into [`RailBatch`]es with
+//! [`tally_core::settlement::cut_batches`]: EVM transactions of at most
+//! `payouts_per_tx` payouts, and bank files of at most `transfers_per_file`
+//! transfers, one or more per epoch and currency. Ids are derived from the
+//! ledger id, the epoch and the contents, so planning twice yields the same
+//! bytes, and two ledgers never the same ids.
+//!
+//! The plan is a proposal: the ledger's writer nets the epoch again under
+//! the same policy and limits and records it only if it is identical
+//! (`tally_ledger::writer::settlement`).
 //!
 //! Memory: the aggregates are read once into interned ids (a `u32` per
 //! name), so an epoch with a million payer–payee pairs costs about 50 MB
 //! here, not a `String` per pair.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use sha2::{Digest, Sha256};
-use tally_core::settlement::{AssetPolicy, Flow, NettingInput, RailBatch, SettlementPlan, SettlementPolicy, net};
-use tally_core::{PayoutDestination, Rail, parse_amount};
+pub use tally_core::settlement::BatchLimits;
+use tally_core::settlement::{
+    AssetPolicy, Flow, NettingInput, RailBatch, SettlementPlan, SettlementPolicy, cut_batches, net,
+};
+use tally_core::{PayeeStatus, PayoutDestination, Rail, parse_amount};
 use tally_ledger::Ledger;
 
 use crate::SettleError;
 use crate::config::{SettlementConfig, currency_minor_units};
 
-/// How big batches may be.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchLimits {
-    pub payouts_per_evm_tx: usize,
-    pub transfers_per_iso20022_file: usize,
-    pub transfers_per_nacha_file: usize,
+/// A plan with what it was made from: the writer nets again under `policy`
+/// and cuts again by `limits`, and records the plan only if they agree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    pub plan: SettlementPlan,
+    pub batches: Vec<RailBatch>,
+    pub policy: SettlementPolicy,
+    pub limits: BatchLimits,
 }
 
 /// The settlement policy for the ledger's assets under `config`.
@@ -84,12 +94,14 @@ pub fn plan_epoch(
     config: &SettlementConfig,
     epoch: u64,
     limits: BatchLimits,
-) -> Result<(SettlementPlan, Vec<RailBatch>), SettleError> {
+) -> Result<Proposal, SettleError> {
     let policy = policy(ledger, config)?;
     let links: BTreeMap<String, String> =
         ledger.payers()?.into_iter().filter_map(|p| p.settles_with.map(|payee| (p.id, payee))).collect();
-    let destinations: BTreeMap<String, PayoutDestination> = ledger
-        .payees()?
+    let payees = ledger.payees()?;
+    let held: BTreeSet<String> =
+        payees.iter().filter(|p| p.status == PayeeStatus::Suspended).map(|p| p.id.clone()).collect();
+    let destinations: BTreeMap<String, PayoutDestination> = payees
         .into_iter()
         .filter_map(|p| PayoutDestination::parse(&p.payout_destination).ok().map(|d| (p.id, d)))
         .collect();
@@ -111,8 +123,15 @@ pub fn plan_epoch(
         flows.push((intern(payer), intern(payee), intern(asset), value.sum, value.count));
         true
     })?;
-    let input =
-        NettingInput { epoch, policy: &policy, links: &links, destinations: &destinations, carries_in: &carries };
+    let input = NettingInput {
+        ledger_id: ledger.ledger_id(),
+        epoch,
+        policy: &policy,
+        links: &links,
+        destinations: &destinations,
+        carries_in: &carries,
+        held: &held,
+    };
     let plan = net(
         &input,
         flows.iter().map(|&(payer, payee, asset, sum, count)| Flow {
@@ -123,55 +142,6 @@ pub fn plan_epoch(
             count,
         }),
     )?;
-    let batches = batch(&plan, limits);
-    Ok((plan, batches))
-}
-
-/// Cuts the plan's payouts into batches, in a fixed order: rail, asset,
-/// then payout id.
-pub fn batch(plan: &SettlementPlan, limits: BatchLimits) -> Vec<RailBatch> {
-    let mut groups: BTreeMap<(Rail, &str), Vec<&str>> = BTreeMap::new();
-    for payout in &plan.payouts {
-        groups.entry((payout.rail, payout.asset.as_str())).or_default().push(payout.id.as_str());
-    }
-    let mut batches = Vec::new();
-    for ((rail, asset), payout_ids) in groups {
-        let size = match rail {
-            Rail::Evm => limits.payouts_per_evm_tx,
-            Rail::Iso20022 => limits.transfers_per_iso20022_file,
-            Rail::Nacha => limits.transfers_per_nacha_file,
-        }
-        .max(1);
-        for (chunk_index, chunk) in payout_ids.chunks(size).enumerate() {
-            let index = batches.len() as u32;
-            let id = match rail {
-                Rail::Evm => evm_batch_id(plan.epoch, index, chunk),
-                // ≤ 35 characters: "TALLY-E" + epoch (≤ 20) + "-" + asset (≤ 3 on bank rails) + "-" + chunk.
-                Rail::Iso20022 | Rail::Nacha => format!("TALLY-E{}-{}-{}", plan.epoch, asset, chunk_index + 1),
-            };
-            batches.push(RailBatch {
-                epoch: plan.epoch,
-                index,
-                id,
-                rail,
-                asset: asset.to_owned(),
-                payout_ids: chunk.iter().map(|s| (*s).to_owned()).collect(),
-            });
-        }
-    }
-    batches
-}
-
-/// `0x`-hex of SHA-256("tally-evm-batch-v1" ‖ epoch ‖ index ‖ payout ids):
-/// the `bytes32` the payout contract refuses to execute twice.
-pub fn evm_batch_id(epoch: u64, index: u32, payout_ids: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tally-evm-batch-v1");
-    hasher.update(epoch.to_be_bytes());
-    hasher.update(index.to_be_bytes());
-    for id in payout_ids {
-        hasher.update((id.len() as u32).to_be_bytes());
-        hasher.update(id.as_bytes());
-    }
-    format!("0x{}", hex::encode(hasher.finalize()))
+    let batches = cut_batches(&plan, &ledger.ledger_id(), limits)?;
+    Ok(Proposal { plan, batches, policy, limits })
 }

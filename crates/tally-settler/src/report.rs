@@ -137,7 +137,7 @@ pub fn statement(ledger: &Ledger, epoch: u64, party: &Party) -> Result<Statement
     };
     let mut lines = Vec::new();
     let mut push_rows = |filter: BalanceFilter| -> Result<(), SettleError> {
-        for row in ledger.balances(&filter, STATEMENT_ROWS_MAX)? {
+        for row in ledger.balances_all(&filter, STATEMENT_ROWS_MAX)? {
             lines.push(StatementLine {
                 epoch: row.epoch,
                 payer: row.payer,

@@ -11,9 +11,11 @@
 //! 3. Build and sign a Tally IOU (`tally-iou-v1`): amount = the price,
 //!    payee = `payTo`, the asset, a fresh random 16-byte nonce (or
 //!    [`nonce_for_payment_id`] with [`Crawler::fetch_with_payment_id`]), valid
-//!    from now for [`IOU_VALIDITY_S`], resource = the URL. Wrap it in a
-//!    [`PaymentPayload`] that echoes the offer in `accepted`, base64 its JSON
-//!    into `PAYMENT-SIGNATURE`, and retry **exactly once**.
+//!    from now for [`IOU_VALIDITY_S`], resource = the offer's `resource.url`
+//!    (what the server sells, byte for byte: the facilitator refuses an IOU
+//!    for any other resource). Wrap it in a [`PaymentPayload`] that echoes the
+//!    offer in `accepted` (and the `payment-identifier` extension with its
+//!    `id`), base64 its JSON into `PAYMENT-SIGNATURE`, and retry **exactly once**.
 //! 4. The retry is also signed with **Web Bot Auth** (RFC 9421): the
 //!    `Signature-Agent`, `Signature-Input` and `Signature` headers cover
 //!    `@authority`, `signature-agent` and `payment-signature`, binding the
@@ -245,14 +247,15 @@ impl Crawler {
             .find(|o| o.scheme == SCHEME_BATCH_SETTLEMENT && o.network == self.network)
             .ok_or_else(|| CrawlerError::NoAcceptableOffer(self.network.clone()))?
             .clone();
-        let price: u64 = offer.amount.parse().map_err(|_| CrawlerError::InvalidOffer("amount".into()))?;
+        let price =
+            tally_core::parse_canonical_units(&offer.amount).ok_or_else(|| CrawlerError::InvalidOffer("amount".into()))?;
         if let Some(max) = self.max_price
             && price > max
         {
             return Err(CrawlerError::PriceTooHigh { price, max });
         }
 
-        let payment_signature = self.payment_signature(url, &required, &offer, price, payment_id)?;
+        let payment_signature = self.payment_signature(&required, &offer, price, payment_id)?;
         let now = unix_now_s();
         // A fresh signature nonce makes every signed request distinct: under Web Bot Auth the
         // signature is the payment, and two fetches within one second must be two payments.
@@ -284,18 +287,28 @@ impl Crawler {
     /// Builds, signs and encodes the `PAYMENT-SIGNATURE` header value.
     fn payment_signature(
         &self,
-        url: &str,
         required: &PaymentRequired,
         offer: &PaymentRequirements,
         price: u64,
         payment_id: Option<&str>,
     ) -> Result<String, CrawlerError> {
         let payload = match self.format {
-            PaymentFormat::TallyIou => self.signed_iou_payload(url, offer, price, payment_id)?,
+            PaymentFormat::TallyIou => self.signed_iou_payload(&required.resource.url, offer, price, payment_id)?,
             // The amount is committed by the Web Bot Auth signature, which covers this header.
             PaymentFormat::WebBotAuth => json!({ "amount": price.to_string(), "asset": offer.asset }),
         };
-        let extensions = payment_id.map(|id| json!({ EXTENSION_PAYMENT_IDENTIFIER: { "info": { "id": id } } }));
+        // The client echoes the server's extension and adds its id (the spec's shape).
+        let offered_required = required
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER))
+            .and_then(|e| e.get("info"))
+            .and_then(|i| i.get("required"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let extensions = payment_id.map(|id| {
+            json!({ EXTENSION_PAYMENT_IDENTIFIER: crate::commitment::payment_identifier_echo(offered_required, id) })
+        });
         let payment = PaymentPayload {
             x402_version: X402_VERSION,
             resource: Some(required.resource.clone()),
@@ -310,10 +323,10 @@ impl Crawler {
         Ok(encoded)
     }
 
-    /// A signed Tally IOU for the offer, as a `tally-iou-v1` payload.
+    /// A signed Tally IOU for the offer, as a `tally-iou-v1` payload, for `resource`.
     fn signed_iou_payload(
         &self,
-        url: &str,
+        resource: &str,
         offer: &PaymentRequirements,
         price: u64,
         payment_id: Option<&str>,
@@ -336,7 +349,7 @@ impl Crawler {
             nonce,
             issued_at_s: now,
             expires_at_s: now + IOU_VALIDITY_S,
-            resource: url.to_owned(),
+            resource: resource.to_owned(),
         };
         iou.check_shape().map_err(|e| CrawlerError::InvalidOffer(e.to_string()))?;
         let signature = self.key.sign(&iou.signing_bytes()).to_bytes();
@@ -395,13 +408,17 @@ mod tests {
             extensions: None,
         };
         let id = "order-0000000000000001";
-        let header = crawler.payment_signature("http://site.example/a", &required, &offer, 1500, Some(id)).unwrap();
+        let header = crawler.payment_signature(&required, &offer, 1500, Some(id)).unwrap();
         let payment: PaymentPayload = decode_header_json(header.as_bytes(), PAYMENT_SIGNATURE_BYTES_MAX).unwrap();
         assert_eq!(payment.accepted, offer);
         let payload: TallyIouPayload = serde_json::from_value(payment.payload).unwrap();
         let signed = payload.to_signed().unwrap();
         assert_eq!(signed.iou.nonce, nonce_for_payment_id(id));
         assert_eq!(signed.iou.amount, 1500);
+        assert_eq!(signed.iou.resource, "http://site.example/a", "the offer's resource, byte for byte");
+        let echoed = &payment.extensions.unwrap()[EXTENSION_PAYMENT_IDENTIFIER];
+        assert_eq!(echoed["info"]["id"], id);
+        assert_eq!(echoed["info"]["required"], false);
         let key = ed25519_dalek::VerifyingKey::from_bytes(&crawler.public_key()).unwrap();
         let signature = ed25519_dalek::Signature::from_bytes(&signed.signature);
         assert!(key.verify_strict(&signed.iou.signing_bytes(), &signature).is_ok());

@@ -17,12 +17,13 @@
 //! `Signature` and the `PAYMENT-SIGNATURE` value; the IOU is derived from the
 //! signature base (`tally_core::evidence`).
 //!
-//! **Payment identifiers** (the `payment-identifier` extension) map onto the
-//! ledger's replay index: the IOU's nonce must be
+//! **Payment identifiers** (the `payment-identifier` extension, shaped
+//! `{"info": {"required": bool, "id"?: string}, "schema": …}` in offers and
+//! payloads) map onto the ledger's replay index: the IOU's nonce must be
 //! [`nonce_for_payment_id`]`(id)`. The same id with the same payload is then
-//! a duplicate the ledger answers with the original commitment; the same id
-//! with a different payload is a conflict (HTTP 409). Both hold across
-//! restarts, because the replay index is durable.
+//! a duplicate the ledger answers with the original commitment (the cached
+//! result); the same id with a different payload is a conflict (HTTP 409).
+//! Both hold across restarts, because the replay index is durable.
 
 use serde::{Deserialize, Serialize};
 use tally_core::{Iou, SignedIou};
@@ -89,7 +90,8 @@ impl TallyIouPayload {
             return Err(Reason::InvalidPayload);
         }
         let j = &self.iou;
-        let amount: u64 = j.amount.parse().map_err(|_| Reason::InvalidPayload)?;
+        // One spelling per amount: "+5" or "05" is refused, not read as 5.
+        let amount = tally_core::parse_canonical_units(&j.amount).ok_or(Reason::InvalidPayload)?;
         let iou = Iou {
             network: j.network.clone(),
             payer_key: hex_array(&j.payer_key)?,
@@ -107,6 +109,29 @@ impl TallyIouPayload {
 }
 
 pub use tally_core::evidence::{nonce_for_payment_id, payment_id_is_valid};
+
+/// The `payment-identifier` extension's JSON schema, as the x402 spec gives it.
+pub fn payment_identifier_schema() -> serde_json::Value {
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "required": { "type": "boolean" },
+            "id": { "type": "string", "minLength": PAYMENT_ID_LEN_MIN, "maxLength": PAYMENT_ID_LEN_MAX }
+        },
+        "required": ["required"]
+    })
+}
+
+/// The extension as a server offers it: `{"info": {"required": …}, "schema": …}`.
+pub fn payment_identifier_offer(required: bool) -> serde_json::Value {
+    serde_json::json!({ "info": { "required": required }, "schema": payment_identifier_schema() })
+}
+
+/// The extension as a client echoes it with its `id`.
+pub fn payment_identifier_echo(required: bool, id: &str) -> serde_json::Value {
+    serde_json::json!({ "info": { "required": required, "id": id }, "schema": payment_identifier_schema() })
+}
 
 /// `paymentPayload.payload` for a Web Bot Auth payment: what the resource server forwards from the
 /// crawler's signed request. The commitment is the RFC 9421 signature itself; the crawler's own
@@ -159,9 +184,11 @@ mod tests {
 
     #[test]
     fn refuses_malformed_fields() {
-        let mut payload = TallyIouPayload::from_signed(&sample());
-        payload.iou.amount = "-1".into();
-        assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload));
+        for amount in ["-1", "+1000", "01000", " 1000", ""] {
+            let mut payload = TallyIouPayload::from_signed(&sample());
+            payload.iou.amount = amount.into();
+            assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload), "{amount:?}");
+        }
         let mut payload = TallyIouPayload::from_signed(&sample());
         payload.signature = "zz".into();
         assert_eq!(payload.to_signed(), Err(Reason::InvalidPayload));

@@ -13,19 +13,30 @@
 //!    idempotent retries). A small JSON body says the same for humans.
 //! 2. A request **with** `PAYMENT-SIGNATURE` is decoded (bounded by
 //!    [`PAYMENT_SIGNATURE_HEADER_BYTES_MAX`]) into a [`PaymentPayload`] and
-//!    sent to the facilitator's `POST /settle` together with the **server's own**
-//!    requirements. The facilitator refuses a payload whose `accepted` differs
-//!    from them, so a client cannot choose its own price.
-//! 3. Only when `/settle` answers `success: true` does the inner service run;
-//!    its response gets a `PAYMENT-RESPONSE` header (base64 JSON
+//!    sent to the facilitator together with the **server's own**
+//!    requirements, which name the resource being bought
+//!    (`extra.resource`, the request's URL). The facilitator refuses a payload
+//!    whose `accepted` differs from them, a commitment below the price, and a
+//!    commitment for another resource: a client cannot choose its own price,
+//!    and one payment cannot unlock another page.
+//! 3. Only when the payment is settled does the client get the inner
+//!    service's response, with a `PAYMENT-RESPONSE` header (base64 JSON
 //!    [`PaymentResponse`]: the commitment identifier in `transaction`, the
-//!    payer, the amount actually committed).
+//!    payer, the amount charged).
 //!
-//! **Serve after settle.** Tally's `/settle` answers after the commitment is
-//! fsynced, so serving afterwards never gives away a resource whose payment
-//! was not recorded. If the facilitator cannot be reached, times out or
-//! answers 5xx, the paywall answers `502 Bad Gateway` / `503 Service
-//! Unavailable` and the inner service is **not** called.
+//! **Two pricings** ([`Pricing`]). `Fixed` (the default) is *settle, then
+//! serve*: `/settle` charges the price, and the inner service runs only
+//! after it answered `success`. `UpTo` is the scheme's dynamic pricing: the
+//! price is a maximum; the paywall `/verify`s the payment, runs the inner
+//! service, reads what its response charges ([`Charge`] in the response's
+//! extensions; the full price when absent), and `/settle`s that amount. An
+//! error response (status ≥ 400) is never charged; a response whose charge
+//! cannot be settled is never delivered.
+//!
+//! Tally's `/settle` answers after the commitment is fsynced, so a response
+//! is never given away for a payment that was not recorded. If the
+//! facilitator cannot be reached, times out or answers 5xx, the paywall
+//! answers `502 Bad Gateway` / `503 Service Unavailable` and delivers nothing.
 //!
 //! Refusals map as follows: a malformed header, base64 or JSON is `402` with
 //! `error: "invalid_payload"` (never a 500); a facilitator verdict of
@@ -88,6 +99,23 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `maxTimeoutSeconds` offered in the requirements.
 pub const MAX_TIMEOUT_SECONDS: u64 = 60;
 
+/// How a paywall prices its resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pricing {
+    /// Every request is charged the price: settle, then serve.
+    #[default]
+    Fixed,
+    /// The price is a maximum; the inner service's response says what it
+    /// charges ([`Charge`]): verify, serve, settle the charge, deliver.
+    UpTo,
+}
+
+/// What a response charges under [`Pricing::UpTo`], in smallest units (at
+/// most the price): put it in the response's extensions, e.g. by returning
+/// `(axum::Extension(Charge(700)), body)` from the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge(pub u64);
+
 /// What one paywall charges and where it settles.
 #[derive(Clone, Debug)]
 pub struct PaywallConfig {
@@ -99,8 +127,12 @@ pub struct PaywallConfig {
     pub asset: String,
     /// The payee's account id in Tally, e.g. `daily.example`.
     pub pay_to: String,
-    /// The price in the asset's smallest units.
+    /// The price in the asset's smallest units (the maximum, under [`Pricing::UpTo`]).
     pub price: u64,
+    pub pricing: Pricing,
+    /// Whether clients must send a payment identifier (`payment-identifier`
+    /// extension, `info.required`).
+    pub payment_id_required: bool,
     /// A human description of what is sold.
     pub description: String,
     /// The HTTP client used to reach the facilitator.
@@ -119,7 +151,7 @@ pub struct PaymentResponse {
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
-    /// The amount committed, smallest units, decimal string.
+    /// The amount charged, smallest units, decimal string.
     pub amount: String,
     pub asset: String,
     pub extra: PaymentResponseExtra,
@@ -210,8 +242,9 @@ where
     }
 }
 
-/// The requirements this paywall offers (and settles against).
-pub fn requirements(config: &PaywallConfig) -> PaymentRequirements {
+/// The requirements this paywall offers for `resource` (and settles against,
+/// with `amount` lowered to the charge under [`Pricing::UpTo`]).
+pub fn requirements(config: &PaywallConfig, resource: &str) -> PaymentRequirements {
     PaymentRequirements {
         scheme: SCHEME_BATCH_SETTLEMENT.to_owned(),
         network: config.network.clone(),
@@ -219,7 +252,8 @@ pub fn requirements(config: &PaywallConfig) -> PaymentRequirements {
         asset: config.asset.clone(),
         pay_to: config.pay_to.clone(),
         max_timeout_seconds: Some(MAX_TIMEOUT_SECONDS),
-        extra: None,
+        // The resource this payment buys, for the facilitator to bind the commitment to.
+        extra: Some(json!({ "resource": resource })),
     }
 }
 
@@ -251,11 +285,11 @@ fn payment_required(config: &PaywallConfig, url: String, error: Option<&str>) ->
     PaymentRequired {
         x402_version: X402_VERSION,
         error: error.map(str::to_owned),
+        accepts: vec![requirements(config, &url)],
         resource: ResourceInfo { url, description: Some(config.description.clone()), mime_type: None },
-        accepts: vec![requirements(config)],
         extensions: Some(json!({
             EXTENSION_HTTP_MESSAGE_SIGNATURES: { "info": info },
-            EXTENSION_PAYMENT_IDENTIFIER: { "required": false },
+            EXTENSION_PAYMENT_IDENTIFIER: crate::commitment::payment_identifier_offer(config.payment_id_required),
         })),
     }
 }
@@ -330,6 +364,93 @@ fn web_bot_auth_payload(
     Some(PaymentPayload { payload: serde_json::to_value(forwarded).ok()?, ..signed_payload })
 }
 
+/// What asking the facilitator came to.
+enum Verdict<T> {
+    Yes(T),
+    /// Refused, or the facilitator failed: answer this, deliver nothing.
+    No(Response),
+}
+
+/// Reason codes are short ASCII identifiers; anything else is not echoed.
+fn echoable(reason: Option<String>) -> String {
+    match reason {
+        Some(reason) if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => reason,
+        _ => Reason::UnexpectedSettleError.as_str().to_owned(),
+    }
+}
+
+/// POSTs `body` to the facilitator's `route` and decodes its answer, bounded.
+async fn ask<T: DeserializeOwned>(config: &PaywallConfig, route: &str, body: &FacilitatorRequest) -> Result<(StatusCode, T), Response> {
+    let endpoint = format!("{}/{route}", config.facilitator_url.trim_end_matches('/'));
+    let answer = match config.http.post(&endpoint).timeout(SETTLE_TIMEOUT).json(body).send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(%error, %endpoint, "facilitator unreachable; not serving");
+            let status = if error.is_timeout() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+            return Err(upstream_failure(status, "facilitator_unavailable"));
+        }
+    };
+    let status = answer.status();
+    if status.is_server_error() {
+        tracing::warn!(%status, "facilitator failed; not serving");
+        return Err(upstream_failure(StatusCode::SERVICE_UNAVAILABLE, "facilitator_unavailable"));
+    }
+    match read_bounded(answer, FACILITATOR_ANSWER_BYTES_MAX).await.and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(decoded) => Ok((status, decoded)),
+        None if status == StatusCode::PAYLOAD_TOO_LARGE => Err(upstream_failure(status, "payload_too_large")),
+        None => {
+            tracing::warn!(%status, "facilitator answered something that is not a {route} response; not serving");
+            Err(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"))
+        }
+    }
+}
+
+/// A refusal's answer to the client: 409 passes through, verdicts become 402.
+fn refusal(config: &PaywallConfig, url: String, status: StatusCode, reason: Option<String>) -> Response {
+    let reason = echoable(reason);
+    match status {
+        StatusCode::CONFLICT => refuse(config, url, StatusCode::CONFLICT, Some(&reason)),
+        StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+            refuse(config, url, StatusCode::PAYMENT_REQUIRED, Some(&reason))
+        }
+        _ => {
+            tracing::warn!(%status, "facilitator answered an unexpected status; not serving");
+            upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer")
+        }
+    }
+}
+
+/// Settles `body`; `Yes` carries the `PAYMENT-RESPONSE` to attach.
+async fn settle_payment(config: &PaywallConfig, url: &str, body: &FacilitatorRequest) -> Verdict<PaymentResponse> {
+    let (status, settled): (StatusCode, SettleResponse) = match ask(config, "settle", body).await {
+        Ok(answer) => answer,
+        Err(response) if response.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let reason = Reason::InvalidPayload.as_str();
+            return Verdict::No(refuse(config, url.to_owned(), StatusCode::PAYMENT_REQUIRED, Some(reason)));
+        }
+        Err(response) => return Verdict::No(response),
+    };
+    if status == StatusCode::OK && settled.success && !settled.transaction.is_empty() {
+        return Verdict::Yes(PaymentResponse {
+            success: true,
+            transaction: settled.transaction,
+            network: settled.network,
+            payer: settled.payer,
+            amount: settled.amount.unwrap_or_else(|| body.payment_requirements.amount.clone()),
+            asset: config.asset.clone(),
+            extra: PaymentResponseExtra { timestamp: unix_now_s() },
+        });
+    }
+    Verdict::No(refusal(config, url.to_owned(), status, settled.error_reason))
+}
+
+fn with_receipt(mut response: Response, receipt: &PaymentResponse) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&encode_header_json(receipt)) {
+        response.headers_mut().insert(HEADER_PAYMENT_RESPONSE, value);
+    }
+    response
+}
+
 async fn paywall<S>(config: Arc<PaywallConfig>, mut inner: S, request: Request<Body>) -> Result<Response, S::Error>
 where
     S: Service<Request<Body>, Response = Response>,
@@ -360,66 +481,40 @@ where
     } else {
         payload
     };
-    let body =
-        FacilitatorRequest { x402_version: X402_VERSION, payment_payload, payment_requirements: requirements(&config) };
-    let endpoint = format!("{}/settle", config.facilitator_url.trim_end_matches('/'));
-    let answer = match config.http.post(&endpoint).timeout(SETTLE_TIMEOUT).json(&body).send().await {
-        Ok(answer) => answer,
-        Err(error) => {
-            tracing::warn!(%error, %endpoint, "facilitator unreachable; not serving");
-            let status = if error.is_timeout() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
-            return Ok(upstream_failure(status, "facilitator_unavailable"));
-        }
-    };
-    let status = answer.status();
-    if status.is_server_error() {
-        tracing::warn!(%status, "facilitator failed; not serving");
-        return Ok(upstream_failure(StatusCode::SERVICE_UNAVAILABLE, "facilitator_unavailable"));
-    }
-    let settled: Option<SettleResponse> =
-        read_bounded(answer, FACILITATOR_ANSWER_BYTES_MAX).await.and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(settled) = settled else {
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            let reason = Reason::InvalidPayload.as_str();
-            return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
-        }
-        tracing::warn!(%status, "facilitator answered something that is not a settle response; not serving");
-        return Ok(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"));
+    let mut body = FacilitatorRequest {
+        x402_version: X402_VERSION,
+        payment_payload,
+        payment_requirements: requirements(&config, &url),
     };
 
-    if status == StatusCode::OK && settled.success && !settled.transaction.is_empty() {
-        let receipt = PaymentResponse {
-            success: true,
-            transaction: settled.transaction,
-            network: settled.network,
-            payer: settled.payer,
-            amount: settled.amount.unwrap_or_else(|| config.price.to_string()),
-            asset: config.asset.clone(),
-            extra: PaymentResponseExtra { timestamp: unix_now_s() },
-        };
-        let mut response = inner.call(request).await?;
-        if let Ok(value) = HeaderValue::from_str(&encode_header_json(&receipt)) {
-            response.headers_mut().insert(HEADER_PAYMENT_RESPONSE, value);
-        }
+    if config.pricing == Pricing::Fixed {
+        return Ok(match settle_payment(&config, &url, &body).await {
+            Verdict::Yes(receipt) => with_receipt(inner.call(request).await?, &receipt),
+            Verdict::No(response) => response,
+        });
+    }
+
+    // Up to the price: verify, serve, settle what the response charges, deliver.
+    match ask::<VerifyResponse>(&config, "verify", &body).await {
+        Ok((StatusCode::OK, VerifyResponse { is_valid: true, .. })) => {}
+        Ok((status, verified)) => return Ok(refusal(&config, url, status, verified.invalid_reason)),
+        Err(response) => return Ok(response),
+    }
+    let response = inner.call(request).await?;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        // An error response is never charged.
         return Ok(response);
     }
-
-    let reason = settled.error_reason.unwrap_or_else(|| Reason::UnexpectedSettleError.as_str().to_owned());
-    // Reason codes are short ASCII identifiers; anything else is not echoed.
-    let reason = if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        reason
-    } else {
-        Reason::UnexpectedSettleError.as_str().to_owned()
-    };
-    let out_status = match status {
-        StatusCode::CONFLICT => StatusCode::CONFLICT,
-        StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYMENT_REQUIRED,
-        _ => {
-            tracing::warn!(%status, "facilitator answered an unexpected status; not serving");
-            return Ok(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"));
-        }
-    };
-    Ok(refuse(&config, url, out_status, Some(&reason)))
+    let charge = response.extensions().get::<Charge>().map_or(config.price, |charge| charge.0);
+    if charge == 0 || charge > config.price {
+        tracing::warn!(charge, price = config.price, "the handler's charge is outside 1..=price; not delivering");
+        return Ok(upstream_failure(StatusCode::INTERNAL_SERVER_ERROR, "invalid_charge"));
+    }
+    body.payment_requirements.amount = charge.to_string();
+    Ok(match settle_payment(&config, &url, &body).await {
+        Verdict::Yes(receipt) => with_receipt(response, &receipt),
+        Verdict::No(refused) => refused,
+    })
 }
 
 #[cfg(test)]
@@ -433,6 +528,8 @@ mod tests {
             asset: "USD".into(),
             pay_to: "site.example".into(),
             price: 1500,
+            pricing: Pricing::Fixed,
+            payment_id_required: false,
             description: "an article".into(),
             http: reqwest::Client::new(),
             registration_url: Some("https://tally.example/register".into()),
@@ -448,7 +545,9 @@ mod tests {
         assert_eq!(back.accepts[0].amount, "1500");
         let ext = back.extensions.unwrap();
         assert_eq!(ext["http-message-signatures"]["info"]["registrationUrl"], "https://tally.example/register");
-        assert_eq!(ext["payment-identifier"]["required"], false);
+        assert_eq!(ext["payment-identifier"]["info"]["required"], false);
+        assert_eq!(ext["payment-identifier"]["schema"]["properties"]["id"]["minLength"], 16);
+        assert_eq!(back.accepts[0].extra.as_ref().unwrap()["resource"], "http://site.example/a");
 
         assert!(matches!(decode_header_json::<PaymentRequired>(b"!!!", 100), Err(HeaderDecodeError::NotBase64)));
         assert!(matches!(

@@ -90,7 +90,8 @@ pub struct VerifyResponse {
 }
 
 /// `POST /settle`'s answer. `transaction` is the commitment identifier
-/// (`<seq>:<hash>`), or `""` on failure.
+/// (`<seq>:<hash>`), or `""` on failure; `amount` is what was charged (the
+/// server's settle-time amount, at most what the client committed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettleResponse {
@@ -154,6 +155,15 @@ pub enum Reason {
     PaymentIdentifierConflict,
     /// The requirements demand a payment identifier and none came.
     PaymentIdentifierRequired,
+    /// The commitment names another resource than the request buys (or none).
+    ResourceMismatch,
+    /// The payment was already settled for a request; without a payment
+    /// identifier it buys no second one.
+    PaymentAlreadyUsed,
+    /// The payer revoked the key that signed the commitment.
+    KeyRevoked,
+    /// The payee is suspended.
+    PayeeSuspended,
 }
 
 impl Reason {
@@ -177,6 +187,10 @@ impl Reason {
             Reason::PayerSuspended => "payer_suspended",
             Reason::PaymentIdentifierConflict => "payment_identifier_conflict",
             Reason::PaymentIdentifierRequired => "payment_identifier_required",
+            Reason::ResourceMismatch => "resource_mismatch",
+            Reason::PaymentAlreadyUsed => "payment_already_used",
+            Reason::KeyRevoked => "key_revoked",
+            Reason::PayeeSuspended => "payee_suspended",
         }
     }
 }

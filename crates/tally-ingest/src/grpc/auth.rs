@@ -1,5 +1,6 @@
-//! Bearer-token authentication for the admin-side services (`Admin`,
-//! `Settlement`).
+//! Bearer-token authentication: the admin token for the admin-side services
+//! (`Admin`, `Settlement`), and the admin token or a scoped query token for
+//! `Query` ([`QueryAuth`]).
 //!
 //! The token comes from configuration. The check must not tell a guesser how
 //! close a guess was: both the presented header and the expected one are
@@ -11,6 +12,7 @@
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tally_ledger::{Ledger, LedgerError, QueryScope, token_digest};
 use tonic::{Request, Status, service::Interceptor};
 
 #[derive(Clone)]
@@ -29,12 +31,21 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Why a token cannot guard an API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// An admin API that accepts anyone must be a deliberate choice, and
+    /// Tally offers no such choice.
+    #[error("the admin token must not be empty (an empty admin-token file is refused, never accepted)")]
+    Empty,
+}
+
 impl AdminAuth {
-    /// Panics on an empty token: an admin API that accepts anyone must be a
-    /// deliberate choice, and Tally offers no such choice.
-    pub fn new(token: &str) -> AdminAuth {
-        assert!(!token.is_empty(), "the admin token must not be empty");
-        AdminAuth { expected_digest: digest(format!("Bearer {token}").as_bytes()) }
+    pub fn new(token: &str) -> Result<AdminAuth, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        Ok(AdminAuth { expected_digest: digest(format!("Bearer {token}").as_bytes()) })
     }
 
     /// Whether an `authorization` header value carries the token.
@@ -50,6 +61,45 @@ impl Interceptor for AdminAuth {
             Ok(request)
         } else {
             Err(Status::unauthenticated("admin calls need `authorization: Bearer <admin token>`"))
+        }
+    }
+}
+
+/// Who may read what through the Query service: the admin token reads
+/// everything; a query token reads what its scope allows (`tally_ledger::tokens`).
+#[derive(Clone)]
+pub struct QueryAuth {
+    admin: AdminAuth,
+    ledger: Ledger,
+}
+
+impl std::fmt::Debug for QueryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueryAuth(<redacted>)")
+    }
+}
+
+impl QueryAuth {
+    pub fn new(admin: AdminAuth, ledger: Ledger) -> QueryAuth {
+        QueryAuth { admin, ledger }
+    }
+
+    /// The scope of the `authorization` header presented. Reads the ledger
+    /// (one point lookup of the token's digest): call it off the async workers.
+    pub fn scope(&self, presented: Option<&[u8]>) -> Result<QueryScope, Status> {
+        let unauthenticated =
+            || Status::unauthenticated("query calls need `authorization: Bearer <admin token or query token>`");
+        let presented = presented.ok_or_else(unauthenticated)?;
+        if self.admin.accepts(presented) {
+            return Ok(QueryScope::All);
+        }
+        let token = presented.strip_prefix(b"Bearer ").ok_or_else(unauthenticated)?;
+        let token = std::str::from_utf8(token).map_err(|_| unauthenticated())?;
+        match self.ledger.query_token(&token_digest(token)) {
+            Ok(Some(stored)) => Ok(stored.scope),
+            Ok(None) => Err(unauthenticated()),
+            Err(error @ LedgerError::Corruption(_)) => Err(Status::data_loss(error.to_string())),
+            Err(error) => Err(Status::unavailable(error.to_string())),
         }
     }
 }
@@ -70,7 +120,7 @@ mod tests {
 
     #[test]
     fn right_token_passes_wrong_and_missing_do_not() {
-        let mut auth = AdminAuth::new(TOKEN);
+        let mut auth = AdminAuth::new(TOKEN).unwrap();
         assert!(call(&mut auth, Some(&format!("Bearer {TOKEN}"))).is_ok());
         for wrong in [
             String::new(),
@@ -92,13 +142,12 @@ mod tests {
 
     #[test]
     fn debug_shows_no_token() {
-        let text = format!("{:?}", AdminAuth::new(TOKEN));
+        let text = format!("{:?}", AdminAuth::new(TOKEN).unwrap());
         assert!(!text.contains(TOKEN) && !text.contains(&hex::encode(digest(TOKEN.as_bytes()))[..8]));
     }
 
     #[test]
-    #[should_panic(expected = "must not be empty")]
-    fn empty_token_is_refused() {
-        AdminAuth::new("");
+    fn empty_token_is_refused_not_a_panic() {
+        assert_eq!(AdminAuth::new("").unwrap_err(), TokenError::Empty);
     }
 }

@@ -2,8 +2,9 @@
 //! and back; none holds policy of its own.
 //!
 //! - [`ingest`]: `SubmitBatch` (unary) and `StreamBatches` (bidirectional).
-//! - [`query`]: balances, epochs, exposure, single IOUs (read-only).
-//! - [`admin`]: accounts and epochs, behind [`auth::AdminAuth`].
+//! - [`query`]: balances, epochs, exposure, single IOUs (read-only), behind
+//!   a bearer token: the admin token, or a scoped query token ([`auth::QueryAuth`]).
+//! - [`admin`]: accounts, keys, tokens and epochs, behind [`auth::AdminAuth`].
 
 pub mod admin;
 pub mod auth;
@@ -19,6 +20,7 @@ use tonic::Status;
 pub fn ledger_status(error: LedgerError) -> Status {
     match error {
         LedgerError::Corruption(_) => Status::data_loss(error.to_string()),
+        LedgerError::InvalidRequest(_) => Status::invalid_argument(error.to_string()),
         LedgerError::Storage(_)
         | LedgerError::WriteFailed(_)
         | LedgerError::WriterStopped

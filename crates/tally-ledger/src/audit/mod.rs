@@ -14,8 +14,12 @@
 //!    hash to the signed root;
 //! 5. the replay index points back at the record (or has been pruned,
 //!    which is legal only well after the IOU expired);
-//! 6. both aggregate column families equal the sums recomputed from the log,
-//!    key by key, with nothing missing and nothing extra.
+//! 6. both aggregate column families equal the sums recomputed from the log
+//!    (each record's charge), key by key, with nothing missing and nothing extra;
+//! 7. the control plane ([`journal`]): the journal's hash chain, every stored
+//!    account, epoch, settlement and meta record against the journal's
+//!    effects, every plan netted again from the log's aggregates, payouts
+//!    against their plans, and every settlement counter against the records.
 //!
 //! Problems are collected, not fatal: the report lists the first
 //! [`PROBLEMS_LISTED_MAX`] and counts all. A read error (RocksDB found a bad
@@ -36,6 +40,8 @@ use crate::LedgerError;
 use crate::layout::*;
 use crate::store::Ledger;
 
+mod journal;
+
 /// The report lists at most this many problems (all are counted).
 pub const PROBLEMS_LISTED_MAX: usize = 100;
 /// Signatures are re-verified in batches of this many.
@@ -44,9 +50,6 @@ pub const AUDIT_VERIFY_BATCH_LEN: usize = 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct AuditOptions {
     pub verify_signatures: bool,
-    /// Unix seconds, for judging whether a missing nonce was pruned legally.
-    pub now_s: u64,
-    pub nonce_retention_margin_s: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -60,6 +63,12 @@ pub struct AuditReport {
     pub web_bot_auth_records: u64,
     /// Records signed as part of a batch (one signature per batch statement).
     pub batch_member_records: u64,
+    /// Journal entries walked, and plans netted again from the log.
+    pub journal_entries: u64,
+    pub plans_renetted: u64,
+    /// Facts an auditor must know that are not faults: IOUs accepted with
+    /// signature verification off, plans that predate a migration.
+    pub notices: Vec<String>,
     pub problems: Vec<String>,
     pub problems_total: u64,
 }
@@ -69,7 +78,7 @@ impl AuditReport {
         self.problems_total == 0
     }
 
-    fn problem(&mut self, text: String) {
+    pub(crate) fn problem(&mut self, text: String) {
         self.problems_total += 1;
         if self.problems.len() < PROBLEMS_LISTED_MAX {
             self.problems.push(text);
@@ -77,7 +86,8 @@ impl AuditReport {
     }
 }
 
-type AggregateKey = (u64, String, String, String);
+/// `(epoch, payer, payee, asset)`.
+pub(crate) type AggregateKey = (u64, String, String, String);
 
 struct PendingSignature {
     /// What is signed, for the report ("record 7", "batch 3 of key …").
@@ -142,6 +152,7 @@ impl BatchCache {
 
 pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, LedgerError> {
     let mut report = AuditReport::default();
+    let time_mark_s = time_mark_ms(ledger)? / 1000;
     let owners: HashMap<PublicKeyBytes, String> = ledger.key_owners()?.into_iter().collect();
     let epochs = ledger.epochs()?;
     report.epochs = epochs.len() as u64;
@@ -221,14 +232,29 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
                 Ok(entry) => report.problem(format!("record {seq}: replay index points at record {}", entry.seq)),
                 Err(e) => report.problem(format!("record {seq}: {e}")),
             },
-            None if iou.expires_at_s.saturating_add(options.nonce_retention_margin_s) < options.now_s => {
+            // Pruning runs only below the horizon the writer derives from the ledger's time
+            // mark (never the wall clock): a missing nonce is legal only below it.
+            None if iou.expires_at_s.checked_add(ledger.nonce_retention_margin_s()).is_some_and(|e| e < time_mark_s) => {
                 report.nonces_pruned += 1;
             }
             None => report.problem(format!("record {seq}: missing from the replay index before its expiry")),
         }
 
+        // Format 1 below `log_format2_from_seq`, format 2 (with a charge) from there on.
+        let format2 = record.charge.is_some();
+        if format2 != (seq >= ledger.meta().log_format2_from_seq) {
+            report.problem(format!(
+                "record {seq}: written in record format {} where the ledger says format {}",
+                if format2 { 2 } else { 1 },
+                if format2 { 1 } else { 2 }
+            ));
+        }
+        let charge = record.charge.unwrap_or(iou.amount);
+        if charge == 0 || charge > iou.amount {
+            report.problem(format!("record {seq}: charges {charge}, outside 1..={} the IOU commits", iou.amount));
+        }
         let total = computed.entry((record.epoch, payer.clone(), iou.payee.clone(), iou.asset.clone())).or_default();
-        match total.checked_add(AggregateValue { sum: u128::from(iou.amount), count: 1 }) {
+        match total.checked_add(AggregateValue { sum: u128::from(charge), count: 1 }) {
             Some(sum) => *total = sum,
             None => report.problem(format!("record {seq}: aggregate overflows")),
         }
@@ -269,7 +295,15 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
     compare_aggregates(ledger, CF_AGG_BY_PAYER, false, &computed, &mut report)?;
     compare_aggregates(ledger, CF_AGG_BY_PAYEE, true, &computed, &mut report)?;
     report.aggregates = computed.len() as u64;
+    journal::audit_journal(ledger, &computed, &mut report)?;
     Ok(report)
+}
+
+/// The ledger's time mark: the later of its last log record's and last journal entry's times.
+fn time_mark_ms(ledger: &Ledger) -> Result<u64, LedgerError> {
+    let (head_seq, _) = ledger.head()?;
+    let head_at_ms = ledger.record(head_seq)?.map_or(0, |record| record.accepted_at_ms);
+    Ok(head_at_ms.max(ledger.journal_head()?.at_ms))
 }
 
 fn check_epochs(epochs: &[EpochRecord], report: &mut AuditReport) {

@@ -1,0 +1,257 @@
+//! The facilitator's checks that need no ledger: what a request asks, and
+//! whether its commitment covers it.
+//!
+//! Three things bind a payment to one request at one price:
+//!
+//! - **The offer and the charge.** `paymentPayload.accepted` is the offer the
+//!   client accepted; `paymentRequirements` is what the resource server asks
+//!   now. At `/verify` they must be equal. At `/settle` the server may charge
+//!   less than it offered (the batch-settlement scheme's dynamic pricing: the
+//!   official SDKs send their settlement override as a lower
+//!   `paymentRequirements.amount`), never more: `1 ≤ amount ≤ accepted.amount`.
+//!   That amount is the **charge** the ledger records.
+//! - **The commitment covers the offer.** The client's IOU (or Web Bot Auth
+//!   payload) must commit at least `accepted.amount`; a 1-unit IOU does not pay
+//!   a 1,500-unit article (`price_not_acceptable`).
+//! - **The resource.** The commitment's signed `resource` must be the
+//!   resource the request buys: `paymentRequirements.extra.resource` when the
+//!   server names it (Tally's `PaywallLayer` does), else the payload's
+//!   `resource.url`; when both are present they must agree. Anything else is
+//!   `resource_mismatch`.
+//!
+//! Every amount on the wire is a canonical decimal string (no sign, no
+//! leading zeros): one amount, one spelling.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+use tally_core::{Commitment, parse_canonical_units};
+
+use super::{Refusal, WebBotAuthRequest};
+use crate::commitment::{
+    FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, TallyIouPayload, WebBotAuthPayload, nonce_for_payment_id,
+    payment_id_is_valid,
+};
+use crate::middleware::decode_header_json;
+use crate::types::*;
+use crate::webbotauth::{PAYMENT_SIGNATURE_BYTES_MAX, SignedRequestParts, VerifyPolicy, check_web_bot_auth};
+
+/// Which call is checking: `/verify` previews the offer, `/settle` may charge less.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Verify,
+    Settle,
+}
+
+/// A request that passed every check that needs no ledger.
+pub(super) struct Checked {
+    pub(super) commitment: Commitment,
+    /// What the payee charges (`1..=` the committed amount).
+    pub(super) charge: u64,
+    pub(super) payment_id: Option<String>,
+    /// Set for Web Bot Auth payments.
+    pub(super) web_bot_auth: Option<WebBotAuthRequest>,
+}
+
+/// What a request's parts say, once the envelope is checked.
+struct Terms<'a> {
+    request: &'a FacilitatorRequest,
+    /// The offer the client accepted.
+    offered: u64,
+    /// What the server charges now.
+    charge: u64,
+    /// The resource the request buys.
+    resource: String,
+}
+
+/// The `payment-identifier` extension: a well-formed id, or none (400 when it is required).
+/// The spec's shape is `{"info": {"required", "id"?}, "schema"}`; a bare top-level
+/// `required` (an older Tally shape) is read too.
+pub(super) fn payment_identifier(extensions: Option<&Value>) -> Result<Option<String>, Refusal> {
+    let extension = extensions.and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER));
+    let info = extension.and_then(|e| e.get("info"));
+    let required = [info, extension]
+        .into_iter()
+        .flatten()
+        .find_map(|object| object.get("required").and_then(Value::as_bool))
+        .unwrap_or(false);
+    match info.and_then(|i| i.get("id")) {
+        None | Some(Value::Null) if required => Err(Refusal::bad_request(Reason::PaymentIdentifierRequired)),
+        None | Some(Value::Null) => Ok(None),
+        Some(id) => match id.as_str() {
+            Some(id) if payment_id_is_valid(id) => Ok(Some(id.to_owned())),
+            _ => Err(Refusal::bad_request(Reason::InvalidPayload)),
+        },
+    }
+}
+
+/// Scheme, network, asset and payee the same; the amount as the phase allows.
+fn echoes(accepted: &PaymentRequirements, requirements: &PaymentRequirements) -> bool {
+    accepted.scheme == requirements.scheme
+        && accepted.network == requirements.network
+        && accepted.asset == requirements.asset
+        && accepted.pay_to == requirements.pay_to
+}
+
+/// The resource the request buys: the server's `extra.resource`, else the payload's `resource.url`.
+fn requested_resource(request: &FacilitatorRequest) -> Result<String, Refusal> {
+    let named = request.payment_requirements.extra.as_ref().and_then(|extra| extra.get("resource"));
+    let server = match named {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_str().ok_or_else(|| Refusal::ok(Reason::InvalidPaymentRequirements))?),
+    };
+    let client = request.payment_payload.resource.as_ref().map(|r| r.url.as_str());
+    match (server, client) {
+        (Some(server), Some(client)) if server != client => Err(Refusal::ok(Reason::ResourceMismatch)),
+        (Some(resource), _) | (None, Some(resource)) if !resource.is_empty() => Ok(resource.to_owned()),
+        _ => Err(Refusal::ok(Reason::ResourceMismatch)),
+    }
+}
+
+/// Everything that needs no ledger: version, scheme, network, the offer and
+/// the charge, the resource, the payload's format and fields, the payment
+/// identifier; for Web Bot Auth also the RFC 9421 rules.
+pub(super) fn check_request(
+    facilitator: &super::Facilitator,
+    body: &[u8],
+    phase: Phase,
+) -> Result<Checked, Refusal> {
+    let request: FacilitatorRequest =
+        serde_json::from_slice(body).map_err(|_| Refusal::bad_request(Reason::InvalidPayload))?;
+    if request.x402_version != X402_VERSION || request.payment_payload.x402_version != X402_VERSION {
+        return Err(Refusal::ok(Reason::InvalidX402Version));
+    }
+    let requirements = &request.payment_requirements;
+    if requirements.scheme != SCHEME_BATCH_SETTLEMENT {
+        return Err(Refusal::ok(Reason::UnsupportedScheme));
+    }
+    if requirements.network != facilitator.config.network {
+        return Err(Refusal::ok(Reason::InvalidNetwork));
+    }
+    let accepted = &request.payment_payload.accepted;
+    let bad_requirements = || Refusal::ok(Reason::InvalidPaymentRequirements);
+    let charge = parse_canonical_units(&requirements.amount).ok_or_else(bad_requirements)?;
+    let offered = parse_canonical_units(&accepted.amount).ok_or_else(bad_requirements)?;
+    let amount_ok = match phase {
+        Phase::Verify => charge == offered,
+        Phase::Settle => charge <= offered,
+    };
+    if !echoes(accepted, requirements) || !amount_ok || charge == 0 {
+        return Err(bad_requirements());
+    }
+    let resource = requested_resource(&request)?;
+    let terms = Terms { request: &request, offered, charge, resource };
+    match request.payment_payload.payload.get("format").and_then(Value::as_str) {
+        Some(FORMAT_TALLY_IOU) => check_tally_iou(&terms),
+        Some(FORMAT_WEB_BOT_AUTH) => check_web_bot_auth_payment(facilitator, &terms),
+        _ => Err(Refusal::ok(Reason::InvalidPayload)),
+    }
+}
+
+fn check_tally_iou(terms: &Terms<'_>) -> Result<Checked, Refusal> {
+    let request = terms.request;
+    let requirements = &request.payment_requirements;
+    let payload: TallyIouPayload = serde_json::from_value(request.payment_payload.payload.clone())
+        .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    let signed = payload.to_signed().map_err(Refusal::ok)?;
+    let iou = &signed.iou;
+    if iou.network != requirements.network {
+        return Err(Refusal::ok(Reason::InvalidNetwork));
+    }
+    if iou.asset != requirements.asset || iou.payee != requirements.pay_to {
+        return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+    }
+    if iou.amount < terms.offered {
+        return Err(Refusal::ok(Reason::PriceNotAcceptable));
+    }
+    if iou.resource != terms.resource {
+        return Err(Refusal::ok(Reason::ResourceMismatch));
+    }
+    let payment_id = payment_identifier(request.payment_payload.extensions.as_ref())?;
+    if let Some(id) = &payment_id
+        && nonce_for_payment_id(id) != iou.nonce
+    {
+        return Err(Refusal::bad_request(Reason::InvalidPayload));
+    }
+    let commitment = Commitment::tally_iou(signed).map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    Ok(Checked { commitment, charge: terms.charge, payment_id, web_bot_auth: None })
+}
+
+/// A Web Bot Auth payment: the crawler's `PAYMENT-SIGNATURE` payload names
+/// the amount; the RFC 9421 signature over the request binds it to the
+/// crawler's key. The IOU is derived from the signature base, and the
+/// signature itself is verified by the pipeline.
+fn check_web_bot_auth_payment(facilitator: &super::Facilitator, terms: &Terms<'_>) -> Result<Checked, Refusal> {
+    let request = terms.request;
+    let requirements = &request.payment_requirements;
+    let forwarded: WebBotAuthPayload = serde_json::from_value(request.payment_payload.payload.clone())
+        .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    // The crawler's own payload, which its signature covers.
+    let signed_payload: PaymentPayload =
+        decode_header_json(forwarded.payment_signature.as_bytes(), PAYMENT_SIGNATURE_BYTES_MAX)
+            .map_err(|_| Refusal::ok(Reason::InvalidPaymentSignature))?;
+    if signed_payload.x402_version != X402_VERSION {
+        return Err(Refusal::ok(Reason::InvalidX402Version));
+    }
+    // The signed offer is the one the forwarded payload claims the client accepted.
+    if signed_payload.accepted != request.payment_payload.accepted {
+        return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+    }
+    let committed = &signed_payload.payload;
+    let asset = committed.get("asset").and_then(Value::as_str);
+    let amount = committed.get("amount").and_then(Value::as_str).and_then(parse_canonical_units);
+    let (Some(asset), Some(amount)) = (asset, amount) else {
+        return Err(Refusal::ok(Reason::InvalidPaymentSignature));
+    };
+    if asset != requirements.asset {
+        return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+    }
+    if amount < terms.offered {
+        return Err(Refusal::ok(Reason::PriceNotAcceptable));
+    }
+    // The derived IOU's resource is the signed payload's `resource.url`.
+    if signed_payload.resource.as_ref().map(|r| r.url.as_str()) != Some(terms.resource.as_str()) {
+        return Err(Refusal::ok(Reason::ResourceMismatch));
+    }
+    let payment_id = payment_identifier(signed_payload.extensions.as_ref())?;
+
+    let parts = SignedRequestParts {
+        authority: forwarded.authority,
+        signature_agent: forwarded.signature_agent,
+        signature_input: forwarded.signature_input,
+        signature: forwarded.signature,
+        payment_signature: forwarded.payment_signature,
+    };
+    let policy = VerifyPolicy {
+        now_s: facilitator.pipeline.now_s(),
+        skew_max_s: facilitator.config.web_bot_auth_skew_max_s,
+        validity_max_s: facilitator.config.web_bot_auth_validity_max_s,
+    };
+    let directory = facilitator.pipeline.writer().directory();
+    let checked = check_web_bot_auth(&parts, &policy, |keyid| directory.lookup_thumbprint(keyid))
+        .map_err(|e| Refusal::ok(super::ledger::web_bot_auth_reason(&e)))?;
+    let commitment = Commitment::web_bot_auth(checked.verified.public_key, checked.signature, &checked.signature_base)
+        .map_err(|_| Refusal::ok(Reason::InvalidPaymentSignature))?;
+    // The derivation rule must have produced exactly what was checked above.
+    if commitment.signed.iou.amount != amount || commitment.signed.iou.resource != terms.resource {
+        return Err(Refusal::ok(Reason::InvalidPaymentSignature));
+    }
+    Ok(Checked {
+        commitment,
+        charge: terms.charge,
+        payment_id,
+        web_bot_auth: Some(WebBotAuthRequest {
+            signature_agent: parts.signature_agent,
+            payment_signature: parts.payment_signature,
+        }),
+    })
+}
+
+impl Refusal {
+    pub(super) fn ok(reason: Reason) -> Refusal {
+        Refusal { reason, status: StatusCode::OK, payer: None }
+    }
+
+    pub(super) fn bad_request(reason: Reason) -> Refusal {
+        Refusal { reason, status: StatusCode::BAD_REQUEST, payer: None }
+    }
+}

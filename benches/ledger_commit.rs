@@ -48,22 +48,28 @@ fn setup(payers: &[SigningKey], payees: &[String]) -> Fixture {
     for (i, key) in payers.iter().enumerate() {
         let id = format!("crawler-{i:02}");
         admin
-            .admin_blocking(test_actor(), AdminCommand::RegisterPayer {
-                id: id.clone(),
-                display_name: id,
-                keys: vec![key.verifying_key().to_bytes()],
-                credit_limits: vec![("USD".into(), u128::from(u64::MAX) * 1_000)],
-            })
+            .admin_blocking(
+                test_actor(),
+                AdminCommand::RegisterPayer {
+                    id: id.clone(),
+                    display_name: id,
+                    keys: vec![key.verifying_key().to_bytes()],
+                    credit_limits: vec![("USD".into(), u128::from(u64::MAX) * 1_000)],
+                },
+            )
             .unwrap();
     }
     for id in payees {
         admin
-            .admin_blocking(test_actor(), AdminCommand::RegisterPayee(Payee {
-                id: id.clone(),
-                display_name: id.clone(),
-                payout_destination: String::new(),
-                status: tally_core::PayeeStatus::Active,
-            }))
+            .admin_blocking(
+                test_actor(),
+                AdminCommand::RegisterPayee(Payee {
+                    id: id.clone(),
+                    display_name: id.clone(),
+                    payout_destination: String::new(),
+                    status: tally_core::PayeeStatus::Active,
+                }),
+            )
             .unwrap();
     }
     Fixture { writer, _ledger: ledger, _dir: dir }

@@ -985,11 +985,17 @@ impl Admin for AdminService {
         unimplemented()
     }
 
-    async fn revoke_payer_key(&self, _request: Request<RevokePayerKeyRequest>) -> Result<Response<AdminResponse>, Status> {
+    async fn revoke_payer_key(
+        &self,
+        _request: Request<RevokePayerKeyRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
         unimplemented()
     }
 
-    async fn set_payee_status(&self, _request: Request<SetPayeeStatusRequest>) -> Result<Response<AdminResponse>, Status> {
+    async fn set_payee_status(
+        &self,
+        _request: Request<SetPayeeStatusRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
         unimplemented()
     }
 
@@ -1007,7 +1013,10 @@ impl Admin for AdminService {
         unimplemented()
     }
 
-    async fn list_query_tokens(&self, _request: Request<ListRequest>) -> Result<Response<ListQueryTokensResponse>, Status> {
+    async fn list_query_tokens(
+        &self,
+        _request: Request<ListRequest>,
+    ) -> Result<Response<ListQueryTokensResponse>, Status> {
         unimplemented()
     }
 }

@@ -140,12 +140,15 @@ async fn run(size: Size) {
     for (i, key) in keys.iter().enumerate() {
         let limits = ["EUR", "USD", "USDC"].iter().map(|a| ((*a).to_owned(), u128::from(u64::MAX))).collect();
         writer
-            .admin(test_actor(), AdminCommand::RegisterPayer {
-                id: format!("crawler-{i:05}"),
-                display_name: format!("Crawler {i}"),
-                keys: vec![key.verifying_key().to_bytes()],
-                credit_limits: limits,
-            })
+            .admin(
+                test_actor(),
+                AdminCommand::RegisterPayer {
+                    id: format!("crawler-{i:05}"),
+                    display_name: format!("Crawler {i}"),
+                    keys: vec![key.verifying_key().to_bytes()],
+                    credit_limits: limits,
+                },
+            )
             .await
             .unwrap();
     }
@@ -201,7 +204,11 @@ async fn run(size: Size) {
                                 };
                                 let signing_bytes = iou.signing_bytes();
                                 let signature = keys[payer].sign(&signing_bytes).to_bytes();
-                                AppendItem { charge: iou.amount, signed: SignedIou { iou, signature }, evidence: signing_bytes }
+                                AppendItem {
+                                    charge: iou.amount,
+                                    signed: SignedIou { iou, signature },
+                                    evidence: signing_bytes,
+                                }
                             })
                             .collect::<Vec<_>>()
                     })

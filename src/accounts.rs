@@ -212,9 +212,11 @@ pub async fn payer(command: PayerCommand) -> anyhow::Result<()> {
             let scales = client::asset_scales(&mut client).await?;
             let payers = client.list_payers(ListRequest {}).await?.into_inner().payers;
             let show_limit = |l: &CreditLimit| {
-                let scale = scales.get(&l.asset).copied().unwrap_or(0);
-                let units = l.limit.parse::<u128>().unwrap_or(0);
-                format!("{} {}", format_amount(units, scale), l.asset)
+                match (scales.get(&l.asset), l.limit.parse::<u128>()) {
+                    (Some(scale), Ok(units)) => format!("{} {}", format_amount(units, *scale), l.asset),
+                    // Never a number it is not: show what came.
+                    _ => format!("{} smallest units of {} (scale unknown or malformed)", l.limit, l.asset),
+                }
             };
             print_listing(
                 json,
@@ -445,12 +447,18 @@ pub async fn payee(command: PayeeCommand) -> anyhow::Result<()> {
         }
         PayeeCommand::Suspend { id, admin } => {
             let status = proto::PayeeStatus::Suspended as i32;
-            client::admin(&admin).await?.set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status }).await?;
+            client::admin(&admin)
+                .await?
+                .set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status })
+                .await?;
             println!("suspended payee {id}: no new IOUs; what it is owed is held until it is reinstated");
         }
         PayeeCommand::Reinstate { id, admin } => {
             let status = proto::PayeeStatus::Active as i32;
-            client::admin(&admin).await?.set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status }).await?;
+            client::admin(&admin)
+                .await?
+                .set_payee_status(SetPayeeStatusRequest { payee_id: id.clone(), status })
+                .await?;
             println!("reinstated payee {id}");
         }
         PayeeCommand::List { json, admin } => {

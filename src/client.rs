@@ -163,7 +163,10 @@ impl Interceptor for BearerToken {
 pub type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
 
 pub async fn admin(args: &AdminArgs) -> anyhow::Result<Admin> {
-    admin_with_token(admin_channel(args).await?, &admin_token(args)?)
+    // The token first: a missing or empty token file is the error to report,
+    // whether or not the engine is up.
+    let token = admin_token(args)?;
+    admin_with_token(admin_channel(args).await?, &token)
 }
 
 /// The admin token: `--admin-token`, else `<data-dir>/admin-token`.

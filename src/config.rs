@@ -297,3 +297,43 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Arguments that resolve without touching the disk: a token is given,
+    /// so no token file is read or created.
+    fn args(grpc: &str, admin: Option<&str>, allow_plaintext_admin: bool) -> ServeArgs {
+        ServeArgs {
+            data_dir: Some(PathBuf::from("/nonexistent/tally-config-test")),
+            grpc_addr: Some(grpc.parse().unwrap()),
+            admin_addr: admin.map(str::to_owned),
+            admin_token: Some("t0ken".to_owned()),
+            allow_plaintext_admin,
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn a_plaintext_admin_api_off_loopback_needs_the_explicit_override() {
+        for (grpc, admin) in [("0.0.0.0:7000", None), ("127.0.0.1:7000", Some("0.0.0.0:7001"))] {
+            let refused = args(grpc, admin, false).resolve().unwrap_err().to_string();
+            assert!(refused.contains("plaintext") && refused.contains("--allow-plaintext-admin"), "{refused}");
+            let config = args(grpc, admin, true).resolve().expect("the override allows it");
+            let listen = config.admin_addr.unwrap_or(config.grpc_addr);
+            assert!(!listen.ip().is_loopback());
+        }
+        // Ingest may face the network while the admin API stays on loopback.
+        let config = args("0.0.0.0:7000", Some("127.0.0.1:7001"), false).resolve().unwrap();
+        assert!(config.admin_addr.unwrap().ip().is_loopback());
+        assert!(args("127.0.0.1:7000", None, false).resolve().is_ok());
+    }
+
+    #[test]
+    fn an_empty_admin_token_setting_is_refused() {
+        let mut empty = args("127.0.0.1:7000", None, false);
+        empty.admin_token = Some(String::new());
+        assert!(empty.resolve().unwrap_err().to_string().contains("must not be empty"));
+    }
+}

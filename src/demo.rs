@@ -106,10 +106,9 @@ async fn demo(args: &DemoArgs, engine: &Engine, data_dir: &std::path::Path) -> a
     let report = loadgen::run_load(&LoadgenArgs { register: false, ..load.clone() }, false).await?;
     loadgen::print_report(&report, &load);
 
-    let rows =
-        crate::finance::fetch_balances(&client::QueryArgs::from_admin(&load.admin), BalancesRequest::default())
-            .await?
-            .rows;
+    let rows = crate::finance::fetch_balances(&client::QueryArgs::from_admin(&load.admin), BalancesRequest::default())
+        .await?
+        .rows;
     let mut by_site: BTreeMap<String, (u128, u64)> = BTreeMap::new();
     let mut by_crawler: BTreeMap<String, (u128, u64)> = BTreeMap::new();
     for row in &rows {

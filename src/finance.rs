@@ -55,25 +55,29 @@ pub async fn fetch_balances(args: &QueryArgs, mut request: BalancesRequest) -> a
     }
 }
 
-pub fn balance_table(rows: &[BalanceRow]) -> comfy_table::Table {
+/// Parses an amount the server sent (a decimal string of smallest units).
+/// A string that is not one is an error: shown as 0, it would be a wrong number.
+fn units_of(row: &BalanceRow) -> anyhow::Result<u128> {
+    row.amount.parse::<u128>().map_err(|_| anyhow::anyhow!("the server sent a malformed amount {:?}", row.amount))
+}
+
+pub fn balance_table(rows: &[BalanceRow]) -> anyhow::Result<comfy_table::Table> {
     let mut totals: BTreeMap<(String, u32), (u128, u64)> = BTreeMap::new();
-    let mut lines: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let units = r.amount.parse::<u128>().unwrap_or(0);
-            let total = totals.entry((r.asset.clone(), r.scale)).or_default();
-            total.0 = total.0.saturating_add(units);
-            total.1 += r.count;
-            vec![
-                r.epoch.to_string(),
-                r.payer.clone(),
-                r.payee.clone(),
-                r.asset.clone(),
-                format_amount(units, r.scale as u8),
-                r.count.to_string(),
-            ]
-        })
-        .collect();
+    let mut lines: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let units = units_of(r)?;
+        let total = totals.entry((r.asset.clone(), r.scale)).or_default();
+        total.0 = total.0.checked_add(units).ok_or_else(|| anyhow::anyhow!("the {} total overflows u128", r.asset))?;
+        total.1 = total.1.checked_add(r.count).ok_or_else(|| anyhow::anyhow!("the {} IOU count overflows", r.asset))?;
+        lines.push(vec![
+            r.epoch.to_string(),
+            r.payer.clone(),
+            r.payee.clone(),
+            r.asset.clone(),
+            format_amount(units, r.scale as u8),
+            r.count.to_string(),
+        ]);
+    }
     for ((asset, scale), (sum, count)) in totals {
         lines.push(vec![
             "total".into(),
@@ -84,7 +88,7 @@ pub fn balance_table(rows: &[BalanceRow]) -> comfy_table::Table {
             count.to_string(),
         ]);
     }
-    table(&["epoch", "payer", "payee", "asset", "amount", "IOUs"], &["amount", "IOUs"], lines)
+    Ok(table(&["epoch", "payer", "payee", "asset", "amount", "IOUs"], &["amount", "IOUs"], lines))
 }
 
 pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
@@ -98,17 +102,21 @@ pub async fn balance(args: BalanceArgs) -> anyhow::Result<()> {
     };
     let response = fetch_balances(&args.query, request).await?;
     if args.json {
-        print_json(&serde_json::json!({
-            "rows": response.rows.iter().map(|r| serde_json::json!({
+        let mut rows = Vec::with_capacity(response.rows.len());
+        for r in &response.rows {
+            rows.push(serde_json::json!({
                 "epoch": r.epoch, "payer": r.payer, "payee": r.payee, "asset": r.asset,
                 "amount_units": r.amount,
-                "amount": format_amount(r.amount.parse::<u128>().unwrap_or(0), r.scale as u8),
+                "amount": format_amount(units_of(r)?, r.scale as u8),
                 "scale": r.scale, "ious": r.count,
-            })).collect::<Vec<_>>(),
+            }));
+        }
+        print_json(&serde_json::json!({
+            "rows": rows,
             "truncated": response.truncated,
         }));
     } else {
-        println!("{}", balance_table(&response.rows));
+        println!("{}", balance_table(&response.rows)?);
         if response.truncated {
             eprintln!("(result truncated at {} rows; narrow it with --epoch, --payer or --payee)", response.rows.len());
         }
@@ -195,8 +203,7 @@ pub async fn receipt(args: ReceiptArgs) -> anyhow::Result<()> {
     let payer_key = hex::decode(&args.payer_key).context("--payer-key is not hex")?;
     let nonce = hex::decode(&args.nonce).context("--nonce is not hex")?;
     anyhow::ensure!(payer_key.len() == 32 && nonce.len() == 16, "a payer key is 32 bytes and a nonce 16");
-    let receipt =
-        client::query(&args.query).await?.get_receipt(GetIouRequest { payer_key, nonce }).await?.into_inner();
+    let receipt = client::query(&args.query).await?.get_receipt(GetIouRequest { payer_key, nonce }).await?.into_inner();
     anyhow::ensure!(receipt.found, "no accepted IOU has this payer key and nonce");
     let commitment = receipt.commitment.as_ref().map(|c| format!("{}:{}", c.seq, hex::encode(&c.hash)));
     let verified = check_receipt(&receipt);

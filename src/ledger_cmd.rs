@@ -105,7 +105,10 @@ fn verify(data_dir: &Path, skip_signatures: bool, json: bool) -> anyhow::Result<
             report.signatures_verified,
             report.nonces_pruned
         );
-        println!("journal: {} entries  plans netted again from the log: {}", report.journal_entries, report.plans_renetted);
+        println!(
+            "journal: {} entries  plans netted again from the log: {}",
+            report.journal_entries, report.plans_renetted
+        );
         for notice in &report.notices {
             println!("NOTICE: {notice}");
         }
@@ -170,7 +173,9 @@ fn describe(action: &Action) -> String {
         Action::Genesis { ledger_id, format } => format!("genesis: ledger {ledger_id}, format {format}"),
         Action::Migrated { from_format, to_format } => format!("migrated from format {from_format} to {to_format}"),
         Action::OpenedFirstEpoch => "opened epoch 1".into(),
-        Action::RecordPlan { epoch, policy, .. } => format!("recorded the plan of epoch {epoch} (fee {} bps)", policy.fee_bps),
+        Action::RecordPlan { epoch, policy, .. } => {
+            format!("recorded the plan of epoch {epoch} (fee {} bps)", policy.fee_bps)
+        }
         Action::Continued => "(continued)".into(),
         Action::Notice(notice) => format!("{notice:?}"),
         Action::Admin(command) => {

@@ -568,19 +568,22 @@ async fn gather(
     })
 }
 
-/// The x402 body of one IOU: a facilitator request whose requirements
-/// accept exactly the IOU's amount.
+/// The x402 body of one IOU, as a resource server selling the IOU's
+/// resource at the IOU's amount would send it: requirements that ask exactly
+/// the amount and name the resource (`extra.resource`), and a payload that
+/// accepted them for that resource.
 fn settle_body(iou: proto::Iou) -> anyhow::Result<Vec<u8>> {
     let signed = tally_ingest::convert::iou_from_proto(iou).map_err(|o| anyhow::anyhow!("presigned IOU: {o:?}"))?;
     let iou = &signed.iou;
     let requirements = serde_json::json!({
         "scheme": "batch-settlement", "network": iou.network, "amount": iou.amount.to_string(),
-        "asset": iou.asset, "payTo": iou.payee,
+        "asset": iou.asset, "payTo": iou.payee, "extra": { "resource": iou.resource },
     });
     let body = serde_json::json!({
         "x402Version": 2,
         "paymentPayload": {
             "x402Version": 2,
+            "resource": { "url": iou.resource },
             "accepted": requirements,
             "payload": tally_x402::commitment::TallyIouPayload::from_signed(&signed),
         },

@@ -196,7 +196,24 @@ fn verify_before_serving(ledger: &tally_ledger::Ledger) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says, once at startup, whether this is a test build with failpoints, and
+/// warns when the environment tries to arm failpoints a build does not have
+/// (so a fault test run against a release binary never passes vacuously).
+fn report_failpoints() {
+    let compiled_in = tally_settler::failpoint::COMPILED_IN || tally_ledger::failpoint::COMPILED_IN;
+    let armed =
+        ["TALLY_FAILPOINTS", tally_ledger::failpoint::ENV_VAR].into_iter().filter(|v| std::env::var_os(v).is_some());
+    if compiled_in {
+        tracing::warn!("this is a test build: failpoints are compiled in (not for production)");
+    } else {
+        for variable in armed {
+            tracing::warn!(variable, "ignored: this build has no failpoints (they exist only in test builds)");
+        }
+    }
+}
+
 pub fn open_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
+    report_failpoints();
     let mut engine_config = EngineConfig::new(config.data_dir.clone(), &config.network);
     let l = &config.limits;
     let p = &mut engine_config.pipeline;

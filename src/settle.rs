@@ -116,12 +116,13 @@ pub enum EvmCommand {
     },
 }
 
-fn units(text: &str) -> u128 {
-    text.parse().unwrap_or(0)
-}
-
+/// An amount the server sent (a decimal string of smallest units) in display
+/// units. A malformed one is shown as it came, marked, never as a number it is not.
 fn amount(text: &str, scale: u32) -> String {
-    format_amount(units(text), scale as u8)
+    match text.parse::<u128>() {
+        Ok(units) => format_amount(units, scale as u8),
+        Err(_) => format!("(malformed amount {text:?})"),
+    }
 }
 
 fn ppm_percent(ppm: u64) -> String {

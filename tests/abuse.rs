@@ -35,7 +35,6 @@ use futures::StreamExt;
 use tally_core::{Iou, Outcome};
 use tally_ingest::convert::code_from_proto;
 use tally_ingest::proto::ingest_client::IngestClient;
-use tally_ingest::proto::query_client::QueryClient;
 use tally_ingest::proto::{self, *};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

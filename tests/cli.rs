@@ -51,8 +51,17 @@ async fn cli_manages_accounts_and_reports_balances() {
     let codes: Vec<i32> = results.iter().map(|r| r.code).collect();
     assert_eq!(codes, [1, 1, 1, 14], "three fit under $1.50, the fourth exceeds the limit");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&tally_ok(&["balance", "--json", "--server", &url, "--token", TOKEN, "--payee", "daily.example"])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&tally_ok(&[
+        "balance",
+        "--json",
+        "--server",
+        &url,
+        "--token",
+        TOKEN,
+        "--payee",
+        "daily.example",
+    ]))
+    .unwrap();
     assert_eq!(json["rows"][0]["amount"], "1.500000");
     assert_eq!(json["rows"][0]["amount_units"], "1500000");
     assert_eq!(json["rows"][0]["ious"], 3);
@@ -64,7 +73,8 @@ async fn cli_manages_accounts_and_reports_balances() {
     assert!(listed.contains("suspended"), "{listed}");
     let sealed = run(with(&["epoch", "seal"], &admin));
     assert!(sealed.contains("sealed epoch 1"), "{sealed}");
-    let epochs: serde_json::Value = serde_json::from_str(&tally_ok(&["epochs", "--json", "--server", &url, "--token", TOKEN])).unwrap();
+    let epochs: serde_json::Value =
+        serde_json::from_str(&tally_ok(&["epochs", "--json", "--server", &url, "--token", TOKEN])).unwrap();
     assert_eq!(epochs[1]["status"], "open");
 
     // A wrong token is refused with a clear message.
@@ -136,4 +146,46 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// `tally loadgen` drives both front doors of a real `tally serve`: gRPC
+/// batches, and one x402 `POST /settle` per IOU, each paying for its own
+/// resource at its price (so every IOU is recorded, none refused as a
+/// replay or a resource mismatch).
+#[test]
+fn loadgen_records_every_iou_through_grpc_and_through_the_facilitator() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [
+        "--network",
+        NETWORK,
+        "--register",
+        "--payers",
+        "4",
+        "--payees",
+        "4",
+        "--streams",
+        "2",
+        "--window",
+        "2",
+        "--json",
+    ];
+    for (door, ious, recorded) in [("gRPC", "400", "accepted"), ("x402", "120", "settled")] {
+        let server = ServerProcess::start(&dir.path().join(door));
+        let url = format!("http://{}", server.addr);
+        let facilitator = format!("http://{}", server.http_addr);
+        let extra = if door == "gRPC" { ["--batch", "100"] } else { ["--http", facilitator.as_str()] };
+        let args: Vec<&str> = ["loadgen", "--server", &url, "--admin-token", TOKEN, "--ious", ious]
+            .into_iter()
+            .chain(shape)
+            .chain(extra)
+            .collect();
+        let report: serde_json::Value = serde_json::from_str(&tally_ok(&args)).unwrap();
+        assert_eq!(report["ious"].to_string(), ious, "{door}: {report}");
+        assert_eq!(
+            report["outcomes"],
+            serde_json::json!({ recorded: ious.parse::<u64>().unwrap() }),
+            "{door}: {report}"
+        );
+        server.kill();
+    }
 }

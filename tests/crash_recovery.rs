@@ -198,11 +198,8 @@ fn scan_ledger(data_dir: &std::path::Path, verify_signatures: bool) -> (HashMap<
                 .push(CommitmentId { seq: record.seq, hash: record.hash });
         }
     }
-    let report = tally_ledger::audit(
-        &ledger,
-        AuditOptions { verify_signatures },
-    )
-    .expect("the audit reads the whole ledger");
+    let report =
+        tally_ledger::audit(&ledger, AuditOptions { verify_signatures }).expect("the audit reads the whole ledger");
     for problem in &report.problems {
         eprintln!("audit problem: {problem}");
     }

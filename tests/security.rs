@@ -110,7 +110,8 @@ async fn admin_api_on_its_own_address() {
     let (ok, _, stderr) = run_tally(&["asset", "list", "--server", &server.addr, "--admin-token", TOKEN]);
     assert!(!ok, "admin calls to the public listener fail");
     assert!(stderr.contains("not implemented"), "{stderr}");
-    let (ok, stdout, stderr) = run_tally(&["epochs", "--server", &server.addr, "--admin-addr", &admin_addr, "--token", TOKEN]);
+    let (ok, stdout, stderr) =
+        run_tally(&["epochs", "--server", &server.addr, "--admin-addr", &admin_addr, "--token", TOKEN]);
     assert!(ok, "query commands use --server: {stdout}{stderr}");
     server.terminate();
 }

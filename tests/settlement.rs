@@ -77,7 +77,12 @@ impl Scenario {
             let display_name = if id == "zeitung.example" { "Zeitung Müller & Söhne".to_owned() } else { id.clone() };
             admin
                 .register_payee(RegisterPayeeRequest {
-                    payee: Some(proto::Payee { id, display_name, payout_destination: destination, status: proto::PayeeStatus::Active as i32 }),
+                    payee: Some(proto::Payee {
+                        id,
+                        display_name,
+                        payout_destination: destination,
+                        status: proto::PayeeStatus::Active as i32,
+                    }),
                 })
                 .await
                 .unwrap();
@@ -218,6 +223,18 @@ async fn check_settled(server: &ServerProcess, chain: &Chain, outbox: &Path, sce
     for name in names(outbox) {
         assert_eq!(std::fs::read(outbox.join(&name)).unwrap(), std::fs::read(sent.join(&name)).unwrap());
     }
+    // Payment files carry account numbers: readable by their owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sent), 0o700, "{}", sent.display());
+        for name in names(&sent) {
+            assert_eq!(mode(&sent.join(&name)), 0o600, "{name}");
+        }
+        for name in names(outbox) {
+            assert_eq!(mode(&outbox.join(&name)), 0o600, "{name}");
+        }
+    }
     xmllint_valid(&sent.join(&pain001));
     let nacha = bank::parse_nacha(&std::fs::read(sent.join(&ach)).unwrap()).unwrap();
     let ach_total: u128 = ["news-us.example", "api-us.example"]
@@ -227,6 +244,10 @@ async fn check_settled(server: &ServerProcess, chain: &Chain, outbox: &Path, sce
     assert_eq!(nacha.total_credit_cents, ach_total);
     for payee in ["zeitung.example", "blog-u.example", "news-us.example", "api-us.example"] {
         assert_eq!(by_payee[payee]["state"], "submitted", "{payee}");
+    }
+    // `tally payouts` names the file each bank payout went into.
+    for (payee, file) in [("zeitung.example", &pain001), ("news-us.example", &ach), ("api-us.example", &ach)] {
+        assert_eq!(by_payee[payee]["file_name"].as_str(), Some(file.as_str()), "{payee}");
     }
     assert!(!by_payee.contains_key("tiny.example"), "below the minimum: carried, not paid");
     assert!(!by_payee.contains_key("nowhere.example"), "no destination: carried, not paid");

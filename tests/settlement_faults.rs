@@ -219,7 +219,12 @@ async fn register(admin: &mut Admin) {
         (1..=EVM_PAYEES).map(|n| (evm_payee(n), format!("evm:{}", evm_address(n)))).collect();
     payees.extend(BANK_PAYEES.iter().map(|(id, _, dest)| ((*id).to_owned(), destination(dest))));
     for (id, destination) in payees {
-        let payee = proto::Payee { id: id.clone(), display_name: id, payout_destination: destination, status: proto::PayeeStatus::Active as i32 };
+        let payee = proto::Payee {
+            id: id.clone(),
+            display_name: id,
+            payout_destination: destination,
+            status: proto::PayeeStatus::Active as i32,
+        };
         admin.register_payee(RegisterPayeeRequest { payee: Some(payee) }).await.unwrap();
     }
 }

@@ -46,7 +46,8 @@ async fn start_site(facilitator: &str) -> String {
 
 fn owed_to_site(grpc: &str) -> Vec<(String, String)> {
     let server = format!("http://{grpc}");
-    let (ok, stdout, stderr) = run_tally(&["balance", "--payee", PAYEE, "--json", "--server", &server, "--token", TOKEN]);
+    let (ok, stdout, stderr) =
+        run_tally(&["balance", "--payee", PAYEE, "--json", "--server", &server, "--token", TOKEN]);
     assert!(ok, "tally balance failed: {stderr}");
     let json: Value = serde_json::from_str(&stdout).unwrap();
     json["rows"]

@@ -91,7 +91,10 @@ async fn supported_verify_settle_and_every_reason_code() {
 
     // The same payment again, without a payment identifier, buys nothing more.
     let (_, again) = post(&http, &addr, "/settle", &req(&signed, None)).await;
-    assert_eq!((again["success"].as_bool(), again["errorReason"].as_str()), (Some(false), Some("payment_already_used")));
+    assert_eq!(
+        (again["success"].as_bool(), again["errorReason"].as_str()),
+        (Some(false), Some("payment_already_used"))
+    );
     let (_, verified_again) = post(&http, &addr, "/verify", &req(&signed, None)).await;
     assert_eq!(verified_again["invalidReason"], "payment_already_used");
     let exposure = c.query.exposure(ExposureRequest { payer: "crawler-1".into() }).await.unwrap().into_inner();
@@ -126,12 +129,7 @@ async fn supported_verify_settle_and_every_reason_code() {
     let mut no_id = req(&fresh(10, 10), None);
     no_id["paymentPayload"]["extensions"] = json!({ "payment-identifier": { "info": { "required": true } } });
     cases.push(("id required", no_id, 400, "payment_identifier_required"));
-    cases.push((
-        "id not the nonce",
-        req(&fresh(11, 10), Some("order-000000000001")),
-        400,
-        "invalid_payload",
-    ));
+    cases.push(("id not the nonce", req(&fresh(11, 10), Some("order-000000000001")), 400, "invalid_payload"));
     for (name, body, status, reason) in cases {
         for path in ["/verify", "/settle"] {
             let (got, answer) = post(&http, &addr, path, &body).await;
@@ -179,5 +177,76 @@ async fn payment_identifier_is_idempotent_across_a_restart() {
     let mut c = clients(&server.addr).await;
     let exposure = c.query.exposure(ExposureRequest { payer: "crawler-2".into() }).await.unwrap().into_inner();
     assert_eq!(exposure.rows[0].owed, "250", "charged exactly once");
+    server.kill();
+}
+
+/// The body a resource server selling `signed.iou.resource` at the IOU's
+/// amount sends, for whatever payee and asset the IOU names.
+fn request_for(signed: &SignedIou) -> Value {
+    let iou = &signed.iou;
+    let offer = json!({
+        "scheme": "batch-settlement", "network": NETWORK, "amount": iou.amount.to_string(),
+        "asset": iou.asset, "payTo": iou.payee,
+    });
+    let payload = json!({
+        "x402Version": 2,
+        "resource": { "url": iou.resource },
+        "accepted": offer,
+        "payload": TallyIouPayload::from_signed(signed),
+    });
+    json!({ "x402Version": 2, "paymentPayload": payload, "paymentRequirements": offer })
+}
+
+/// `/verify` previews exactly what `/settle` decides about the accounts: a
+/// suspended payer, a revoked key, a disabled or unknown asset, a suspended
+/// or unknown payee are refused alike by both, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_settle_refuse_the_same_account_states() {
+    use tally_ingest::proto::{
+        self, RevokePayerKeyRequest, SetPayeeStatusRequest, SetPayerStatusRequest, UpsertAssetRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = registered_server(&dir.path().join("ledger")).await;
+    let mut c = clients(&server.addr).await;
+    let eur = proto::Asset { code: "EUR".into(), scale: 2, enabled: false };
+    c.admin.upsert_asset(UpsertAssetRequest { asset: Some(eur) }).await.unwrap();
+    let suspended = proto::PayerStatus::Suspended as i32;
+    c.admin.set_payer_status(SetPayerStatusRequest { payer_id: "crawler-3".into(), status: suspended }).await.unwrap();
+    let key_2 = signer(2).verifying_key().to_bytes().to_vec();
+    c.admin.revoke_payer_key(RevokePayerKeyRequest { payer_id: "crawler-2".into(), key: key_2 }).await.unwrap();
+    let payee_suspended = proto::PayeeStatus::Suspended as i32;
+    c.admin
+        .set_payee_status(SetPayeeStatusRequest { payee_id: "site-b.example".into(), status: payee_suspended })
+        .await
+        .unwrap();
+
+    let iou = |seed: u8, payee: &str, asset: &str, n: u64| {
+        let mut signed = signed_domain_iou(&signer(seed), payee, 10, nonce(60, n));
+        signed.iou.asset = asset.into();
+        use ed25519_dalek::Signer;
+        signed.signature = signer(seed).sign(&signed.iou.signing_bytes()).to_bytes();
+        signed
+    };
+    let cases = [
+        ("suspended payer", iou(3, PAYEE, "USD", 1), "payer_suspended"),
+        ("revoked key", iou(2, PAYEE, "USD", 2), "key_revoked"),
+        ("disabled asset", iou(1, PAYEE, "EUR", 3), "invalid_payment_requirements"),
+        ("unknown asset", iou(1, PAYEE, "GBP", 4), "invalid_payment_requirements"),
+        ("suspended payee", iou(1, "site-b.example", "USD", 5), "payee_suspended"),
+        ("unknown payee", iou(1, "site-z.example", "USD", 6), "invalid_payment_requirements"),
+    ];
+    let http = reqwest::Client::new();
+    for (name, signed, reason) in &cases {
+        for (path, field) in [("/verify", "invalidReason"), ("/settle", "errorReason")] {
+            let (status, answer) = post(&http, &server.http_addr, path, &request_for(signed)).await;
+            assert_eq!((status, answer[field].as_str()), (200, Some(*reason)), "{name} on {path}: {answer}");
+        }
+    }
+    let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
+    assert!(rows.is_empty(), "nothing refused was recorded: {rows:?}");
+    // And an active payer paying an active payee in an enabled asset passes both.
+    let fine = iou(1, PAYEE, "USD", 7);
+    let (_, verified) = post(&http, &server.http_addr, "/verify", &request_for(&fine)).await;
+    assert_eq!(verified["isValid"], true, "{verified}");
     server.kill();
 }

@@ -18,6 +18,9 @@
 //!   ledger records the lower charge and `PAYMENT-RESPONSE` reports it. An
 //!   error response is never charged.
 //! - Amounts are canonical decimal strings.
+//! - `PaywallLayer` serves only what was charged its price: a facilitator
+//!   that answers `success` with another amount (buggy, or not Tally's) gets
+//!   a 502 and the page stays shut.
 
 mod common;
 
@@ -32,8 +35,8 @@ use tally_ingest::proto::ExposureRequest;
 use tally_x402::client::Crawler;
 use tally_x402::commitment::{TallyIouPayload, nonce_for_payment_id, payment_identifier_echo};
 use tally_x402::middleware::{
-    Charge, HEADER_PAYMENT_SIGNATURE, PaymentResponse, PaywallConfig, PaywallLayer, Pricing,
-    decode_header_json, encode_header_json,
+    Charge, HEADER_PAYMENT_SIGNATURE, PaymentResponse, PaywallConfig, PaywallLayer, Pricing, decode_header_json,
+    encode_header_json,
 };
 use tally_x402::types::PaymentRequired;
 
@@ -114,7 +117,8 @@ async fn a_commitment_below_the_price_buys_nothing() {
     // Amounts have one spelling.
     let fair = iou_for(&signer(1), PRICE, nonce(1, 2), &article);
     for (offered, charge) in [("+1500", "1500"), ("01500", "1500"), ("1500", "01500"), ("1500", "1500.0")] {
-        let (_, answer) = post(&http, &server.http_addr, "/settle", &body(&fair, offered, charge, &article, None)).await;
+        let (_, answer) =
+            post(&http, &server.http_addr, "/settle", &body(&fair, offered, charge, &article, None)).await;
         assert_eq!(answer["errorReason"], "invalid_payment_requirements", "{offered}/{charge}: {answer}");
     }
     let mut payload = TallyIouPayload::from_signed(&fair);
@@ -125,7 +129,8 @@ async fn a_commitment_below_the_price_buys_nothing() {
     assert_eq!(answer["errorReason"], "invalid_payload", "{answer}");
 
     // The fair payment pays: the charge is the price.
-    let (status, answer) = post(&http, &server.http_addr, "/settle", &body(&fair, "1500", "1500", &article, None)).await;
+    let (status, answer) =
+        post(&http, &server.http_addr, "/settle", &body(&fair, "1500", "1500", &article, None)).await;
     assert_eq!((status, answer["success"].as_bool(), answer["amount"].as_str()), (200, Some(true), Some("1500")));
     assert_eq!(owed(&server, "crawler-1").await, "1500");
     server.kill();
@@ -138,7 +143,8 @@ async fn one_payment_settles_one_request() {
     let http = reqwest::Client::new();
     let (article, other) = (format!("https://{PAYEE}/article"), format!("https://{PAYEE}/other"));
     let signed = iou_for(&signer(1), PRICE, nonce(2, 1), &article);
-    let (status, first) = post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "1500", &article, None)).await;
+    let (status, first) =
+        post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "1500", &article, None)).await;
     assert_eq!((status, first["success"].as_bool()), (200, Some(true)), "{first}");
 
     // The same payment for another resource: its IOU names /article.
@@ -227,7 +233,8 @@ async fn a_settle_time_lower_charge_is_recorded_as_the_lower_amount() {
             post(&http, &server.http_addr, "/settle", &body(&signed, "1500", too_much, &article, None)).await;
         assert_eq!(answer["errorReason"], "invalid_payment_requirements", "{too_much}: {answer}");
     }
-    let (status, settled) = post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "700", &article, None)).await;
+    let (status, settled) =
+        post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "700", &article, None)).await;
     assert_eq!((status, settled["success"].as_bool(), settled["amount"].as_str()), (200, Some(true), Some("700")));
     assert_eq!(owed(&server, "crawler-3").await, "700", "the ledger records the server's charge");
     // The receipt of the commitment says what was charged.
@@ -243,6 +250,47 @@ async fn a_settle_time_lower_charge_is_recorded_as_the_lower_amount() {
         .into_inner();
     assert_eq!((receipt.found, receipt.charged), (true, 700));
     server.kill();
+}
+
+/// A facilitator that answers every `/settle` with `success` but reports
+/// another charge than the one asked: `answer_amount` (a faulty peer, as a
+/// fault test injects one; the site under test is the real `PaywallLayer`).
+async fn start_misreporting_facilitator(answer_amount: &'static str) -> String {
+    let app = Router::new().route(
+        "/settle",
+        axum::routing::post(move || async move {
+            axum::Json(json!({
+                "success": true,
+                "transaction": format!("1:{}", "ab".repeat(32)),
+                "network": NETWORK,
+                "payer": "crawler-1",
+                "amount": answer_amount,
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paywall_serves_nothing_a_facilitator_charged_differently() {
+    let http = reqwest::Client::new();
+    for (answer, what) in [("1", "less than the price"), ("1501", "more than the price")] {
+        let facilitator = start_misreporting_facilitator(answer).await;
+        let site = start_site(&facilitator).await;
+        let unpaid = http.get(format!("{site}/article")).send().await.unwrap();
+        let required: PaymentRequired =
+            decode_header_json(unpaid.headers()["payment-required"].as_bytes(), 16 * 1024).unwrap();
+        let payment = crawler_payment(&required, &signer(1), &format!("{site}/article"));
+        let answered =
+            http.get(format!("{site}/article")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
+        assert_eq!(answered.status().as_u16(), 502, "{what}");
+        assert!(answered.headers().get("payment-response").is_none(), "{what}");
+        let text = answered.text().await.unwrap();
+        assert!(!text.contains("the article") && text.contains("facilitator_charge_mismatch"), "{what}: {text}");
+    }
 }
 
 /// A site with a fixed-price `/article` and `/other`, and a metered `/metered`

@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 # --- The format (docs/iou-format.md, sections 2 and 3) ----------------------
 
 DOMAIN_TAG = b"tally-iou-v1"
-LOG_DOMAIN_TAG = b"tally-log-v1"
+LOG_DOMAIN_TAG_V1 = b"tally-log-v1"  # format-1 records: no charge field
+LOG_DOMAIN_TAG = b"tally-log-v2"  # format 2 on: the charge is hashed
 U64_MAX = 2**64 - 1
 
 NETWORK_RE = re.compile(rb"[A-Za-z0-9:._-]{1,64}")
@@ -115,16 +116,23 @@ def sign_iou(seed, **fields):
     return payer_key, message, key.sign(message)
 
 
-def record_hash(prev_hash, seq, epoch, accepted_at_ms, signature, message):
-    """The log record hash of section 8."""
+def record_hash(prev_hash, seq, epoch, accepted_at_ms, signature, message, charge=None):
+    """The log record hash of section 8.
+
+    With a charge (what the payee charged, 1..=amount), the format-2 hash;
+    without one, the format-1 hash that older ledgers were written with.
+    """
     if len(prev_hash) != 32 or len(signature) != 64:
         raise IouFieldError("prev_hash is 32 bytes, signature 64")
+    tag = LOG_DOMAIN_TAG_V1 if charge is None else LOG_DOMAIN_TAG
+    charge_bytes = b"" if charge is None else _u64("charge", charge)
     return hashlib.sha256(
-        LOG_DOMAIN_TAG
+        tag
         + prev_hash
         + _u64("seq", seq)
         + _u64("epoch", epoch)
         + _u64("accepted_at_ms", accepted_at_ms)
+        + charge_bytes
         + signature
         + message
     ).digest()
@@ -181,28 +189,54 @@ VECTORS = [
     },
 ]
 
-CHAIN = [
-    {
-        "name": "Record 1",
-        "vector": 0,
-        "prev_hash": "0000000000000000000000000000000000000000000000000000000000000000",
-        "seq": 1,
-        "epoch": 1,
-        "accepted_at_ms": 1700000000123,
-        "record_hash": "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
-        "commitment_id": "1:4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
-    },
-    {
-        "name": "Record 2",
-        "vector": 1,
-        "prev_hash": "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
-        "seq": 2,
-        "epoch": 1,
-        "accepted_at_ms": 1735689601234,
-        "record_hash": "c8e258fb06e35fcd15070c7ddb7ca6b4e832dc116d7fbd96489ec9813af8e8c8",
-        "commitment_id": "2:c8e258fb06e35fcd15070c7ddb7ca6b4e832dc116d7fbd96489ec9813af8e8c8",
-    },
-]
+# Two logs of section 10: the same two IOUs, once in format 1 (no charge) and
+# once in format 2 (vector 1 charged its whole amount, vector 2 charged 60).
+CHAINS = {
+    "format 1": [
+        {
+            "name": "Format 1, record 1",
+            "vector": 0,
+            "prev_hash": "0000000000000000000000000000000000000000000000000000000000000000",
+            "seq": 1,
+            "epoch": 1,
+            "accepted_at_ms": 1700000000123,
+            "charge": None,
+            "record_hash": "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
+        },
+        {
+            "name": "Format 1, record 2",
+            "vector": 1,
+            "prev_hash": "4b8e2714f67428053267db73f0e21c57ca1c9977c75ffd8eb797541520bbaa32",
+            "seq": 2,
+            "epoch": 1,
+            "accepted_at_ms": 1735689601234,
+            "charge": None,
+            "record_hash": "c8e258fb06e35fcd15070c7ddb7ca6b4e832dc116d7fbd96489ec9813af8e8c8",
+        },
+    ],
+    "format 2": [
+        {
+            "name": "Format 2, record 1",
+            "vector": 0,
+            "prev_hash": "0000000000000000000000000000000000000000000000000000000000000000",
+            "seq": 1,
+            "epoch": 1,
+            "accepted_at_ms": 1700000000123,
+            "charge": 1,
+            "record_hash": "6f228a2b199023a961cee6f084d59bbb476114a2fa875ed33e8af0227aef0ca9",
+        },
+        {
+            "name": "Format 2, record 2",
+            "vector": 1,
+            "prev_hash": "6f228a2b199023a961cee6f084d59bbb476114a2fa875ed33e8af0227aef0ca9",
+            "seq": 2,
+            "epoch": 1,
+            "accepted_at_ms": 1735689601234,
+            "charge": 60,
+            "record_hash": "29d0f08fabba3d6ad009df01f2d790a74c8041341d2c0ac80b059ea6f10e3cf8",
+        },
+    ],
+}
 
 FIELD_NAMES = ("network", "payee", "asset", "amount", "issued_at", "expires_at", "resource")
 
@@ -235,21 +269,26 @@ def self_test():
         except Exception as e:  # cryptography raises InvalidSignature
             failures.append(f"{v['name']}: documented signature does not verify: {e!r}")
 
-    prev = bytes(32)
-    for c in CHAIN:
-        v = VECTORS[c["vector"]]
-        check(f"{c['name']} prev_hash", prev.hex(), c["prev_hash"])
-        digest = record_hash(
-            prev,
-            c["seq"],
-            c["epoch"],
-            c["accepted_at_ms"],
-            bytes.fromhex(v["signature"]),
-            bytes.fromhex(v["signing_bytes"]),
-        )
-        check(f"{c['name']} record_hash", digest.hex(), c["record_hash"])
-        check(f"{c['name']} commitment_id", f"{c['seq']}:{digest.hex()}", c["commitment_id"])
-        prev = digest
+    for chain in CHAINS.values():
+        prev = bytes(32)
+        for c in chain:
+            v = VECTORS[c["vector"]]
+            check(f"{c['name']} prev_hash", prev.hex(), c["prev_hash"])
+            digest = record_hash(
+                prev,
+                c["seq"],
+                c["epoch"],
+                c["accepted_at_ms"],
+                bytes.fromhex(v["signature"]),
+                bytes.fromhex(v["signing_bytes"]),
+                charge=c["charge"],
+            )
+            check(f"{c['name']} record_hash", digest.hex(), c["record_hash"])
+            prev = digest
+    # The two formats never share a hash, even for the same content.
+    for c1, c2 in zip(CHAINS["format 1"], CHAINS["format 2"]):
+        if c1["record_hash"] == c2["record_hash"]:
+            failures.append(f"{c1['name']} and {c2['name']} hash alike")
 
     # Every out-of-range value of section 3 is refused.
     base = _fields_of(VECTORS[1])
@@ -324,7 +363,8 @@ def main(argv=None):
             print(f"FAIL {failure}", file=sys.stderr)
         if failures:
             return 1
-        print(f"ok: {len(VECTORS)} IOU vectors, {len(CHAIN)} record hashes, field bounds")
+        hashes = sum(len(chain) for chain in CHAINS.values())
+        print(f"ok: {len(VECTORS)} IOU vectors, {hashes} record hashes (formats 1 and 2), field bounds")
         return 0
 
     required = ["seed", "network", "payee", "asset", "amount", "nonce", "issued_at", "expires_at"]

@@ -314,7 +314,11 @@ pub struct BatchLimits {
 
 /// Cuts a plan's payouts into batches in a fixed order (rail, asset, payout
 /// id), so cutting the same plan twice yields the same batches and ids.
-pub fn cut_batches(plan: &SettlementPlan, ledger: &LedgerId, limits: BatchLimits) -> Result<Vec<RailBatch>, NettingError> {
+pub fn cut_batches(
+    plan: &SettlementPlan,
+    ledger: &LedgerId,
+    limits: BatchLimits,
+) -> Result<Vec<RailBatch>, NettingError> {
     let mut groups: BTreeMap<(Rail, &str), Vec<&str>> = BTreeMap::new();
     for payout in &plan.payouts {
         groups.entry((payout.rail, payout.asset.as_str())).or_default().push(payout.id.as_str());
@@ -936,7 +940,10 @@ mod tests {
         // Two ledgers never share an id: the defect where a second ledger on one treasury
         // reproduced the first one's epoch-1 batch id and was told "already executed".
         assert_ne!(payout_id(&LEDGER, 1, "a", "USDC", Rail::Evm), payout_id(&other, 1, "a", "USDC", Rail::Evm));
-        assert_ne!(bill_id(&LEDGER, 1, &Party::Payer("b".into()), "USDC"), bill_id(&other, 1, &Party::Payer("b".into()), "USDC"));
+        assert_ne!(
+            bill_id(&LEDGER, 1, &Party::Payer("b".into()), "USDC"),
+            bill_id(&other, 1, &Party::Payer("b".into()), "USDC")
+        );
         assert_ne!(evm_batch_id(&LEDGER, 1, 0, &["P1"]), evm_batch_id(&other, 1, 0, &["P1"]));
         assert_ne!(evm_batch_id(&LEDGER, 1, 0, &["P1"]), evm_batch_id(&LEDGER, 1, 1, &["P1"]));
         assert_eq!(evm_batch_id(&LEDGER, 1, 0, &["P1"]).len(), 66);
@@ -965,14 +972,17 @@ mod tests {
         };
         let mut destinations: BTreeMap<String, PayoutDestination> =
             (0..5u8).map(|i| (format!("s{i}"), evm(i + 1))).collect();
-        destinations.insert("bank".into(), PayoutDestination::Iban { iban: "DE89370400440532013000".into(), bic: None });
+        destinations
+            .insert("bank".into(), PayoutDestination::Iban { iban: "DE89370400440532013000".into(), bic: None });
         let (links, held) = (BTreeMap::new(), BTreeSet::new());
         let input = input(4, &policy, &links, &destinations, &[], &held);
         let names: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
-        let mut flows: Vec<Flow> = names.iter().map(|n| Flow { payer: "bot", payee: n, asset: "USDC", sum: 10, count: 1 }).collect();
+        let mut flows: Vec<Flow> =
+            names.iter().map(|n| Flow { payer: "bot", payee: n, asset: "USDC", sum: 10, count: 1 }).collect();
         flows.push(Flow { payer: "bot", payee: "bank", asset: "EUR", sum: 10, count: 1 });
         let plan = net(&input, flows).unwrap();
-        let limits = BatchLimits { payouts_per_evm_tx: 2, transfers_per_iso20022_file: 10, transfers_per_nacha_file: 10 };
+        let limits =
+            BatchLimits { payouts_per_evm_tx: 2, transfers_per_iso20022_file: 10, transfers_per_nacha_file: 10 };
         let batches = cut_batches(&plan, &LEDGER, limits).unwrap();
         assert_eq!(batches.len(), 4, "3 EVM transactions of at most 2, one bank file");
         assert_eq!(batches.iter().map(|b| b.payout_ids.len()).sum::<usize>(), 6);
@@ -1030,15 +1040,32 @@ mod tests {
             state,
         };
         let batch = |state: BatchState| BatchRecord {
-            batch: RailBatch { epoch: 1, index: 0, id: "x".into(), rail: Rail::Evm, asset: "EUR".into(), payout_ids: vec![] },
+            batch: RailBatch {
+                epoch: 1,
+                index: 0,
+                id: "x".into(),
+                rail: Rail::Evm,
+                asset: "EUR".into(),
+                payout_ids: vec![],
+            },
             state,
         };
         let counters = derive_counters(
-            &[batch(BatchState::Planned), batch(BatchState::EvmMined { tx_hash: [0; 32], block_number: 1, gas_used: 7 })],
-            &[payout("a", PayoutState::Submitted), payout("b", PayoutState::Rejected("no".into())), payout("c", PayoutState::Settled("r".into()))],
+            &[
+                batch(BatchState::Planned),
+                batch(BatchState::EvmMined { tx_hash: [0; 32], block_number: 1, gas_used: 7 }),
+            ],
+            &[
+                payout("a", PayoutState::Submitted),
+                payout("b", PayoutState::Rejected("no".into())),
+                payout("c", PayoutState::Settled("r".into())),
+            ],
         )
         .unwrap();
-        assert_eq!(counters, DerivedCounters { batches_open: 1, payouts_open: 1, gas_used: 7, rejected: vec![("EUR".into(), 10)] });
+        assert_eq!(
+            counters,
+            DerivedCounters { batches_open: 1, payouts_open: 1, gas_used: 7, rejected: vec![("EUR".into(), 10)] }
+        );
         assert_eq!(terminal_status(0, 0), Some(SettlementStatus::Settled));
         assert_eq!(terminal_status(0, 1), Some(SettlementStatus::Submitted));
         assert_eq!(terminal_status(1, 0), None);
@@ -1053,7 +1080,11 @@ mod tests {
         assert!(prepared.may_become(&mined));
         assert!(!mined.may_become(&BatchState::Failed("x".into())));
         assert!(!prepared.may_become(&BatchState::Planned));
-        assert!(!prepared.may_become(&BatchState::FileWritten { file_name: "f".into(), sha256: [0; 32], created_at_ms: 0 }));
+        assert!(!prepared.may_become(&BatchState::FileWritten {
+            file_name: "f".into(),
+            sha256: [0; 32],
+            created_at_ms: 0
+        }));
         assert!(BatchState::Failed("x".into()).may_become(&mined));
     }
 

@@ -286,7 +286,10 @@ impl Pipeline {
     /// [`Pipeline::submit_commitments`] with an explicit charge per
     /// commitment (`1..=amount`; anything else is `INVALID_AMOUNT`): what an
     /// x402 resource server charges under the scheme's dynamic pricing.
-    pub async fn submit_charged(&self, batch: Vec<Result<Charged, Outcome>>) -> Result<Vec<AppendResult>, PipelineError> {
+    pub async fn submit_charged(
+        &self,
+        batch: Vec<Result<Charged, Outcome>>,
+    ) -> Result<Vec<AppendResult>, PipelineError> {
         let len = batch.len();
         if len > self.config.batch_ious_max {
             return Err(PipelineError::BatchTooLarge { len, max: self.config.batch_ious_max });
@@ -311,8 +314,7 @@ impl Pipeline {
         }
 
         // 2. Key lookup, one read lock for the batch.
-        let keys =
-            self.writer.directory().lookup_many(checked.iter().map(|(_, c)| &c.commitment.signed.iou.payer_key));
+        let keys = self.writer.directory().lookup_many(checked.iter().map(|(_, c)| &c.commitment.signed.iou.payer_key));
         let mut candidates = Vec::with_capacity(checked.len());
         for ((index, Charged { commitment, charge }), key) in checked.into_iter().zip(keys) {
             match key {

@@ -18,8 +18,19 @@
 //! file lets a test fill and free the "disk" while the server runs. Unarmed
 //! (the normal case), the check is one load of a cached, empty option.
 
+//!
+//! **Test builds only**, like the settler's: compiled in with the cargo
+//! feature `failpoints` (on for the `tally` package's dev-dependencies, so in
+//! `cargo test` builds and not in `cargo build --release`). Without it,
+//! [`write_enospc`] is always `None` and the variable is never read.
+
+#[cfg(feature = "failpoints")]
 use std::path::PathBuf;
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
+
+/// Whether this build has failpoints (the `failpoints` feature: test builds).
+pub const COMPILED_IN: bool = cfg!(feature = "failpoints");
 
 /// The environment variable holding the ledger's armed failpoints.
 pub const ENV_VAR: &str = "TALLY_LEDGER_FAILPOINTS";
@@ -27,6 +38,7 @@ pub const ENV_VAR: &str = "TALLY_LEDGER_FAILPOINTS";
 /// The failpoint name, as written in [`ENV_VAR`].
 pub const LEDGER_WRITE_ENOSPC: &str = "ledger-write-enospc";
 
+#[cfg(feature = "failpoints")]
 fn enospc_switch() -> Option<&'static PathBuf> {
     static SWITCH: OnceLock<Option<PathBuf>> = OnceLock::new();
     SWITCH
@@ -42,12 +54,21 @@ fn enospc_switch() -> Option<&'static PathBuf> {
 
 /// `Some(error)` when the `ledger-write-enospc` failpoint is armed and its
 /// switch file exists: the write must fail as if the disk were full.
+#[cfg(feature = "failpoints")]
 pub fn write_enospc() -> Option<std::io::Error> {
     let switch = enospc_switch()?;
     switch.exists().then(|| std::io::Error::from_raw_os_error(libc_enospc()))
 }
 
+/// A build without failpoints: the disk is never made to look full.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn write_enospc() -> Option<std::io::Error> {
+    None
+}
+
 /// `ENOSPC` on every platform Tally builds for (Linux, macOS, the BSDs).
+#[cfg(feature = "failpoints")]
 const fn libc_enospc() -> i32 {
     28
 }

@@ -114,9 +114,8 @@ impl Ledger {
             return Err(LedgerError::Corruption(format!("meta says format {format}, which no Tally ever wrote")));
         }
         let required = |key: &[u8]| -> Result<Vec<u8>, LedgerError> {
-            self.meta_get(key)?.ok_or_else(|| {
-                LedgerError::Corruption(format!("meta lacks {}", String::from_utf8_lossy(key)))
-            })
+            self.meta_get(key)?
+                .ok_or_else(|| LedgerError::Corruption(format!("meta lacks {}", String::from_utf8_lossy(key))))
         };
         let ledger_id = LedgerId(
             required(META_LEDGER_ID)?.try_into().map_err(|_| LedgerError::Corruption("meta ledger_id".into()))?,
@@ -154,7 +153,12 @@ impl Ledger {
         };
         let mut batch = WriteBatch::default();
         let action = Action::Genesis { ledger_id: meta.ledger_id, format: meta.format };
-        journal::append(self, &mut batch, JournalHead::EMPTY, now_ms, 0, &Actor::Engine, action, meta_effects(&meta))?;
+        journal::append(
+            self,
+            &mut batch,
+            (JournalHead::EMPTY, now_ms, 0),
+            journal::Change { actor: &Actor::Engine, action, effects: meta_effects(&meta) },
+        )?;
         self.write_synced(batch)?;
         tracing::info!(ledger_id = %meta.ledger_id, "created a new ledger");
         Ok(meta)
@@ -216,7 +220,12 @@ impl Ledger {
         effects.extend(meta_effects(&meta));
         let mut batch = WriteBatch::default();
         let action = Action::Migrated { from_format: 1, to_format: FORMAT_CURRENT };
-        journal::append(self, &mut batch, JournalHead::EMPTY, at_ms, head_seq, &Actor::Engine, action, effects)?;
+        journal::append(
+            self,
+            &mut batch,
+            (JournalHead::EMPTY, at_ms, head_seq),
+            journal::Change { actor: &Actor::Engine, action, effects },
+        )?;
         self.write_synced(batch)?;
         tracing::warn!(
             ledger_id = %meta.ledger_id,

@@ -101,10 +101,16 @@ pub enum Notice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     /// A new ledger: its id and format.
-    Genesis { ledger_id: LedgerId, format: u32 },
+    Genesis {
+        ledger_id: LedgerId,
+        format: u32,
+    },
     /// A ledger of an older format was migrated; the effects are the whole
     /// state as migrated (from then on it is audited against this snapshot).
-    Migrated { from_format: u32, to_format: u32 },
+    Migrated {
+        from_format: u32,
+        to_format: u32,
+    },
     /// The writer opened epoch 1 of a new ledger.
     OpenedFirstEpoch,
     /// An admin command or settlement step, as asked (never a plan: see
@@ -112,7 +118,11 @@ pub enum Action {
     Admin(AdminCommand),
     /// A settlement plan: the policy and batch limits it was netted and cut
     /// with. Its payouts, bills, carries and batches are the effects.
-    RecordPlan { epoch: u64, policy: SettlementPolicy, limits: BatchLimits },
+    RecordPlan {
+        epoch: u64,
+        policy: SettlementPolicy,
+        limits: BatchLimits,
+    },
     /// More effects of the entry before.
     Continued,
     Notice(Notice),
@@ -125,6 +135,8 @@ impl Action {
             AdminCommand::Settlement(SettlementCommand::RecordPlan { plan, policy, limits, .. }) => {
                 Action::RecordPlan { epoch: plan.epoch, policy: policy.clone(), limits: *limits }
             }
+            // A notice is a fact about the engine, which the audit reads as such.
+            AdminCommand::RecordNotice(notice) => Action::Notice(notice.clone()),
             other => Action::Admin(other.clone()),
         }
     }
@@ -197,19 +209,24 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<(JournalEntry, RecordHas
     Ok((JournalEntry { seq, at_ms, log_head, prev_hash, hash, body }, computed))
 }
 
-/// Puts `effects` into `batch` and journals them under `actor` and `action`,
-/// in entries of at most [`JOURNAL_EFFECTS_PER_ENTRY_MAX`] effects chained
-/// after `head`. Returns the new head. Nothing is written until the batch is.
+/// One change to journal: who made it, what was asked, and what it wrote.
+pub struct Change<'a> {
+    pub actor: &'a Actor,
+    pub action: Action,
+    pub effects: Vec<Effect>,
+}
+
+/// Puts the change's effects into `batch` and journals them, in entries of
+/// at most [`JOURNAL_EFFECTS_PER_ENTRY_MAX`] effects chained after `head`, at
+/// `at_ms` with the IOU log at `log_head`. Returns the new head. Nothing is
+/// written until the batch is.
 pub fn append(
     ledger: &Ledger,
     batch: &mut WriteBatch,
-    head: JournalHead,
-    at_ms: u64,
-    log_head: u64,
-    actor: &Actor,
-    action: Action,
-    effects: Vec<Effect>,
+    (head, at_ms, log_head): (JournalHead, u64, u64),
+    change: Change<'_>,
 ) -> Result<JournalHead, LedgerError> {
+    let Change { actor, action, effects } = change;
     assert!(actor.is_bounded(), "actors are bounded by their constructors");
     for effect in &effects {
         let cf = ledger.cf(effect.cf.name());
@@ -224,7 +241,8 @@ pub fn append(
     // An action without effects (a notice, a repeated step) still gets its entry.
     loop {
         let chunk: Vec<Effect> = remaining.by_ref().take(JOURNAL_EFFECTS_PER_ENTRY_MAX).collect();
-        let body = JournalBody { actor: actor.clone(), action: action.take().unwrap_or(Action::Continued), effects: chunk };
+        let body =
+            JournalBody { actor: actor.clone(), action: action.take().unwrap_or(Action::Continued), effects: chunk };
         let body = bincode::serde::encode_to_vec(&body, bincode_config()).expect("in-memory encoding cannot fail");
         let seq = head.seq.checked_add(1).ok_or_else(|| LedgerError::Corruption("journal sequence overflow".into()))?;
         let hash = entry_hash(&head.hash, seq, at_ms, log_head, &body);
@@ -306,9 +324,8 @@ mod tests {
         let mut damaged = value.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        match decode_entry(&1u64.to_be_bytes(), &damaged) {
-            Ok((entry, computed)) => assert_ne!(entry.hash, computed),
-            Err(_) => {}
+        if let Ok((entry, computed)) = decode_entry(&1u64.to_be_bytes(), &damaged) {
+            assert_ne!(entry.hash, computed);
         }
         assert!(decode_entry(&1u64.to_be_bytes(), &value[..40]).is_err());
         let mut unknown = value;

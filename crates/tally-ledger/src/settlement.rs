@@ -90,7 +90,11 @@ pub(crate) fn open_bill_key(payer: &str, asset: &str, epoch: u64, bill_id: &str)
 }
 
 impl Ledger {
-    pub(crate) fn settlement_get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, LedgerError> {
+    pub(crate) fn settlement_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, LedgerError> {
         match self.db.get_cf(self.cf(CF_SETTLEMENT), key)? {
             None => Ok(None),
             Some(value) => Ok(Some(decode_bincode(what, &value)?)),

@@ -262,7 +262,8 @@ impl Ledger {
     /// for ever (it judges expiry by `max(clock, mark)`), so forgetting its
     /// nonce can never let it in twice, whatever any clock does later.
     pub(crate) fn publish_time_mark(&self, mark_ms: u64) {
-        let horizon_s = (mark_ms / 1000).checked_sub(self.nonce_retention_margin_s).unwrap_or(0);
+        // A time, not an amount: before the margin has passed, nothing is pruned.
+        let horizon_s = (mark_ms / 1000).saturating_sub(self.nonce_retention_margin_s);
         self.prune_horizon_s.fetch_max(horizon_s, Ordering::AcqRel);
     }
 
@@ -412,12 +413,7 @@ impl Ledger {
 
     /// One payer by id.
     pub fn payer(&self, id: &str) -> Result<Option<Payer>, LedgerError> {
-        let mut key = ACCOUNT_PAYER_PREFIX.to_vec();
-        key.extend_from_slice(id.as_bytes());
-        match self.db.get_cf(self.cf(CF_ACCOUNTS), key)? {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_bincode("payer record", &value)?)),
-        }
+        self.account_record(ACCOUNT_PAYER_PREFIX, id, "payer record")
     }
 
     /// The payer whose signature agent is exactly `agent`, through the
@@ -441,6 +437,30 @@ impl Ledger {
 
     pub fn payees(&self) -> Result<Vec<Payee>, LedgerError> {
         self.accounts_with_prefix(ACCOUNT_PAYEE_PREFIX, "payee record")
+    }
+
+    /// One payee by id (a point read: the facilitator asks per request).
+    pub fn payee(&self, id: &str) -> Result<Option<Payee>, LedgerError> {
+        self.account_record(ACCOUNT_PAYEE_PREFIX, id, "payee record")
+    }
+
+    /// One asset by code (a point read).
+    pub fn asset(&self, code: &str) -> Result<Option<Asset>, LedgerError> {
+        self.account_record(ACCOUNT_ASSET_PREFIX, code, "asset record")
+    }
+
+    fn account_record<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        id: &str,
+        what: &str,
+    ) -> Result<Option<T>, LedgerError> {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(id.as_bytes());
+        match self.db.get_cf(self.cf(CF_ACCOUNTS), key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_bincode(what, &value)?)),
+        }
     }
 
     /// The payer that registered `key`, if any.

@@ -31,8 +31,8 @@ use tally_core::settlement::{
 use tally_core::{Actor, Asset, Iou, Outcome, Payee, PayoutDestination, Rail, SignedIou};
 use tally_ledger::journal::{JOURNAL_ENTRY_V1, JOURNAL_HEADER_LEN, decode_entry, entry_hash};
 use tally_ledger::layout::{
-    ACCOUNT_PAYEE_PREFIX, ACCOUNT_PAYER_PREFIX, CF_ACCOUNTS, CF_JOURNAL, CF_SETTLEMENT, bincode_config,
-    decode_bincode, encode_bincode,
+    ACCOUNT_PAYEE_PREFIX, ACCOUNT_PAYER_PREFIX, CF_ACCOUNTS, CF_JOURNAL, CF_SETTLEMENT, bincode_config, decode_bincode,
+    encode_bincode,
 };
 use tally_ledger::settlement::{carry_key, epoch_key, payout_key};
 use tally_ledger::{
@@ -74,7 +74,9 @@ fn settled_ledger() -> (tempfile::TempDir, Ledger, Writer) {
         keys: vec![signer(1).verifying_key().to_bytes()],
         credit_limits: vec![("USD".into(), 1_000_000)],
     });
-    for (id, destination) in [("site-a", evm(1).to_string()), ("site-b", evm(2).to_string()), ("site-c", evm(3).to_string())] {
+    for (id, destination) in
+        [("site-a", evm(1).to_string()), ("site-b", evm(2).to_string()), ("site-c", evm(3).to_string())]
+    {
         admin(AdminCommand::RegisterPayee(Payee::new(id, id, &destination)));
     }
     for (n, (payee, amount)) in [("site-a", 1_010u64), ("site-b", 505), ("site-c", 5)].into_iter().enumerate() {
@@ -113,7 +115,8 @@ fn settled_ledger() -> (tempfile::TempDir, Ledger, Writer) {
         carries_in: &[],
         held: &held,
     };
-    let flows = rows.iter().map(|r| Flow { payer: &r.payer, payee: &r.payee, asset: &r.asset, sum: r.sum, count: r.count });
+    let flows =
+        rows.iter().map(|r| Flow { payer: &r.payer, payee: &r.payee, asset: &r.asset, sum: r.sum, count: r.count });
     let plan = net(&input, flows).unwrap();
     assert_eq!(plan.payouts.len(), 2);
     let batches = cut_batches(&plan, &ledger.ledger_id(), limits).unwrap();
@@ -255,7 +258,8 @@ fn forge_consistently(db: &rocksdb::DB, key: &[u8], forge: impl Fn(&[u8]) -> Vec
     db.put_cf(settlement, key, forge(&current)).unwrap();
     let journal = db.cf_handle(CF_JOURNAL).unwrap();
     let mut prev_hash = tally_core::GENESIS_HASH;
-    let entries: Vec<(Box<[u8]>, Box<[u8]>)> =
+    type KeyValue = (Box<[u8]>, Box<[u8]>);
+    let entries: Vec<KeyValue> =
         db.iterator_cf(journal, rocksdb::IteratorMode::Start).map(|item| item.unwrap()).collect();
     for (entry_key, value) in entries {
         let (mut entry, _) = decode_entry(&entry_key, &value).unwrap();

@@ -1192,7 +1192,9 @@ fn a_rejection_makes_a_plan_built_before_it_stale() {
     assert_eq!(paid(&plan1.plan), vec![("site-a", 990, 10), ("site-b", 495, 5)]);
     let (first, euro) = (plan1.payout("site-a").clone(), plan1.payout("site-b").clone());
     assert_eq!(f.record(&plan1), planned(1));
+    assert_eq!(f.update(1, plan1.batch_of(&first.id), file_prepared(1)), DONE);
     assert_eq!(f.update(1, plan1.batch_of(&first.id), file_written(1)), DONE);
+    assert_eq!(f.update(1, plan1.batch_of(&euro.id), file_prepared(2)), DONE);
     assert_eq!(f.update(1, plan1.batch_of(&euro.id), file_written(2)), DONE);
 
     assert_eq!(f.pay(2, "site-a", 400).outcome, Outcome::Accepted);
@@ -1233,7 +1235,9 @@ fn a_rejection_makes_a_plan_built_before_it_stale() {
     assert_eq!((euro2.net_credit, euro2.amount), (500, 495));
 
     // A rejection now lands in epoch 3, the first unplanned one.
+    assert_eq!(f.update(2, fresh.batch_of(&second.id), file_prepared(3)), DONE);
     assert_eq!(f.update(2, fresh.batch_of(&second.id), file_written(3)), DONE);
+    assert_eq!(f.update(2, fresh.batch_of(&euro2.id), file_prepared(4)), DONE);
     assert_eq!(f.update(2, fresh.batch_of(&euro2.id), file_written(4)), DONE);
     assert_eq!(f.bank(&second.id, Err("AC04 account closed")), CHANGED);
     assert_eq!(f.bank(&euro2.id, Ok("MSG-2")), CHANGED);
@@ -1375,6 +1379,7 @@ fn busy_ledger(f: &Fixture) -> Proposal {
     let (e1, e2) = (plan1.payout("site-a").id.clone(), plan1.payout("site-b").id.clone());
     let bot_b_eur = bill_id(&f.ledger.ledger_id(), 1, &Party::Payer("bot-b".into()), EUR);
     assert_eq!(f.record(&plan1), planned(1));
+    assert_eq!(f.update(1, plan1.batch_on(Rail::Iso20022), file_prepared(1)), DONE);
     assert_eq!(f.update(1, plan1.batch_on(Rail::Iso20022), file_written(1)), DONE);
     assert_eq!(f.update(1, plan1.batch_on(Rail::Evm), prepared(3)), DONE);
     assert_eq!(f.update(1, plan1.batch_on(Rail::Evm), mined(3, 55_555)), DONE);
@@ -1516,6 +1521,11 @@ fn steps_in_one_group_commit_see_each_other() {
         f.enqueue_settle(SettlementCommand::UpdateBatch {
             epoch: 1,
             index: plan1.batch_on(Rail::Iso20022),
+            state: file_prepared(1),
+        }),
+        f.enqueue_settle(SettlementCommand::UpdateBatch {
+            epoch: 1,
+            index: plan1.batch_on(Rail::Iso20022),
             state: file_written(1),
         }),
         f.enqueue_settle(SettlementCommand::RecordBankStatus { payout_id: e1.id.clone(), verdict: Err("AC04".into()) }),
@@ -1527,6 +1537,7 @@ fn steps_in_one_group_commit_see_each_other() {
         f.enqueue_admin(AdminCommand::SealEpoch),
         f.enqueue_settle(stale2.command()),
         f.enqueue_settle(plan2.command()),
+        f.enqueue_settle(SettlementCommand::UpdateBatch { epoch: 2, index: 0, state: file_prepared(2) }),
         f.enqueue_settle(SettlementCommand::UpdateBatch { epoch: 2, index: 0, state: file_written(2) }),
         f.enqueue_settle(SettlementCommand::RecordBankStatus { payout_id: p2.id.clone(), verdict: Ok("MSG".into()) }),
     ];
@@ -1536,14 +1547,14 @@ fn steps_in_one_group_commit_see_each_other() {
     let replies: Vec<Result<AdminReply, AdminError>> = queued.into_iter().map(finish).collect();
     assert!(matches!(replies[0], Ok(AdminReply::Sealed { .. })), "{:?}", replies[0]);
     assert_eq!(replies[1], planned(1));
-    assert_eq!(replies[2], DONE);
-    assert_eq!(replies[3], CHANGED);
-    assert_eq!(replies[4], DONE);
-    assert!(matches!(replies[5], Ok(AdminReply::Sealed { .. })), "{:?}", replies[5]);
-    assert_mismatch(replies[6].clone(), "carries");
-    assert_eq!(replies[7], planned(2));
-    assert_eq!(replies[8], DONE);
-    assert_eq!(replies[9], CHANGED);
+    assert_eq!((&replies[2], &replies[3]), (&DONE, &DONE), "prepared, then written as prepared");
+    assert_eq!(replies[4], CHANGED);
+    assert_eq!(replies[5], DONE);
+    assert!(matches!(replies[6], Ok(AdminReply::Sealed { .. })), "{:?}", replies[6]);
+    assert_mismatch(replies[7].clone(), "carries");
+    assert_eq!(replies[8], planned(2));
+    assert_eq!((&replies[9], &replies[10]), (&DONE, &DONE));
+    assert_eq!(replies[11], CHANGED);
 
     let check = |f: &Fixture| {
         let one = f.settlement(1);

@@ -212,7 +212,8 @@ fn a_late_retry_of_an_accepted_iou_is_a_duplicate_with_its_original_charge() {
 #[test]
 fn charges_are_bounded_by_what_the_client_committed() {
     let f = Fixture::new();
-    for (charge, outcome) in [(0, Outcome::InvalidAmount), (1_501, Outcome::InvalidAmount), (1_500, Outcome::Accepted)] {
+    for (charge, outcome) in [(0, Outcome::InvalidAmount), (1_501, Outcome::InvalidAmount), (1_500, Outcome::Accepted)]
+    {
         assert_eq!(f.submit(the_iou(charge)).outcome, outcome, "charge {charge}");
     }
     let record = f.ledger.record(1).unwrap().unwrap();

@@ -45,22 +45,28 @@ fn setup() -> Fixture {
     admin.admin_blocking(test_actor(), AdminCommand::UpsertAsset(Asset::new("USD", 6, true).unwrap())).unwrap();
     for (id, seed, limit) in [("crawler-a", 1u8, 10_000u128), ("crawler-b", 2, 1_000)] {
         admin
-            .admin_blocking(test_actor(), AdminCommand::RegisterPayer {
-                id: id.into(),
-                display_name: id.into(),
-                keys: vec![signer(seed).verifying_key().to_bytes()],
-                credit_limits: vec![("USD".into(), limit)],
-            })
+            .admin_blocking(
+                test_actor(),
+                AdminCommand::RegisterPayer {
+                    id: id.into(),
+                    display_name: id.into(),
+                    keys: vec![signer(seed).verifying_key().to_bytes()],
+                    credit_limits: vec![("USD".into(), limit)],
+                },
+            )
             .unwrap();
     }
     for id in ["news.example", "api.example"] {
         admin
-            .admin_blocking(test_actor(), AdminCommand::RegisterPayee(Payee {
-                id: id.into(),
-                display_name: id.into(),
-                payout_destination: String::new(),
-                status: tally_core::PayeeStatus::Active,
-            }))
+            .admin_blocking(
+                test_actor(),
+                AdminCommand::RegisterPayee(Payee {
+                    id: id.into(),
+                    display_name: id.into(),
+                    payout_destination: String::new(),
+                    status: tally_core::PayeeStatus::Active,
+                }),
+            )
             .unwrap();
     }
     Fixture { _dir: dir, ledger, writer, clock_ms }
@@ -90,8 +96,7 @@ fn signed_item(seed: u8, payee: &str, amount: u64, nonce: [u8; 16], resource: u3
 }
 
 fn clean_audit(ledger: &Ledger) -> tally_ledger::AuditReport {
-    let report =
-        audit(ledger, AuditOptions { verify_signatures: true }).unwrap();
+    let report = audit(ledger, AuditOptions { verify_signatures: true }).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     report
 }
@@ -136,8 +141,10 @@ fn accepts_aggregates_and_answers_replays() {
         f.ledger.balances_all(&BalanceFilter { payer: Some("crawler-a".into()), ..Default::default() }, 100).unwrap();
     let summary: Vec<(&str, u128, u64)> = by_payer.iter().map(|r| (r.payee.as_str(), r.sum, r.count)).collect();
     assert_eq!(summary, [("api.example", 5, 1), ("news.example", 350, 2)]);
-    let by_payee =
-        f.ledger.balances_all(&BalanceFilter { payee: Some("news.example".into()), ..Default::default() }, 100).unwrap();
+    let by_payee = f
+        .ledger
+        .balances_all(&BalanceFilter { payee: Some("news.example".into()), ..Default::default() }, 100)
+        .unwrap();
     let summary: Vec<(&str, u128)> = by_payee.iter().map(|r| (r.payer.as_str(), r.sum)).collect();
     assert_eq!(summary, [("crawler-a", 350), ("crawler-b", 7)]);
     let pair = f
@@ -180,8 +187,11 @@ fn rejects_by_account_state() {
         Err(AdminError::Invalid(_))
     ));
 
-    w.admin_blocking(test_actor(), AdminCommand::SetPayerStatus { payer_id: "crawler-a".into(), status: PayerStatus::Suspended })
-        .unwrap();
+    w.admin_blocking(
+        test_actor(),
+        AdminCommand::SetPayerStatus { payer_id: "crawler-a".into(), status: PayerStatus::Suspended },
+    )
+    .unwrap();
     assert_eq!(w.append_blocking(vec![iou(1, "news.example", 1, 6)]).unwrap()[0].outcome, Outcome::SuspendedPayer);
 
     // The writer checks expiry itself: the replay index may forget nonces
@@ -211,8 +221,11 @@ fn credit_limit_is_exact_and_survives_restart() {
         w.append_blocking(vec![iou(2, "news.example", 1, 50)]).unwrap()[0].outcome,
         Outcome::CreditLimitExceeded
     );
-    w.admin_blocking(test_actor(), AdminCommand::SetCreditLimit { payer_id: "crawler-b".into(), asset: "USD".into(), limit: 1_001 })
-        .unwrap();
+    w.admin_blocking(
+        test_actor(),
+        AdminCommand::SetCreditLimit { payer_id: "crawler-b".into(), asset: "USD".into(), limit: 1_001 },
+    )
+    .unwrap();
     assert_eq!(w.append_blocking(vec![iou(2, "news.example", 1, 50)]).unwrap()[0].outcome, Outcome::Accepted);
     clean_audit(&ledger);
 }
@@ -250,8 +263,14 @@ fn admin_refuses_bad_registrations() {
         keys,
         credit_limits: vec![],
     };
-    assert!(matches!(w.admin_blocking(test_actor(), register("crawler-a", vec![[5; 32]])), Err(AdminError::AlreadyExists(_))));
-    assert!(matches!(w.admin_blocking(test_actor(), register("other", vec![taken])), Err(AdminError::AlreadyExists(_))));
+    assert!(matches!(
+        w.admin_blocking(test_actor(), register("crawler-a", vec![[5; 32]])),
+        Err(AdminError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        w.admin_blocking(test_actor(), register("other", vec![taken])),
+        Err(AdminError::AlreadyExists(_))
+    ));
     let mut identity = [0u8; 32];
     identity[0] = 1;
     assert!(matches!(w.admin_blocking(test_actor(), register("weak", vec![identity])), Err(AdminError::Invalid(_))));
@@ -261,7 +280,10 @@ fn admin_refuses_bad_registrations() {
     ));
     assert!(matches!(w.admin_blocking(test_actor(), register("nokeys", vec![])), Err(AdminError::Invalid(_))));
     assert!(matches!(
-        w.admin_blocking(test_actor(), AdminCommand::SetCreditLimit { payer_id: "ghost".into(), asset: "USD".into(), limit: 1 }),
+        w.admin_blocking(
+            test_actor(),
+            AdminCommand::SetCreditLimit { payer_id: "ghost".into(), asset: "USD".into(), limit: 1 }
+        ),
         Err(AdminError::NotFound(_))
     ));
     // A key added later is usable at once, and published to the directory.
@@ -334,11 +356,7 @@ fn expired_nonces_are_pruned_only_after_the_margin() {
     record_something(&w);
     f.ledger.compact();
     assert!(!f.ledger.nonce_known(&key, &nonce).unwrap());
-    let report = audit(
-        &f.ledger,
-        AuditOptions { verify_signatures: true },
-    )
-    .unwrap();
+    let report = audit(&f.ledger, AuditOptions { verify_signatures: true }).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.nonces_pruned, 1);
     // And the IOU itself can never come back: it is expired.

@@ -141,7 +141,8 @@ pub struct Iso20022Settings {
     pub debtor_iban: String,
     pub debtor_bic: Option<String>,
     /// Business days are the bank's concern; Tally asks for execution this
-    /// many calendar days after the epoch was sealed. Default 1.
+    /// many calendar days after the file is prepared (never a date in the
+    /// past, however late a settlement runs after its seal). Default 1.
     #[serde(default = "default_execution_delay_days")]
     pub execution_delay_days: u8,
     #[serde(default = "default_transfers_per_file")]

@@ -389,7 +389,12 @@ impl Settler {
                 }
                 Some(_) => {}
                 None if evm.latest_nonce().await? > *nonce => {
-                    tracing::warn!(epoch, batch = index, nonce, "recorded transaction's nonce was consumed; signing again");
+                    tracing::warn!(
+                        epoch,
+                        batch = index,
+                        nonce,
+                        "recorded transaction's nonce was consumed; signing again"
+                    );
                     prepared = None;
                 }
                 None => {}
@@ -627,7 +632,12 @@ impl Settler {
             BatchState::FilePrepared { file_name, sha256, created_at_ms } => {
                 let published = outbox::was_published(&self.outbox, file_name)?;
                 if !published && self.execution_date_passed(*created_at_ms, now_ms, batch.rail) {
-                    tracing::warn!(epoch, batch = index, file_name, "prepared file's execution date passed; preparing it again");
+                    tracing::warn!(
+                        epoch,
+                        batch = index,
+                        file_name,
+                        "prepared file's execution date passed; preparing it again"
+                    );
                     None
                 } else {
                     Some((file_name.clone(), *sha256, *created_at_ms))
@@ -658,11 +668,14 @@ impl Settler {
             tracing::info!(path = %path.display(), "identical file already in the outbox");
         }
         fail_at("bank-after-write")?;
-        self.step(actor, SettlementCommand::UpdateBatch {
-            epoch,
-            index,
-            state: BatchState::FileWritten { file_name, sha256, created_at_ms },
-        })
+        self.step(
+            actor,
+            SettlementCommand::UpdateBatch {
+                epoch,
+                index,
+                state: BatchState::FileWritten { file_name, sha256, created_at_ms },
+            },
+        )
         .await?;
         fail_at("bank-after-record")
     }

@@ -15,6 +15,14 @@
 //!
 //! Unset, a failpoint is one load of a cached, empty list.
 //!
+//! **Test builds only.** The points are compiled in only with the cargo
+//! feature `failpoints`, which the `tally` package turns on for its own
+//! dev-dependencies: `cargo test` (and so the `tally` binary the integration
+//! tests start) has them, `cargo build --release` does not. In a build
+//! without them [`hit`] is `Ok(())` and nothing reads `TALLY_FAILPOINTS`, so
+//! no environment variable can make a production process abort mid-payout.
+//! [`COMPILED_IN`] says which kind of build this is.
+//!
 //! The points between two recorded steps, in the order settlement meets them:
 //!
 //! | name | the point … |
@@ -44,8 +52,13 @@
 //! | `outbox-write` | writing a bank file into the outbox |
 //! | `ledger-step` | recording a settlement step in the ledger |
 
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
+#[cfg(feature = "failpoints")]
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether this build has failpoints (the `failpoints` feature: test builds).
+pub const COMPILED_IN: bool = cfg!(feature = "failpoints");
 
 /// Every failpoint name, for validation and documentation.
 pub const FAILPOINTS: [&str; 18] = [
@@ -89,6 +102,7 @@ pub struct Injected {
     pub name: &'static str,
 }
 
+#[cfg(feature = "failpoints")]
 struct Armed {
     name: String,
     action: Action,
@@ -115,6 +129,7 @@ pub fn parse_entry(entry: &str) -> Option<(String, Action)> {
     (!name.is_empty()).then(|| (name.to_owned(), action))
 }
 
+#[cfg(feature = "failpoints")]
 fn armed() -> &'static [Armed] {
     static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
     ARMED.get_or_init(|| {
@@ -138,6 +153,7 @@ fn armed() -> &'static [Armed] {
 
 /// Runs failpoint `name`: aborts the process, returns an [`Injected`]
 /// error, or (unarmed, the normal case) returns `Ok`.
+#[cfg(feature = "failpoints")]
 pub fn hit(name: &'static str) -> Result<(), Injected> {
     debug_assert!(FAILPOINTS.contains(&name), "unknown failpoint {name}");
     for point in armed().iter().filter(|p| p.name == name) {
@@ -154,6 +170,14 @@ pub fn hit(name: &'static str) -> Result<(), Injected> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// A build without failpoints: every point passes, whatever the environment says.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(name: &'static str) -> Result<(), Injected> {
+    debug_assert!(FAILPOINTS.contains(&name), "unknown failpoint {name}");
     Ok(())
 }
 

@@ -75,45 +75,59 @@ fn scales(ledger: &Ledger) -> Result<HashMap<String, u8>, SettleError> {
     Ok(ledger.assets()?.into_iter().map(|a| (a.code, a.scale)).collect())
 }
 
-fn scale_of(scales: &HashMap<String, u8>, asset: &str) -> u32 {
-    u32::from(scales.get(asset).copied().unwrap_or(0))
+/// The scale of `asset`. Assets are never removed, so a settlement record
+/// naming an unregistered one is damage; a guessed scale would misstate the
+/// amount by powers of ten.
+fn scale_of(scales: &HashMap<String, u8>, asset: &str) -> Result<u32, SettleError> {
+    scales
+        .get(asset)
+        .map(|scale| u32::from(*scale))
+        .ok_or_else(|| SettleError::Ledger(format!("asset {asset} is named in a settlement record but not registered")))
 }
 
-fn figures_to_proto(figures: &[AssetFigures], scales: &HashMap<String, u8>) -> Vec<proto::AssetFigures> {
+fn figures_to_proto(
+    figures: &[AssetFigures],
+    scales: &HashMap<String, u8>,
+) -> Result<Vec<proto::AssetFigures>, SettleError> {
     figures
         .iter()
-        .map(|f| proto::AssetFigures {
-            asset: f.asset.clone(),
-            scale: scale_of(scales, &f.asset),
-            gross: f.gross.to_string(),
-            iou_count: f.iou_count,
-            payout_count: f.payout_count,
-            paid: f.paid.to_string(),
-            fees: f.fees.to_string(),
-            bill_count: f.bill_count,
-            billed: f.billed.to_string(),
-            carried_in: f.carried_in.to_string(),
-            carried_out: f.carried_out.to_string(),
-            payout_iou_count: f.payout_iou_count,
-            // 0 when nothing was charged (the ratio is undefined).
-            moved_ppm: f.moved_ppm().and_then(|ppm| u64::try_from(ppm).ok()).unwrap_or(0),
+        .map(|f| {
+            Ok(proto::AssetFigures {
+                asset: f.asset.clone(),
+                scale: scale_of(scales, &f.asset)?,
+                gross: f.gross.to_string(),
+                iou_count: f.iou_count,
+                payout_count: f.payout_count,
+                paid: f.paid.to_string(),
+                fees: f.fees.to_string(),
+                bill_count: f.bill_count,
+                billed: f.billed.to_string(),
+                carried_in: f.carried_in.to_string(),
+                carried_out: f.carried_out.to_string(),
+                payout_iou_count: f.payout_iou_count,
+                // 0 when nothing was charged (the ratio is undefined).
+                moved_ppm: f.moved_ppm().and_then(|ppm| u64::try_from(ppm).ok()).unwrap_or(0),
+            })
         })
         .collect()
 }
 
-pub fn report_to_proto(report: &EpochReport, scales: &HashMap<String, u8>) -> proto::SettlementReport {
+pub fn report_to_proto(
+    report: &EpochReport,
+    scales: &HashMap<String, u8>,
+) -> Result<proto::SettlementReport, SettleError> {
     let attention = match &report.status {
         tally_core::settlement::SettlementStatus::NeedsAttention(reason) => reason.clone(),
         _ => String::new(),
     };
-    proto::SettlementReport {
+    Ok(proto::SettlementReport {
         epoch: report.epoch,
         status: report.status.label().to_owned(),
         attention,
         fee_bps: report.fee_bps,
         planned_at_ms: report.planned_at_ms,
         updated_at_ms: report.updated_at_ms,
-        figures: figures_to_proto(&report.figures, scales),
+        figures: figures_to_proto(&report.figures, scales)?,
         rails: report
             .rails
             .iter()
@@ -133,7 +147,7 @@ pub fn report_to_proto(report: &EpochReport, scales: &HashMap<String, u8>) -> pr
         gas_used: report.gas_used,
         evm_settled_ious: report.evm_settled_ious,
         gas_per_settled_iou: report.gas_per_settled_iou,
-    }
+    })
 }
 
 /// Who is calling the settlement service: the admin token's holder, from the
@@ -155,18 +169,18 @@ fn batch_file(batch: Option<&BatchRecord>) -> String {
     }
 }
 
-fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> proto::Payout {
+fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> Result<proto::Payout, SettleError> {
     let p = &record.payout;
     let reference = match &record.state {
         PayoutState::Settled(reference) | PayoutState::Rejected(reference) => reference.clone(),
         _ => String::new(),
     };
-    proto::Payout {
+    Ok(proto::Payout {
         id: p.id.clone(),
         epoch: p.epoch,
         payee: p.payee.clone(),
         asset: p.asset.clone(),
-        scale: scale_of(scales, &p.asset),
+        scale: scale_of(scales, &p.asset)?,
         rail: p.rail.to_string(),
         destination: p.destination.to_string(),
         net_credit: p.net_credit.to_string(),
@@ -177,32 +191,36 @@ fn payout_to_proto(record: &PayoutRecord, scales: &HashMap<String, u8>) -> proto
         reference,
         batch_index: record.batch_index,
         file_name: String::new(),
-    }
+    })
 }
 
-fn bill_to_proto(bill: &Bill, paid_at_ms: Option<u64>, scales: &HashMap<String, u8>) -> proto::Bill {
-    proto::Bill {
+fn bill_to_proto(
+    bill: &Bill,
+    paid_at_ms: Option<u64>,
+    scales: &HashMap<String, u8>,
+) -> Result<proto::Bill, SettleError> {
+    Ok(proto::Bill {
         id: bill.id.clone(),
         epoch: bill.epoch,
         party: bill.party.to_string(),
         asset: bill.asset.clone(),
-        scale: scale_of(scales, &bill.asset),
+        scale: scale_of(scales, &bill.asset)?,
         amount: bill.amount.to_string(),
         iou_count: bill.iou_count,
         paid_at_ms: paid_at_ms.unwrap_or(0),
-    }
+    })
 }
 
-fn carry_to_proto(carry: &Carry, scales: &HashMap<String, u8>) -> proto::Carry {
-    proto::Carry {
+fn carry_to_proto(carry: &Carry, scales: &HashMap<String, u8>) -> Result<proto::Carry, SettleError> {
+    Ok(proto::Carry {
         epoch_to: carry.epoch_to,
         payee: carry.payee.clone(),
         asset: carry.asset.clone(),
-        scale: scale_of(scales, &carry.asset),
+        scale: scale_of(scales, &carry.asset)?,
         amount: carry.amount.to_string(),
         reason: carry.reason.to_string(),
         source: carry.source.clone(),
-    }
+    })
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SettleEvent, Status>> + Send>>;
@@ -237,11 +255,19 @@ impl Settlement for SettlementService {
             let result = settler.settle(SettleRequest::new(!resume_only, &requested_by), &progress).await;
             match result {
                 Ok(reports) => {
-                    let scales = scales(&ledger).unwrap_or_default();
-                    for report in reports {
-                        let event = Event::Report(report_to_proto(&report, &scales));
-                        if sender.send(Ok(proto::SettleEvent { event: Some(event) })).await.is_err() {
-                            break;
+                    let converted: Result<Vec<_>, SettleError> = scales(&ledger)
+                        .and_then(|scales| reports.iter().map(|report| report_to_proto(report, &scales)).collect());
+                    match converted {
+                        Ok(reports) => {
+                            for report in reports {
+                                let event = Event::Report(report);
+                                if sender.send(Ok(proto::SettleEvent { event: Some(event) })).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            let _ = sender.send(Err(to_status(error))).await;
                         }
                     }
                 }
@@ -258,29 +284,30 @@ impl Settlement for SettlementService {
         _request: Request<proto::PreviewRequest>,
     ) -> Result<Response<proto::PreviewResponse>, Status> {
         let settler = self.settler.clone();
-        let (plan, batches, scales) = self
+        let response = self
             .read(move |ledger| {
                 let proposal = settler.preview()?;
-                Ok((proposal.plan, proposal.batches, scales(&ledger)?))
+                let (plan, scales) = (proposal.plan, scales(&ledger)?);
+                Ok(proto::PreviewResponse {
+                    epoch: plan.epoch,
+                    figures: figures_to_proto(&plan.figures, &scales)?,
+                    payouts: plan
+                        .payouts
+                        .iter()
+                        .map(|p| {
+                            payout_to_proto(
+                                &PayoutRecord { payout: p.clone(), batch_index: 0, state: PayoutState::Planned },
+                                &scales,
+                            )
+                        })
+                        .collect::<Result<_, _>>()?,
+                    bills: plan.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect::<Result<_, _>>()?,
+                    carries: plan.carries_out.iter().map(|c| carry_to_proto(c, &scales)).collect::<Result<_, _>>()?,
+                    batches: proposal.batches.len() as u64,
+                })
             })
             .await?;
-        Ok(Response::new(proto::PreviewResponse {
-            epoch: plan.epoch,
-            figures: figures_to_proto(&plan.figures, &scales),
-            payouts: plan
-                .payouts
-                .iter()
-                .map(|p| {
-                    payout_to_proto(
-                        &PayoutRecord { payout: p.clone(), batch_index: 0, state: PayoutState::Planned },
-                        &scales,
-                    )
-                })
-                .collect(),
-            bills: plan.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect(),
-            carries: plan.carries_out.iter().map(|c| carry_to_proto(c, &scales)).collect(),
-            batches: batches.len() as u64,
-        }))
+        Ok(Response::new(response))
     }
 
     async fn reports(
@@ -293,7 +320,7 @@ impl Settlement for SettlementService {
                 let scales = scales(&ledger)?;
                 let epochs: Vec<u64> =
                     if epoch == 0 { ledger.settlements()?.into_iter().map(|s| s.epoch).collect() } else { vec![epoch] };
-                epochs.into_iter().map(|e| Ok(report_to_proto(&report_of(&ledger, e)?, &scales))).collect()
+                epochs.into_iter().map(|e| report_to_proto(&report_of(&ledger, e)?, &scales)).collect()
             })
             .await?;
         Ok(Response::new(proto::ReportsResponse { reports }))
@@ -308,14 +335,16 @@ impl Settlement for SettlementService {
             .read(move |ledger| {
                 let scales = scales(&ledger)?;
                 let batches = ledger.batches(epoch)?;
-                Ok(ledger
+                ledger
                     .payouts(epoch)?
                     .iter()
-                    .map(|p| proto::Payout {
-                        file_name: batch_file(batches.get(p.batch_index as usize)),
-                        ..payout_to_proto(p, &scales)
+                    .map(|p| {
+                        Ok(proto::Payout {
+                            file_name: batch_file(batches.get(p.batch_index as usize)),
+                            ..payout_to_proto(p, &scales)?
+                        })
                     })
-                    .collect())
+                    .collect::<Result<_, SettleError>>()
             })
             .await?;
         Ok(Response::new(proto::PayoutsResponse { payouts }))
@@ -326,11 +355,11 @@ impl Settlement for SettlementService {
         let bills = self
             .read(move |ledger| {
                 let scales = scales(&ledger)?;
-                Ok(ledger
+                ledger
                     .bills(epoch)?
                     .iter()
                     .map(|BillRecord { bill, paid_at_ms, .. }| bill_to_proto(bill, *paid_at_ms, &scales))
-                    .collect())
+                    .collect::<Result<_, SettleError>>()
             })
             .await?;
         Ok(Response::new(proto::BillsResponse { bills }))
@@ -360,27 +389,40 @@ impl Settlement for SettlementService {
         let epoch = request.epoch;
         let (statement, scales) =
             self.read(move |ledger| Ok((statement(&ledger, epoch, &party)?, scales(&ledger)?))).await?;
-        Ok(Response::new(proto::StatementResponse {
-            epoch: statement.epoch,
-            party: statement.party,
-            lines: statement
-                .lines
-                .iter()
-                .map(|l| proto::StatementLine {
-                    epoch: l.epoch,
-                    payer: l.payer.clone(),
-                    payee: l.payee.clone(),
-                    asset: l.asset.clone(),
-                    scale: scale_of(&scales, &l.asset),
-                    amount: l.amount.to_string(),
-                    iou_count: l.iou_count,
-                })
-                .collect(),
-            payouts: statement.payouts.iter().map(|p| payout_to_proto(p, &scales)).collect(),
-            bills: statement.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect(),
-            carried_in: statement.carried_in.iter().map(|c| carry_to_proto(c, &scales)).collect(),
-            carried_out: statement.carried_out.iter().map(|c| carry_to_proto(c, &scales)).collect(),
-        }))
+        let convert = || -> Result<proto::StatementResponse, SettleError> {
+            Ok(proto::StatementResponse {
+                epoch: statement.epoch,
+                party: statement.party,
+                lines: statement
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        Ok(proto::StatementLine {
+                            epoch: l.epoch,
+                            payer: l.payer.clone(),
+                            payee: l.payee.clone(),
+                            asset: l.asset.clone(),
+                            scale: scale_of(&scales, &l.asset)?,
+                            amount: l.amount.to_string(),
+                            iou_count: l.iou_count,
+                        })
+                    })
+                    .collect::<Result<_, SettleError>>()?,
+                payouts: statement.payouts.iter().map(|p| payout_to_proto(p, &scales)).collect::<Result<_, _>>()?,
+                bills: statement.bills.iter().map(|b| bill_to_proto(b, None, &scales)).collect::<Result<_, _>>()?,
+                carried_in: statement
+                    .carried_in
+                    .iter()
+                    .map(|c| carry_to_proto(c, &scales))
+                    .collect::<Result<_, _>>()?,
+                carried_out: statement
+                    .carried_out
+                    .iter()
+                    .map(|c| carry_to_proto(c, &scales))
+                    .collect::<Result<_, _>>()?,
+            })
+        };
+        Ok(Response::new(convert().map_err(to_status)?))
     }
 
     async fn import_bank_status(

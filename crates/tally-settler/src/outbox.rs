@@ -21,7 +21,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -84,7 +84,6 @@ fn fail_at(name: &'static str, path: &Path) -> Result<(), OutboxError> {
     failpoint::hit(name).map_err(|e| OutboxError::Io { path: path.to_owned(), source: std::io::Error::other(e) })
 }
 
-/// Places `bytes` at `dir/name` atomically and durably.
 /// Payment files: `rw-------` (they carry account numbers).
 pub const PAYMENT_FILE_MODE: u32 = 0o600;
 /// The outbox and its `.sent/` directory, when Tally creates them: `rwx------`.
@@ -103,6 +102,7 @@ pub fn was_published(dir: &Path, name: &str) -> Result<bool, OutboxError> {
     Ok(false)
 }
 
+/// Places `bytes` at `dir/name` atomically and durably.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWrite, OutboxError> {
     let name_ok = !name.is_empty()
         && name.len() <= 128
@@ -134,6 +134,9 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
             // so the bank has not seen it yet. Finish the rename; treating
             // it as "picked up" would lose the file and its payouts.
             if compare(&temporary, bytes)? == Existing::Same {
+                // Written by an older Tally, it may be world-readable.
+                fs::set_permissions(&temporary, fs::Permissions::from_mode(PAYMENT_FILE_MODE))
+                    .map_err(io(&temporary))?;
                 fs::rename(&temporary, &target).map_err(io(&target))?;
                 File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
                 return Ok(OutboxWrite::Written(target));
@@ -152,6 +155,9 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutboxWr
             .mode(PAYMENT_FILE_MODE)
             .open(&temporary)
             .map_err(io(&temporary))?;
+        // `mode` applies only when the file is created: a temporary file left
+        // by an earlier crash keeps its mode unless it is set again.
+        file.set_permissions(fs::Permissions::from_mode(PAYMENT_FILE_MODE)).map_err(io(&temporary))?;
         let half = bytes.len() / 2;
         file.write_all(&bytes[..half]).map_err(io(&temporary))?;
         file.flush().map_err(io(&temporary))?;
@@ -209,9 +215,12 @@ mod tests {
         fs::create_dir_all(&sent_dir).unwrap();
         let temporary = dir.path().join(".d.xml.partial");
         fs::write(&temporary, b"payments").unwrap();
+        fs::set_permissions(&temporary, fs::Permissions::from_mode(0o644)).unwrap();
         fs::hard_link(&temporary, sent_dir.join("d.xml")).unwrap();
         assert!(matches!(write_atomically(dir.path(), "d.xml", b"payments").unwrap(), OutboxWrite::Written(_)));
         assert_eq!(fs::read(dir.path().join("d.xml")).unwrap(), b"payments");
+        let mode = fs::metadata(dir.path().join("d.xml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, PAYMENT_FILE_MODE);
         assert!(!temporary.exists());
         // Once published, a rerun after the uploader took it writes nothing.
         fs::remove_file(dir.path().join("d.xml")).unwrap();
@@ -222,9 +231,13 @@ mod tests {
     #[test]
     fn a_torn_temporary_file_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(".c.xml.partial"), b"half").unwrap();
+        let torn = dir.path().join(".c.xml.partial");
+        fs::write(&torn, b"half").unwrap();
+        fs::set_permissions(&torn, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(write_atomically(dir.path(), "c.xml", b"whole").unwrap(), OutboxWrite::Written(_)));
         assert_eq!(fs::read(dir.path().join("c.xml")).unwrap(), b"whole");
+        let mode = fs::metadata(dir.path().join("c.xml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, PAYMENT_FILE_MODE, "a leftover world-readable temporary file is not published as it was");
         assert!(!dir.path().join(".c.xml.partial").exists());
     }
 }

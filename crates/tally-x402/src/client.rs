@@ -247,8 +247,8 @@ impl Crawler {
             .find(|o| o.scheme == SCHEME_BATCH_SETTLEMENT && o.network == self.network)
             .ok_or_else(|| CrawlerError::NoAcceptableOffer(self.network.clone()))?
             .clone();
-        let price =
-            tally_core::parse_canonical_units(&offer.amount).ok_or_else(|| CrawlerError::InvalidOffer("amount".into()))?;
+        let price = tally_core::parse_canonical_units(&offer.amount)
+            .ok_or_else(|| CrawlerError::InvalidOffer("amount".into()))?;
         if let Some(max) = self.max_price
             && price > max
         {

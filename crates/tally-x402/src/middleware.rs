@@ -380,7 +380,11 @@ fn echoable(reason: Option<String>) -> String {
 }
 
 /// POSTs `body` to the facilitator's `route` and decodes its answer, bounded.
-async fn ask<T: DeserializeOwned>(config: &PaywallConfig, route: &str, body: &FacilitatorRequest) -> Result<(StatusCode, T), Response> {
+async fn ask<T: DeserializeOwned>(
+    config: &PaywallConfig,
+    route: &str,
+    body: &FacilitatorRequest,
+) -> Result<(StatusCode, T), Response> {
     let endpoint = format!("{}/{route}", config.facilitator_url.trim_end_matches('/'));
     let answer = match config.http.post(&endpoint).timeout(SETTLE_TIMEOUT).json(body).send().await {
         Ok(answer) => answer,
@@ -431,12 +435,22 @@ async fn settle_payment(config: &PaywallConfig, url: &str, body: &FacilitatorReq
         Err(response) => return Verdict::No(response),
     };
     if status == StatusCode::OK && settled.success && !settled.transaction.is_empty() {
+        // The facilitator must have recorded exactly the charge asked for: a
+        // lower one underpays the payee (the crawler set the price), a higher
+        // one overcharges the client. Either way the request is not served.
+        let asked = &body.payment_requirements.amount;
+        if let Some(recorded) = settled.amount.as_ref().filter(|recorded| *recorded != asked) {
+            tracing::error!(%recorded, %asked, transaction = %settled.transaction,
+                "the facilitator recorded another charge than the one asked; not serving");
+            return Verdict::No(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_charge_mismatch"));
+        }
         return Verdict::Yes(PaymentResponse {
             success: true,
             transaction: settled.transaction,
             network: settled.network,
             payer: settled.payer,
-            amount: settled.amount.unwrap_or_else(|| body.payment_requirements.amount.clone()),
+            // A facilitator that does not report the amount recorded the one asked.
+            amount: settled.amount.unwrap_or_else(|| asked.clone()),
             asset: config.asset.clone(),
             extra: PaymentResponseExtra { timestamp: unix_now_s() },
         });

@@ -147,12 +147,10 @@ impl Admin for AdminService {
         let request = request.into_inner();
         let keys = request.keys.iter().map(|k| key_bytes(k)).collect::<Result<Vec<_>, _>>()?;
         let credit_limits = request.credit_limits.iter().map(limit_from_proto).collect::<Result<Vec<_>, _>>()?;
-        self.done(actor, AdminCommand::RegisterPayer {
-            id: request.id,
-            display_name: request.display_name,
-            keys,
-            credit_limits,
-        })
+        self.done(
+            actor,
+            AdminCommand::RegisterPayer { id: request.id, display_name: request.display_name, keys, credit_limits },
+        )
         .await
     }
 
@@ -238,10 +236,10 @@ impl Admin for AdminService {
     ) -> Result<Response<AdminResponse>, Status> {
         let actor = actor_of(&request);
         let request = request.into_inner();
-        self.done(actor, AdminCommand::SetPayeePayout {
-            payee_id: request.payee_id,
-            payout_destination: request.payout_destination,
-        })
+        self.done(
+            actor,
+            AdminCommand::SetPayeePayout { payee_id: request.payee_id, payout_destination: request.payout_destination },
+        )
         .await
     }
 

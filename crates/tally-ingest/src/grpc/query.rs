@@ -116,6 +116,16 @@ fn scales(ledger: &Ledger) -> Result<HashMap<String, u8>, LedgerError> {
     Ok(ledger.assets()?.into_iter().map(|a| (a.code, a.scale)).collect())
 }
 
+/// The scale of `asset`. Assets are never removed, so an aggregate or limit
+/// naming an unregistered one is damage; a guessed scale would misstate the
+/// amount by powers of ten.
+fn scale_of(scales: &HashMap<String, u8>, asset: &str) -> Result<u32, Status> {
+    scales
+        .get(asset)
+        .map(|scale| u32::from(*scale))
+        .ok_or_else(|| Status::data_loss(format!("asset {asset} is named in the ledger but not registered")))
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn balances(&self, request: Request<BalancesRequest>) -> Result<Response<BalancesResponse>, Status> {
@@ -144,16 +154,18 @@ impl Query for QueryService {
         let rows = page
             .rows
             .into_iter()
-            .map(|row| BalanceRow {
-                scale: u32::from(scales.get(&row.asset).copied().unwrap_or(0)),
-                epoch: row.epoch,
-                payer: row.payer,
-                payee: row.payee,
-                asset: row.asset,
-                amount: row.sum.to_string(),
-                count: row.count,
+            .map(|row| {
+                Ok(BalanceRow {
+                    scale: scale_of(&scales, &row.asset)?,
+                    epoch: row.epoch,
+                    payer: row.payer,
+                    payee: row.payee,
+                    asset: row.asset,
+                    amount: row.sum.to_string(),
+                    count: row.count,
+                })
             })
-            .collect();
+            .collect::<Result<_, Status>>()?;
         Ok(Response::new(BalancesResponse { rows, truncated, next_page_token, scanned }))
     }
 
@@ -197,13 +209,16 @@ impl Query for QueryService {
         assets.dedup();
         let rows = assets
             .into_iter()
-            .map(|asset| ExposureRow {
-                owed: owed.get(&(payer_id.clone(), asset.clone())).copied().unwrap_or(0).to_string(),
-                limit: payer.credit_limit(&asset).to_string(),
-                scale: u32::from(scales.get(&asset).copied().unwrap_or(0)),
-                asset,
+            .map(|asset| {
+                Ok(ExposureRow {
+                    // No unsettled IOU of this asset: nothing is owed.
+                    owed: owed.get(&(payer_id.clone(), asset.clone())).copied().unwrap_or(0).to_string(),
+                    limit: payer.credit_limit(&asset).to_string(),
+                    scale: scale_of(&scales, &asset)?,
+                    asset,
+                })
             })
-            .collect();
+            .collect::<Result<_, Status>>()?;
         Ok(Response::new(ExposureResponse { rows }))
     }
 

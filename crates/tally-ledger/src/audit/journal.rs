@@ -37,7 +37,7 @@ use tally_core::settlement::{
     BatchRecord, BillRecord, Carry, EpochSettlement, Flow, NettingInput, Payout, PayoutRecord, RailBatch,
     SettlementPlan, SettlementStatus, cut_batches, derive_counters, net, plan_difference, terminal_status,
 };
-use tally_core::{GENESIS_HASH, PayeeStatus, Payee, Payer, PayoutDestination};
+use tally_core::{GENESIS_HASH, Payee, PayeeStatus, Payer, PayoutDestination};
 
 use super::{AggregateKey, AuditReport};
 use crate::LedgerError;
@@ -59,6 +59,7 @@ struct PendingPlan {
 pub(super) fn audit_journal(
     ledger: &Ledger,
     computed: &BTreeMap<AggregateKey, AggregateValue>,
+    signatures_verified: bool,
     report: &mut AuditReport,
 ) -> Result<(), LedgerError> {
     let (log_head, _) = ledger.head()?;
@@ -130,7 +131,9 @@ pub(super) fn audit_journal(
                         let batches = cut_batches(&plan, &ledger.ledger_id(), *limits).map_err(|e| e.to_string())?;
                         Ok((plan, batches))
                     })
-                    .map_err(|error| report.problem(format!("journal entry {seq}: epoch {epoch} does not net: {error}")))
+                    .map_err(|error| {
+                        report.problem(format!("journal entry {seq}: epoch {epoch} does not net: {error}"))
+                    })
                     .ok();
                 pending = Some(PendingPlan { epoch: *epoch, expected });
             }
@@ -138,7 +141,7 @@ pub(super) fn audit_journal(
                 match (verify_signatures, unverified_from) {
                     (false, None) => unverified_from = Some(entry.log_head + 1),
                     (true, Some(from)) => {
-                        report.notices.push(unverified_notice(from, Some(entry.log_head)));
+                        report.notices.push(unverified_notice(from, Some(entry.log_head), signatures_verified));
                         unverified_from = None;
                     }
                     _ => {}
@@ -187,7 +190,7 @@ pub(super) fn audit_journal(
         report.problem("the journal is empty: every ledger begins with its genesis or migration".into());
     }
     if let Some(from) = unverified_from {
-        report.notices.push(unverified_notice(from, None));
+        report.notices.push(unverified_notice(from, None, signatures_verified));
     }
     if let Some(at) = migrated_at_log_head {
         let migrated_at_ms = ledger.meta().created_at_ms;
@@ -203,14 +206,19 @@ pub(super) fn audit_journal(
     Ok(())
 }
 
-fn unverified_notice(from: u64, to: Option<u64>) -> String {
+fn unverified_notice(from: u64, to: Option<u64>, signatures_verified: bool) -> String {
     let range = match to {
         Some(to) => format!("{from}..={to}"),
         None => format!("{from} on"),
     };
+    let this_audit = if signatures_verified {
+        "this audit re-verified their signatures"
+    } else {
+        "this audit did not verify signatures either (--skip-signatures): run it without that flag"
+    };
     format!(
-        "log records {range} were accepted with signature verification OFF (--unsafe-skip-signature-verification); \
-         this audit re-verified their signatures"
+        "log records {range} were accepted without signature verification \
+         (--unsafe-skip-signature-verification); {this_audit}"
     )
 }
 
@@ -281,9 +289,10 @@ fn expected_plan(
         view_records(view, EffectCf::Accounts, ACCOUNT_PAYER_PREFIX).into_iter().collect::<Result<_, _>>()?;
     let payees: Vec<Payee> =
         view_records(view, EffectCf::Accounts, ACCOUNT_PAYEE_PREFIX).into_iter().collect::<Result<_, _>>()?;
-    let carries: Vec<Carry> = view_records(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'C', epoch, &[]))
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let carries: Vec<Carry> =
+        view_records(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'C', epoch, &[]))
+            .into_iter()
+            .collect::<Result<_, _>>()?;
     let links: BTreeMap<String, String> =
         payers.iter().filter_map(|p| p.settles_with.clone().map(|payee| (p.id.clone(), payee))).collect();
     let destinations: BTreeMap<String, PayoutDestination> = payees
@@ -327,13 +336,17 @@ fn check_plan(view: &View, plan: &PendingPlan, report: &mut AuditReport) {
         carries_in: expected.carries_in.clone(),
         figures: record.figures.clone(),
     };
-    for payout in view_records::<PayoutRecord>(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'P', epoch, &[])) {
+    for payout in
+        view_records::<PayoutRecord>(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'P', epoch, &[]))
+    {
         match payout {
             Ok(payout) => stored.payouts.push(payout.payout),
             Err(error) => report.problem(format!("epoch {epoch}: {error}")),
         }
     }
-    for bill in view_records::<BillRecord>(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'B', epoch, &[])) {
+    for bill in
+        view_records::<BillRecord>(view, EffectCf::Settlement, &crate::settlement::epoch_prefixed(b'B', epoch, &[]))
+    {
         match bill {
             Ok(bill) => stored.bills.push(bill.bill),
             Err(error) => report.problem(format!("epoch {epoch}: {error}")),
@@ -362,7 +375,8 @@ fn check_plan(view: &View, plan: &PendingPlan, report: &mut AuditReport) {
     }
     for payout in &expected.payouts {
         match get(payout_key(epoch, &payout.id)).map(|v| decode_bincode::<PayoutRecord>("payout", v)) {
-            Some(Ok(stored)) if batches.get(stored.batch_index as usize).is_some_and(|b| b.payout_ids.contains(&payout.id)) => {}
+            Some(Ok(stored))
+                if batches.get(stored.batch_index as usize).is_some_and(|b| b.payout_ids.contains(&payout.id)) => {}
             _ => report.problem(format!("epoch {epoch}: payout {} is not in the batch the plan puts it in", payout.id)),
         }
     }

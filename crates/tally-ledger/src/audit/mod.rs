@@ -234,7 +234,11 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
             },
             // Pruning runs only below the horizon the writer derives from the ledger's time
             // mark (never the wall clock): a missing nonce is legal only below it.
-            None if iou.expires_at_s.checked_add(ledger.nonce_retention_margin_s()).is_some_and(|e| e < time_mark_s) => {
+            None if iou
+                .expires_at_s
+                .checked_add(ledger.nonce_retention_margin_s())
+                .is_some_and(|e| e < time_mark_s) =>
+            {
                 report.nonces_pruned += 1;
             }
             None => report.problem(format!("record {seq}: missing from the replay index before its expiry")),
@@ -295,7 +299,7 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
     compare_aggregates(ledger, CF_AGG_BY_PAYER, false, &computed, &mut report)?;
     compare_aggregates(ledger, CF_AGG_BY_PAYEE, true, &computed, &mut report)?;
     report.aggregates = computed.len() as u64;
-    journal::audit_journal(ledger, &computed, &mut report)?;
+    journal::audit_journal(ledger, &computed, options.verify_signatures, &mut report)?;
     Ok(report)
 }
 

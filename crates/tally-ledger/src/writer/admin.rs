@@ -224,7 +224,9 @@ impl WriterCore {
             }
             AdminCommand::CreateQueryToken { name, scope, digest } => {
                 if !is_valid_account_id(&name) || name.len() > TOKEN_NAME_LEN_MAX {
-                    return Err(AdminError::Invalid("token name must be 1..=64 characters of A-Z a-z 0-9 . _ -".into()));
+                    return Err(AdminError::Invalid(
+                        "token name must be 1..=64 characters of A-Z a-z 0-9 . _ -".into(),
+                    ));
                 }
                 match &scope {
                     QueryScope::All => {}
@@ -258,7 +260,8 @@ impl WriterCore {
                         .get_cf(self.ledger.cf(CF_ACCOUNTS), &key)
                         .map_err(|e| AdminError::Storage(e.to_string()))?,
                 };
-                let stored = stored.ok_or_else(|| AdminError::Inconsistent(format!("query token {name} has no record")))?;
+                let stored =
+                    stored.ok_or_else(|| AdminError::Inconsistent(format!("query token {name} has no record")))?;
                 let mut token: QueryToken =
                     decode_bincode("query token", &stored).map_err(|e| AdminError::Inconsistent(e.to_string()))?;
                 if token.revoked_at_ms.is_some() {

@@ -222,7 +222,9 @@ impl WriterCore {
         let commitment = CommitmentId { seq, hash: record.hash };
         let charge = item.charge;
         // The evidence moves into the replay overlay: no copy on the hot path.
-        group.staged.insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, charge, evidence: record.evidence });
+        group
+            .staged
+            .insert((iou.payer_key, iou.nonce), Staged { commitment, epoch, charge, evidence: record.evidence });
         group.spent.push(item.signed);
         Ok(AppendResult { outcome: Outcome::Accepted, commitment: Some(commitment), epoch, charge })
     }
@@ -231,7 +233,13 @@ impl WriterCore {
 /// A resubmitted `(key, nonce)`: the same IOU (however it was signed: alone, in a batch, as a
 /// Web Bot Auth request) is answered with its original commitment and charge; a different one
 /// is a conflict.
-fn replay_answer(commitment: CommitmentId, epoch: u64, charge: u64, original: &[u8], resubmitted: &[u8]) -> AppendResult {
+fn replay_answer(
+    commitment: CommitmentId,
+    epoch: u64,
+    charge: u64,
+    original: &[u8],
+    resubmitted: &[u8],
+) -> AppendResult {
     if original == resubmitted {
         AppendResult { outcome: Outcome::Duplicate, commitment: Some(commitment), epoch, charge }
     } else {

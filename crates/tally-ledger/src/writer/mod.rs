@@ -338,12 +338,8 @@ impl WriterCore {
         let head = journal::append(
             &self.ledger,
             &mut batch,
-            self.state.journal_head,
-            now_ms,
-            self.state.head_seq,
-            &Actor::Engine,
-            Action::OpenedFirstEpoch,
-            vec![effect],
+            (self.state.journal_head, now_ms, self.state.head_seq),
+            journal::Change { actor: &Actor::Engine, action: Action::OpenedFirstEpoch, effects: vec![effect] },
         )?;
         crate::commit::write_batch(&self.ledger, batch)?;
         self.state.journal_head = head;
@@ -446,7 +442,8 @@ impl WriterCore {
         let now = Instant::now();
         if let Some((last_wall_ms, last)) = self.last_clock {
             let elapsed_ms = u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX);
-            let expected_ms = last_wall_ms.checked_add(elapsed_ms).unwrap_or(u64::MAX);
+            // Times, not money: clamping at the ends of u64 is the meaning wanted.
+            let expected_ms = last_wall_ms.saturating_add(elapsed_ms);
             if wall_ms.abs_diff(expected_ms) > CLOCK_JUMP_REPORT_MS {
                 let direction = if wall_ms < expected_ms { "backward" } else { "forward" };
                 tracing::warn!(
@@ -459,7 +456,7 @@ impl WriterCore {
             }
         }
         self.last_clock = Some((wall_ms, now));
-        let behind_ms = self.state.time_mark_ms.checked_sub(wall_ms).unwrap_or(0);
+        let behind_ms = self.state.time_mark_ms.saturating_sub(wall_ms);
         metrics::gauge!("tally_clock_behind_time_mark_ms").set(behind_ms as f64);
         wall_ms.max(self.state.time_mark_ms)
     }
@@ -557,12 +554,8 @@ impl WriterCore {
         self.state.journal_head = journal::append(
             &self.ledger,
             &mut group.batch,
-            self.state.journal_head,
-            group.now_ms,
-            self.state.head_seq,
-            actor,
-            action,
-            effects,
+            (self.state.journal_head, group.now_ms, self.state.head_seq),
+            journal::Change { actor, action, effects },
         )?;
         group.records = true;
         Ok(result)

@@ -109,7 +109,12 @@ impl WriterCore {
         }
     }
 
-    fn set_status(&mut self, group: &mut Group, epoch: u64, status: SettlementStatus) -> Result<AdminReply, AdminError> {
+    fn set_status(
+        &mut self,
+        group: &mut Group,
+        epoch: u64,
+        status: SettlementStatus,
+    ) -> Result<AdminReply, AdminError> {
         let mut record = self.s_epoch(group, epoch)?;
         let allowed = match (&record.status, &status) {
             (SettlementStatus::Settled, _) => false,
@@ -144,9 +149,10 @@ impl WriterCore {
         // Computed in full before anything changes: a broken invariant refuses the step.
         let mut released = Vec::with_capacity(record.holders.len());
         for payer in &record.holders {
-            let owed = self.state.exposure(payer, &record.bill.asset).checked_sub(record.bill.amount).ok_or_else(
-                || inconsistent(format!("bill {bill_id} holds more of {payer}'s credit than {payer} owes")),
-            )?;
+            let owed =
+                self.state.exposure(payer, &record.bill.asset).checked_sub(record.bill.amount).ok_or_else(|| {
+                    inconsistent(format!("bill {bill_id} holds more of {payer}'s credit than {payer} owes"))
+                })?;
             released.push((payer.clone(), owed));
         }
         record.paid_at_ms = Some(group.now_ms);
@@ -201,7 +207,13 @@ impl WriterCore {
         };
         net(
             &input,
-            flows.iter().map(|(payer, payee, asset, sum, count)| Flow { payer, payee, asset, sum: *sum, count: *count }),
+            flows.iter().map(|(payer, payee, asset, sum, count)| Flow {
+                payer,
+                payee,
+                asset,
+                sum: *sum,
+                count: *count,
+            }),
         )
         .map_err(|e| AdminError::Invalid(format!("netting epoch {epoch}: {e}")))
     }
@@ -234,7 +246,9 @@ impl WriterCore {
                 self.state.planned_through + 1
             )));
         }
-        if limits.payouts_per_evm_tx == 0 || limits.transfers_per_iso20022_file == 0 || limits.transfers_per_nacha_file == 0
+        if limits.payouts_per_evm_tx == 0
+            || limits.transfers_per_iso20022_file == 0
+            || limits.transfers_per_nacha_file == 0
         {
             return Err(AdminError::Invalid("batch limits must be at least 1".into()));
         }
@@ -249,7 +263,9 @@ impl WriterCore {
         let present: Vec<&String> = carries.keys().collect();
         let consumed: Vec<&String> = plan.carries_in.iter().collect();
         if present != consumed {
-            return Err(AdminError::PlanMismatch(format!("the carries into epoch {epoch} changed while it was planned")));
+            return Err(AdminError::PlanMismatch(format!(
+                "the carries into epoch {epoch} changed while it was planned"
+            )));
         }
         // The plan must be exactly what the ledger nets to, cut exactly as the limits cut it.
         let expected = self.expected_plan(group, epoch, policy, &carries)?;

@@ -47,4 +47,4 @@ pub use client::{
 pub use error::EvmError;
 pub use parse::{format_units, parse_address, parse_private_key, parse_units};
 
-pub use alloy::primitives::{Address, B256, U256};
+pub use alloy::primitives::{Address, B256, U256, keccak256};

@@ -110,11 +110,7 @@ fn requested_resource(request: &FacilitatorRequest) -> Result<String, Refusal> {
 /// Everything that needs no ledger: version, scheme, network, the offer and
 /// the charge, the resource, the payload's format and fields, the payment
 /// identifier; for Web Bot Auth also the RFC 9421 rules.
-pub(super) fn check_request(
-    facilitator: &super::Facilitator,
-    body: &[u8],
-    phase: Phase,
-) -> Result<Checked, Refusal> {
+pub(super) fn check_request(facilitator: &super::Facilitator, body: &[u8], phase: Phase) -> Result<Checked, Refusal> {
     let request: FacilitatorRequest =
         serde_json::from_slice(body).map_err(|_| Refusal::bad_request(Reason::InvalidPayload))?;
     if request.x402_version != X402_VERSION || request.payment_payload.x402_version != X402_VERSION {

@@ -194,7 +194,13 @@ impl Facilitator {
             if payer.is_revoked(&iou.payer_key) {
                 return Err(with_payer(Reason::KeyRevoked, StatusCode::OK));
             }
-            match ledger.payees().map_err(unavailable)?.into_iter().find(|p| p.id == iou.payee) {
+            // The writer's account checks, in its order (`writer/ious.rs`): asset, payee.
+            match ledger.asset(&iou.asset).map_err(unavailable)? {
+                Some(asset) if asset.enabled => {}
+                // Unknown or disabled: the offer names what this network does not take.
+                _ => return Err(with_payer(Reason::InvalidPaymentRequirements, StatusCode::OK)),
+            }
+            match ledger.payee(&iou.payee).map_err(unavailable)? {
                 None => return Err(with_payer(Reason::InvalidPaymentRequirements, StatusCode::OK)),
                 Some(payee) if payee.status == PayeeStatus::Suspended => {
                     return Err(with_payer(Reason::PayeeSuspended, StatusCode::OK));
@@ -234,10 +240,18 @@ impl Facilitator {
                 Replay::Same(stored) if checked.payment_id.is_some() => {
                     let charge =
                         stored.charge().map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
-                    return Ok(self.success(Some(payer.id), CommitmentId { seq: stored.seq, hash: stored.hash }, charge));
+                    return Ok(self.success(
+                        Some(payer.id),
+                        CommitmentId { seq: stored.seq, hash: stored.hash },
+                        charge,
+                    ));
                 }
                 Replay::Same(_) => {
-                    return Err(Refusal { reason: Reason::PaymentAlreadyUsed, status: StatusCode::OK, payer: Some(payer.id) });
+                    return Err(Refusal {
+                        reason: Reason::PaymentAlreadyUsed,
+                        status: StatusCode::OK,
+                        payer: Some(payer.id),
+                    });
                 }
                 Replay::Conflict => return Err(conflict(checked.payment_id.is_some(), Some(payer.id))),
                 Replay::Fresh => {}
@@ -262,7 +276,9 @@ impl Facilitator {
             (Outcome::Duplicate, Some(commitment)) if has_payment_id => {
                 Ok(self.success(payer, commitment, result.charge))
             }
-            (Outcome::Duplicate, _) => Err(Refusal { reason: Reason::PaymentAlreadyUsed, status: StatusCode::OK, payer }),
+            (Outcome::Duplicate, _) => {
+                Err(Refusal { reason: Reason::PaymentAlreadyUsed, status: StatusCode::OK, payer })
+            }
             (Outcome::Conflict, _) => Err(conflict(has_payment_id, payer)),
             (outcome, _) if outcome.is_success() => Err(Facilitator::unavailable(Reason::UnexpectedSettleError)),
             (outcome, _) => Err(Refusal { reason: outcome_reason(outcome), status: StatusCode::OK, payer }),

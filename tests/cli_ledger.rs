@@ -1,0 +1,211 @@
+//! The operator's view of the ledger through the `tally` binary: `ledger
+//! info`, `ledger journal` and `ledger verify`, the migration of a ledger
+//! written by the previous format, and the configurations `tally serve`
+//! refuses (each with a reason, none a silent fallback).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tally_ingest::proto::{self, SubmitBatchRequest};
+
+fn data_arg(data: &Path) -> &str {
+    data.to_str().unwrap()
+}
+
+fn tally_json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = run_tally(args);
+    assert!(ok, "tally {args:?} failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("tally {args:?} printed non-JSON ({e}): {stdout}"))
+}
+
+/// Unpacks `tests/fixtures/ledger-format-1.tar.gz` (see its README) into `dir`.
+fn unpack_format_1(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-format-1.tar.gz");
+    let status = Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir).status().expect("tar runs");
+    assert!(status.success(), "unpacking {}", fixture.display());
+    dir.join("ledger")
+}
+
+#[test]
+fn a_format_1_ledger_is_refused_read_only_then_migrated_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack_format_1(dir.path());
+
+    // Read-only tools never misread the old format: they say what to do.
+    for command in [&["ledger", "verify"][..], &["ledger", "info"], &["ledger", "journal"]] {
+        let args: Vec<&str> = command.iter().copied().chain(["--data-dir", data_arg(&data)]).collect();
+        let (ok, stdout, stderr) = run_tally(&args);
+        assert!(!ok, "{command:?} must refuse a format-1 ledger: {stdout}");
+        assert!(stderr.contains("format 1") && stderr.contains("tally serve"), "{command:?}: {stderr}");
+    }
+
+    // `tally serve` migrates it in place and serves it.
+    let server = ServerProcess::start(&data);
+    let info = tally_json(&["ledger", "info", "--json", "--data-dir", data_arg(&data)]);
+    assert_eq!(info["format"], 2, "{info}");
+    assert_eq!(info["migrated_from_format"], 1, "{info}");
+    assert_eq!(info["log_format2_from_seq"], 2_988, "format-2 records begin after the 2,987 old ones: {info}");
+    let journal = tally_json(&["ledger", "journal", "--json", "--data-dir", data_arg(&data)]);
+    assert!(journal[0]["action"].as_str().unwrap().contains("migrated from format 1 to 2"), "{journal}");
+    assert!(journal[1]["action"].as_str().unwrap().contains("EngineStarted"), "{journal}");
+    let report = tally_json(&["ledger", "verify", "--json", "--data-dir", data_arg(&data)]);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["records"], 2_987, "{report}");
+    let notices = report["notices"].to_string();
+    assert!(notices.contains("format 1"), "the audit says what it could not re-check: {notices}");
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_info_and_journal_name_the_ledger_and_who_changed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let server = ServerProcess::start(&data);
+    let mut clients = clients(&server.addr).await;
+    register_basics(&mut clients.admin, 1, 1_000_000).await;
+    let info = tally_json(&["ledger", "info", "--json", "--data-dir", data_arg(&data)]);
+    let ledger_id = info["ledger_id"].as_str().unwrap().to_owned();
+    assert_eq!(ledger_id.len(), 32, "{info}");
+    assert_eq!(info["format"], 2);
+    let (ok, text, _) = run_tally(&["ledger", "info", "--data-dir", data_arg(&data)]);
+    assert!(ok && text.contains(&ledger_id), "{text}");
+
+    let journal = tally_json(&["ledger", "journal", "--json", "--data-dir", data_arg(&data)]);
+    let entries = journal.as_array().unwrap();
+    assert!(entries[0]["action"].as_str().unwrap().starts_with("genesis"), "{journal}");
+    // register_basics: one asset, one payer, two payees, by the admin token
+    // holder at the test's address.
+    let admin: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["actor"].as_str().unwrap().starts_with("admin-token")).collect();
+    assert_eq!(admin.len(), 4, "{journal}");
+    assert!(admin.iter().all(|e| e["actor"].as_str().unwrap().contains("127.0.0.1")), "{journal}");
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1]["seq"].as_u64(), pair[0]["seq"].as_u64().map(|s| s + 1), "{journal}");
+    }
+    let paged =
+        tally_json(&["ledger", "journal", "--json", "--from", "2", "--limit", "2", "--data-dir", data_arg(&data)]);
+    assert_eq!(paged.as_array().unwrap().len(), 2);
+    assert_eq!(paged[0]["seq"], 2);
+    server.kill();
+}
+
+/// `--unsafe-skip-signature-verification` (benchmarks only) is journaled,
+/// and `tally ledger verify` says so even when every signature checks out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_skipped_signature_checks_is_named_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let ready = dir.path().join("ready.json");
+    let mut child = serve_command(&data, &ready)
+        .arg("--unsafe-skip-signature-verification")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
+    let addr = serde_json::from_str::<serde_json::Value>(&text).unwrap()["grpc_addr"].as_str().unwrap().to_owned();
+    let mut clients = clients(&addr).await;
+    register_basics(&mut clients.admin, 1, 1_000_000).await;
+    let iou = signed_iou(&signer(1), "site-a.example", 5, nonce(1, 1));
+    let results = clients.ingest.submit_batch(SubmitBatchRequest { batch_id: 1, ious: vec![iou] }).await.unwrap();
+    assert_eq!(results.into_inner().results[0].code, proto::IouCode::Accepted as i32);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (ok, stdout, stderr) = run_tally(&["ledger", "verify", "--data-dir", data_arg(&data)]);
+    assert!(ok, "the signatures are good, so the ledger is clean: {stdout}{stderr}");
+    let notice = stdout.lines().find(|l| l.starts_with("NOTICE:")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(notice.contains("without") && notice.contains("signature"), "{notice}");
+}
+
+/// Without an EVM rail configured, serving and settling never mention one;
+/// and a test build's `serve` warns that it has failpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_evm_warning_without_an_evm_rail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let ready = dir.path().join("ready.json");
+    let log = dir.path().join("serve.log");
+    let mut child = serve_command(&data, &ready)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
+    let addr = serde_json::from_str::<serde_json::Value>(&text).unwrap()["grpc_addr"].as_str().unwrap().to_owned();
+    let mut clients = clients(&addr).await;
+    register_basics(&mut clients.admin, 1, 1_000_000).await;
+    let iou = signed_iou(&signer(1), "site-a.example", 5, nonce(1, 1));
+    clients.ingest.submit_batch(SubmitBatchRequest { batch_id: 1, ious: vec![iou] }).await.unwrap();
+    let url = format!("http://{addr}");
+    let (_, stdout, stderr) = run_tally(&["settle", "--server", &url, "--admin-token", TOKEN]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let printed = format!("{}{stdout}{stderr}", std::fs::read_to_string(&log).unwrap());
+    assert!(!printed.contains("EVM") && !printed.to_lowercase().contains("evm rail"), "{printed}");
+    // A test build says so at startup (release builds have no failpoints).
+    assert!(printed.contains("test build: failpoints are compiled in"), "{printed}");
+}
+
+/// Serving refuses, with the reason, what would leave the admin API open:
+/// an empty admin token (file or setting) and a plaintext admin API on an
+/// address other hosts can reach.
+#[test]
+fn serve_refuses_an_empty_token_and_a_plaintext_admin_api_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    std::fs::create_dir_all(&data).unwrap();
+    let serve = |extra: &[&str], env_token: Option<&str>| {
+        let mut command = Command::new(tally_binary());
+        command
+            .args(["serve", "--data-dir", data_arg(&data), "--metrics-addr", "off", "--http-addr", "off"])
+            .args(extra)
+            .env("TALLY_LOG", "warn")
+            .env_remove("TALLY_ADMIN_TOKEN")
+            .env_remove("TALLY_ADMIN_ADDR");
+        if let Some(token) = env_token {
+            command.env("TALLY_ADMIN_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // An empty token file: refused, never "no auth".
+    std::fs::write(data.join("admin-token"), "\n").unwrap();
+    let (ok, stderr) = serve(&["--grpc-addr", "127.0.0.1:0"], None);
+    assert!(!ok && stderr.contains("admin-token is empty"), "{stderr}");
+    // The clients refuse it too.
+    let (ok, _, stderr) = run_tally(&["payer", "list", "--data-dir", data_arg(&data)]);
+    assert!(!ok && stderr.contains("is empty"), "{stderr}");
+    std::fs::remove_file(data.join("admin-token")).unwrap();
+    // An empty token setting.
+    let (ok, stderr) = serve(&["--grpc-addr", "127.0.0.1:0"], Some(""));
+    assert!(!ok && stderr.contains("must not be empty"), "{stderr}");
+
+    // Plaintext admin on every interface: refused before anything binds.
+    let (ok, stderr) = serve(&["--grpc-addr", "0.0.0.0:0"], Some(TOKEN));
+    assert!(!ok && stderr.contains("plaintext") && stderr.contains("--allow-plaintext-admin"), "{stderr}");
+    let (ok, stderr) = serve(&["--grpc-addr", "127.0.0.1:0", "--admin-addr", "0.0.0.0:0"], Some(TOKEN));
+    assert!(!ok && stderr.contains("plaintext"), "{stderr}");
+    assert!(!data.join("CURRENT").exists(), "a refused configuration opens no ledger");
+
+    // The admin API on a listener of its own (on loopback) starts; that the
+    // explicit override lets a non-loopback one start is a unit test of
+    // `ServeArgs::resolve` (src/config.rs), since this test must not listen
+    // beyond the host.
+    let ready = dir.path().join("ready.json");
+    let mut child = serve_command(&data, &ready)
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
+    assert!(text.contains("grpc_addr"), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

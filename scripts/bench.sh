@@ -74,7 +74,10 @@ if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
 
 # --- Build ----------------------------------------------------------------------------
 say "building release binaries"
-cargo build --release --workspace >&2
+# The peer first: a bench target builds with the dev-dependencies, which turn
+# on the failpoints, and relinks target/release/tally that way. The plain
+# release build after it leaves target/release/tally a production binary
+# (no failpoints), which is what is measured.
 cargo bench --workspace --bench pg_peer --no-run >&2
 PEER=$(cargo bench --workspace --bench pg_peer --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
@@ -82,6 +85,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "pg_peer" and m.get("executable"):
         print(m["executable"])')
+cargo build --release --workspace >&2
 TALLY="$CARGO_TARGET_DIR/release/tally"
 [ -x "$TALLY" ] || die "no $TALLY after the build"
 [ -x "$PEER" ] || die "the pg_peer bench did not build"

@@ -421,3 +421,49 @@ async fn reflection_lists_tally_services_on_v1_and_v1alpha() {
     }
     server.stop().await;
 }
+
+/// Failure 4 of issue 15, end to end through gRPC: a retry of an accepted
+/// IOU that arrives after its `expires_at` (its nonce still kept) is told it
+/// was charged (`DUPLICATE`, the original commitment), never `EXPIRED`. The
+/// stateless validity pre-check used to answer `EXPIRED` before the ledger
+/// was asked; the client then believed it had not been charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_retry_is_answered_with_its_original_commitment() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let now_ms = Arc::new(AtomicU64::new(1_800_000_000_000));
+    let clock = {
+        let now_ms = now_ms.clone();
+        Arc::new(move || now_ms.load(Ordering::SeqCst)) as tally_ledger::Clock
+    };
+    let mut server = InProcess::start_with_clock(clock).await;
+    let mut c = clients(&server.addr).await;
+    register_basics(&mut c.admin, 1, 1_000_000).await;
+    let key = signer(1);
+    let issued_at_s = 1_800_000_000;
+    let iou = Iou {
+        network: NETWORK.into(),
+        payer_key: key.verifying_key().to_bytes(),
+        payee: "site-a.example".into(),
+        asset: "USD".into(),
+        amount: 250,
+        nonce: nonce(70, 1),
+        issued_at_s,
+        expires_at_s: issued_at_s + 60,
+        resource: "https://site-a.example/late".into(),
+    };
+    let first = submit(&mut c, 1, vec![signed_with(&key, iou.clone())]).await;
+    assert_eq!(outcome(&first[0]), Outcome::Accepted);
+
+    // Two minutes later (inside the replay index's retention margin).
+    now_ms.store((issued_at_s + 120) * 1000, Ordering::SeqCst);
+    let late = submit(&mut c, 2, vec![signed_with(&key, iou.clone())]).await;
+    assert_eq!(outcome(&late[0]), Outcome::Duplicate, "told it was charged: {late:?}");
+    assert_eq!(late[0].commitment, first[0].commitment);
+    assert!(first[0].commitment.is_some());
+    // A fresh IOU with the same validity is expired, as it should be.
+    let fresh = Iou { nonce: nonce(70, 2), ..iou };
+    let refused = submit(&mut c, 3, vec![signed_with(&key, fresh)]).await;
+    assert_eq!(outcome(&refused[0]), Outcome::Expired);
+    server.stop().await;
+}

@@ -185,9 +185,10 @@ async fn no_token_a_wrong_token_or_a_revoked_token_reads_nothing() {
     engine.stop().await;
 }
 
-/// Balance reads are bounded by aggregates examined: a filter that matches
-/// nothing answers empty after at most the bound, with a page token to go
-/// on; paging through visits every aggregate exactly once.
+/// Balance reads are bounded by records examined (each epoch visited and
+/// each aggregate read): a filter that matches nothing answers empty after
+/// at most the bound, with a page token to go on; paging through visits
+/// every aggregate exactly once.
 #[tokio::test]
 async fn a_filter_matching_nothing_examines_a_bounded_number_of_aggregates() {
     let mut engine = InProcess::start().await;
@@ -195,23 +196,48 @@ async fn a_filter_matching_nothing_examines_a_bounded_number_of_aggregates() {
     register_basics(&mut clients.admin, PAYERS, 1_000_000).await;
     submit_every_pair(&mut clients).await;
 
-    // Through gRPC: an asset nobody uses examines every aggregate of the
-    // ledger once (4 here, far under the server's bound) and finds nothing.
+    // Through gRPC: an asset nobody uses examines the one epoch and every
+    // aggregate of the ledger once (1 + 4 here, far under the server's
+    // bound) and finds nothing.
     let nope = BalancesRequest { asset: "NOPE".into(), ..Default::default() };
     let page = clients.query.balances(nope).await.unwrap().into_inner();
     assert!(page.rows.is_empty() && page.next_page_token.is_empty() && !page.truncated);
-    assert_eq!(page.scanned, 4);
+    assert_eq!(page.scanned, 5);
     assert!(page.scanned as usize <= tally_ingest::grpc::query::BALANCE_SCANNED_MAX);
 
-    // The bound itself, on the ledger the server reads: at most 3 examined
-    // per call, then a cursor; paging finishes in ceil(4 / 3) calls.
+    // The bound itself, on the ledger the server reads: at most 4 examined
+    // per call (the epoch, then 3 aggregates), then a cursor; the second
+    // call visits the epoch again and the one aggregate left.
     let ledger = &engine.engine.as_ref().unwrap().ledger;
     let filter = BalanceFilter { asset: Some("NOPE".into()), ..Default::default() };
-    let first = ledger.balances(&filter, 10, 3, None).unwrap();
-    assert_eq!((first.rows.len(), first.scanned), (0, 3));
+    let first = ledger.balances(&filter, 10, 4, None).unwrap();
+    assert_eq!((first.rows.len(), first.scanned), (0, 4));
     let cursor = first.next.expect("stopped by the bound: a cursor to go on");
-    let second = ledger.balances(&filter, 10, 3, Some(&cursor)).unwrap();
-    assert_eq!((second.rows.len(), second.scanned, second.next), (0, 1, None));
+    let second = ledger.balances(&filter, 10, 4, Some(&cursor)).unwrap();
+    assert_eq!((second.rows.len(), second.scanned, second.next), (0, 2, None));
+
+    // Many empty epochs cost the budget too: seal 6 more (no IOUs in them)
+    // and a budget of 3 stops at an epoch boundary, with a cursor that
+    // resumes there; paging ends after every epoch was visited once more.
+    for _ in 0..6 {
+        clients.admin.seal_epoch(tally_ingest::proto::SealEpochRequest {}).await.unwrap();
+    }
+    let mut after: Option<Vec<u8>> = None;
+    let (mut calls, mut examined) = (0, 0);
+    loop {
+        let page = ledger.balances(&filter, 10, 3, after.as_deref()).unwrap();
+        assert!(page.rows.is_empty() && page.scanned <= 3, "{:?}", page.scanned);
+        examined += page.scanned;
+        calls += 1;
+        assert!(calls <= 10, "paging must end");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    // 7 epochs (1 with IOUs, 5 sealed empty, the open one) and 4 aggregates,
+    // plus one revisit of each epoch a page resumed in.
+    assert!(examined >= 7 + 4 && calls >= 4, "{examined} examined in {calls} calls");
 
     // Paging one row at a time through gRPC yields every row exactly once.
     let mut seen = Vec::new();

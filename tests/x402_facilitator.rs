@@ -18,8 +18,14 @@ fn iou_with(key: &ed25519_dalek::SigningKey, amount: u64, nonce: [u8; 16]) -> Si
     signed_domain_iou(key, PAYEE, amount, nonce)
 }
 
+/// What a resource server selling `https://PAYEE/article` asks, naming the
+/// resource it sells (so a payment identifier's retry can be answered from
+/// the ledger).
 fn requirements(amount: u64) -> Value {
-    json!({ "scheme": "batch-settlement", "network": NETWORK, "amount": amount.to_string(), "asset": "USD", "payTo": PAYEE })
+    json!({
+        "scheme": "batch-settlement", "network": NETWORK, "amount": amount.to_string(), "asset": "USD", "payTo": PAYEE,
+        "extra": { "resource": format!("https://{PAYEE}/article") },
+    })
 }
 
 /// A request offering exactly what the IOU commits.

@@ -252,6 +252,93 @@ async fn a_settle_time_lower_charge_is_recorded_as_the_lower_amount() {
     server.kill();
 }
 
+/// A payment identifier's cached result answers only a retry of the same
+/// request: the same charge, for a resource the server named. Two ways it
+/// used to leak, each reproduced here first:
+///
+/// - the crawler settles its own payment at a charge of 1 (`/settle` is
+///   public), then presents it to the server, whose 1,500 `/settle` got the
+///   cached `success` (charged 1);
+/// - with a server that names no resource (the client's `resource.url` is all
+///   the facilitator sees), the same payload and id unlocked any route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_identifier_retry_is_cached_only_for_the_same_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = registered_server(dir.path()).await;
+    let http = reqwest::Client::new();
+    let article = format!("https://{PAYEE}/article");
+
+    // The crawler's own settle at 1, then the server's at the price.
+    let id = "pay_00000000000000000000000000000001";
+    let signed = iou_for(&signer(1), PRICE, nonce_for_payment_id(id), &article);
+    let (_, own) = post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "1", &article, Some(id))).await;
+    assert_eq!((own["success"].as_bool(), own["amount"].as_str()), (Some(true), Some("1")), "{own}");
+    let at_price = body(&signed, "1500", "1500", &article, Some(id));
+    let (status, answer) = post(&http, &server.http_addr, "/settle", &at_price).await;
+    assert_eq!((status, answer["errorReason"].as_str()), (409, Some("payment_identifier_conflict")), "{answer}");
+    // (`/verify` previews at the offer, which a lower recorded charge is within:
+    // under dynamic pricing the charge is known only at `/settle`, which checks it.)
+    // The crawler's own retry at its own charge is still the cached result.
+    let (_, again) = post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "1", &article, Some(id))).await;
+    assert_eq!((again["success"].as_bool(), &again["transaction"]), (Some(true), &own["transaction"]));
+    assert_eq!(owed(&server, "crawler-1").await, "1", "recorded once, at the charge first settled");
+
+    // A server that names no resource: the first settle records; the same
+    // payment and id again buys nothing more (it may be for another route).
+    let id = "pay_00000000000000000000000000000002";
+    let signed = iou_for(&signer(2), PRICE, nonce_for_payment_id(id), &article);
+    let mut unnamed = body(&signed, "1500", "1500", &article, Some(id));
+    unnamed["paymentRequirements"].as_object_mut().unwrap().remove("extra");
+    let (_, first) = post(&http, &server.http_addr, "/settle", &unnamed).await;
+    assert_eq!(first["success"], true, "{first}");
+    let (_, second) = post(&http, &server.http_addr, "/settle", &unnamed).await;
+    assert_eq!(second["errorReason"], "payment_already_used", "{second}");
+    let (_, previewed) = post(&http, &server.http_addr, "/verify", &unnamed).await;
+    assert_eq!(previewed["invalidReason"], "payment_already_used", "{previewed}");
+    assert_eq!(owed(&server, "crawler-2").await, "1500");
+    server.kill();
+}
+
+/// A paywall that requires a payment identifier refuses a payment without
+/// one (400), even when the client leaves the extension out altogether.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paywall_requiring_a_payment_identifier_refuses_a_payment_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = registered_server(dir.path()).await;
+    let config = PaywallConfig {
+        facilitator_url: format!("http://{}", server.http_addr),
+        network: NETWORK.into(),
+        asset: "USD".into(),
+        pay_to: PAYEE.into(),
+        price: PRICE,
+        pricing: Pricing::Fixed,
+        payment_id_required: true,
+        description: "a page".into(),
+        http: reqwest::Client::new(),
+        registration_url: None,
+    };
+    let app = Router::new().route("/article", get(|| async { "the article" })).route_layer(PaywallLayer::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let unpaid = http.get(format!("{site}/article")).send().await.unwrap();
+    let required: PaymentRequired =
+        decode_header_json(unpaid.headers()["payment-required"].as_bytes(), 16 * 1024).unwrap();
+    let payment = crawler_payment(&required, &signer(3), &format!("{site}/article"));
+    let answered = http.get(format!("{site}/article")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
+    assert_eq!(
+        (answered.status().as_u16(), error_of(&answered).as_deref()),
+        (400, Some("payment_identifier_required"))
+    );
+    assert_eq!(owed(&server, "crawler-3").await, "0", "nothing was settled");
+    // A URL too long to name exactly is refused, never cut to a shorter name.
+    let long = format!("{site}/article?q={}", "x".repeat(800));
+    let answered = http.get(long).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
+    assert_eq!(answered.status().as_u16(), 414);
+    server.kill();
+}
+
 /// A facilitator that answers every `/settle` with `success` but reports
 /// another charge than the one asked: `answer_amount` (a faulty peer, as a
 /// fault test injects one; the site under test is the real `PaywallLayer`).

@@ -144,8 +144,16 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start() -> InProcess {
+        Self::start_with_clock(tally_ledger::system_clock()).await
+    }
+
+    /// An engine whose pipeline and writer read time from `clock` (Unix ms),
+    /// for tests where time matters.
+    pub async fn start_with_clock(clock: tally_ledger::Clock) -> InProcess {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(EngineConfig::new(dir.path().join("ledger"), NETWORK)).unwrap();
+        let mut config = EngineConfig::new(dir.path().join("ledger"), NETWORK);
+        config.clock = clock;
+        let engine = Engine::open(config).unwrap();
         let server = tally_ingest::serve(
             &engine,
             "127.0.0.1:0".parse().unwrap(),

@@ -10,8 +10,18 @@ use serde::{Deserialize, Serialize};
 use tally_core::settlement::{BatchLimits, BatchState, RailBatch, SettlementPlan, SettlementPolicy, SettlementStatus};
 use tally_core::{Asset, CommitmentId, Outcome, Payee, PayeeStatus, PayerStatus, PublicKeyBytes, SignedIou};
 
-use crate::journal::Notice;
 use crate::tokens::QueryScope;
+
+/// Something the engine records about itself (journaled as
+/// `journal::Action::Notice`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    /// The engine started; `verify_signatures: false` means IOUs from here
+    /// on were accepted without checking their signatures
+    /// (`--unsafe-skip-signature-verification`), which `tally ledger
+    /// verify` reports.
+    EngineStarted { verify_signatures: bool, version: String },
+}
 
 /// An IOU whose signature the caller has verified, with the evidence to
 /// store (`tally_core::evidence`: its signing bytes, or a Web Bot Auth

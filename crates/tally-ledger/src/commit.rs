@@ -36,6 +36,14 @@ use crate::command::{AdminError, AdminReply, AppendResult};
 use crate::directory::KeyDirectory;
 use crate::store::Ledger;
 
+/// Where a batch's time goes, one histogram by `stage`. The ingest pipeline
+/// records `verify_wait` (for a verifier slot and thread), `verify` (one
+/// chunk's batched verification), `writer` (the ledger's queue, decision and
+/// durable commit) and `batch` (the whole submission); the writer records
+/// `writer_queue` (a command's wait for its group) and `decide` (a group's
+/// decisions), and the committer `write` (a group's write and fsync).
+pub const STAGE_SECONDS: &str = "tally_stage_seconds";
+
 /// Decided groups waiting for the committer, beside the one it is writing.
 /// One is enough to keep both stages busy; more would only add latency and
 /// replay-overlay memory.
@@ -94,8 +102,7 @@ pub(crate) fn run_committer(
             None => {
                 let writing = Instant::now();
                 let written = write_batch(&ledger, job.batch).map_err(|error| failure_message(&error));
-                metrics::histogram!(crate::writer::STAGE_SECONDS, "stage" => "write")
-                    .record(writing.elapsed().as_secs_f64());
+                metrics::histogram!(STAGE_SECONDS, "stage" => "write").record(writing.elapsed().as_secs_f64());
                 written
             }
         };

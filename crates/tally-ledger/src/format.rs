@@ -54,17 +54,6 @@ pub const META_CREATED_AT_MS: &[u8] = b"created_at_ms";
 pub const META_LOG_FORMAT2_FROM_SEQ: &[u8] = b"log_format2_from_seq";
 pub const META_MIGRATED_FROM: &[u8] = b"migrated_from";
 
-/// What `meta` says about a ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Meta {
-    pub format: u32,
-    pub ledger_id: LedgerId,
-    pub created_at_ms: u64,
-    /// Log records below this sequence number are format 1, the rest format 2.
-    pub log_format2_from_seq: u64,
-    pub migrated_from: Option<u32>,
-}
-
 /// What a data directory holds, before anything is written.
 enum Found {
     /// Nothing at all: a new ledger.
@@ -137,7 +126,7 @@ impl Ledger {
             Found::Empty if self.is_read_only() => {
                 Err(LedgerError::Unavailable("the directory holds no ledger yet (nothing to read)".into()))
             }
-            Found::Format1 if self.is_read_only() => Err(format_1_read_only()),
+            Found::Format1 if self.is_read_only() => Err(LedgerError::format_1_read_only()),
             Found::Empty => self.genesis(now_ms),
             Found::Format1 => self.migrate_from_1(now_ms),
         }
@@ -249,15 +238,6 @@ impl Ledger {
         self.db.write_opt(batch, &options)?;
         Ok(())
     }
-}
-
-/// Why a format-1 ledger is not opened read-only, and what to do.
-pub(crate) fn format_1_read_only() -> LedgerError {
-    LedgerError::Unavailable(
-        "this ledger is format 1 (written before Tally's journal); open it once with `tally serve`, which migrates \
-         it to format 2 in one atomic write, then read it"
-            .into(),
-    )
 }
 
 fn meta_effects(meta: &Meta) -> Vec<Effect> {

@@ -44,7 +44,7 @@ use tally_core::settlement::{BatchLimits, SettlementPolicy};
 use tally_core::{Actor, GENESIS_HASH, LedgerId, RecordHash};
 
 use crate::LedgerError;
-use crate::command::{AdminCommand, SettlementCommand};
+use crate::command::{AdminCommand, Notice, SettlementCommand};
 use crate::layout::{CF_ACCOUNTS, CF_EPOCHS, CF_JOURNAL, CF_META, CF_SETTLEMENT, bincode_config};
 use crate::store::Ledger;
 
@@ -85,16 +85,6 @@ pub struct Effect {
     pub cf: EffectCf,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
-}
-
-/// Something the engine records about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Notice {
-    /// The engine started; `verify_signatures: false` means IOUs from here
-    /// on were accepted without checking their signatures
-    /// (`--unsafe-skip-signature-verification`), which `tally ledger
-    /// verify` reports.
-    EngineStarted { verify_signatures: bool, version: String },
 }
 
 /// What a journal entry records.

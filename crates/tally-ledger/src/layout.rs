@@ -12,6 +12,19 @@ use tally_core::{Evidence, Iou, PublicKeyBytes, RecordHash, SignatureBytes, pars
 
 use crate::LedgerError;
 
+/// What the `meta` column family says about a ledger (`crate::format` reads
+/// and writes it). Here, beside the other encodings, so that the store can
+/// hold it without depending on the code that migrates ledgers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub format: u32,
+    pub ledger_id: tally_core::LedgerId,
+    pub created_at_ms: u64,
+    /// Log records below this sequence number are format 1, the rest format 2.
+    pub log_format2_from_seq: u64,
+    pub migrated_from: Option<u32>,
+}
+
 /// `seq (u64 BE)` → log record (see [`encode_log_record`]). Append-only.
 pub const CF_LOG: &str = "log";
 /// `payer key (32) || nonce (16)` → `seq (8) || hash (32) || expires_at_s (8)`.

@@ -56,10 +56,12 @@ pub mod tokens;
 pub mod writer;
 
 pub use audit::{AuditOptions, AuditReport, audit};
+pub use command::Notice;
 pub use command::{AdminCommand, AdminError, AdminReply, AppendItem, AppendResult, SettlementCommand};
 pub use directory::KeyDirectory;
-pub use format::{FORMAT_CURRENT, Meta};
-pub use journal::{JournalEntry, JournalHead, Notice};
+pub use format::FORMAT_CURRENT;
+pub use journal::{JournalEntry, JournalHead};
+pub use layout::Meta;
 pub use layout::{AggregateValue, BatchRecord, EpochRecord, EpochStatus, StoredIou};
 pub use store::{BalanceFilter, BalancePage, BalanceRow, Ledger, LedgerOptions, MemoryUsage};
 pub use tokens::{QueryScope, QueryToken, token_digest};
@@ -89,6 +91,17 @@ pub enum LedgerError {
 
 /// RocksDB's own corruption findings (a bad block checksum, say) are
 /// corruption, answered `DATA_LOSS`, not a transient storage failure.
+impl LedgerError {
+    /// Why a format-1 ledger is not opened read-only, and what to do.
+    pub(crate) fn format_1_read_only() -> LedgerError {
+        LedgerError::Unavailable(
+            "this ledger is format 1 (written before Tally's journal); open it once with `tally serve`, which \
+             migrates it to format 2 in one atomic write, then read it"
+                .into(),
+        )
+    }
+}
+
 impl From<rocksdb::Error> for LedgerError {
     fn from(error: rocksdb::Error) -> LedgerError {
         match error.kind() {

@@ -16,7 +16,6 @@ use rocksdb::{
 use tally_core::{Asset, Payee, Payer, PublicKeyBytes};
 
 use crate::LedgerError;
-use crate::format::Meta;
 use crate::layout::*;
 
 /// Knobs fixed when the ledger is opened.
@@ -77,7 +76,8 @@ pub struct BalanceFilter {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BalancePage {
     pub rows: Vec<BalanceRow>,
-    /// Aggregates examined to produce this page.
+    /// Records examined to produce this page: each epoch visited, and each
+    /// aggregate read, matching or not.
     pub scanned: usize,
     /// Where the next page starts, when a bound stopped this one.
     pub next: Option<Vec<u8>>,
@@ -221,7 +221,7 @@ impl Ledger {
             // open cannot create it: say what it is and how to migrate it.
             let existing = DB::list_cf(&db_options, path)?;
             if !existing.iter().any(|name| name == CF_META) {
-                return Err(crate::format::format_1_read_only());
+                return Err(LedgerError::format_1_read_only());
             }
             DB::open_cf_descriptors_read_only(&db_options, path, descriptors, false)?
         } else {
@@ -231,7 +231,7 @@ impl Ledger {
             db: Arc::new(db),
             path: path.to_owned(),
             read_only: options.read_only,
-            meta: crate::format::Meta {
+            meta: Meta {
                 format: 0,
                 ledger_id: tally_core::LedgerId([0; 16]),
                 created_at_ms: 0,
@@ -525,15 +525,35 @@ impl Ledger {
             Some(cursor) => Some(BalanceCursor::decode(cursor, by_payee)?),
             None => None,
         };
-        let epochs: Vec<u64> = match filter.epoch {
-            Some(epoch) => vec![epoch],
-            None => self.epochs()?.iter().map(|e| e.epoch).collect(),
+        // Epochs are visited lazily from the cursor's, and each visit costs
+        // one unit of the budget like an aggregate: a ledger of many small
+        // (or empty) epochs is no cheaper to sweep than one of many rows.
+        let epoch_from = after.as_ref().map_or(0, |cursor| cursor.epoch);
+        let epochs: Box<dyn Iterator<Item = Result<u64, LedgerError>>> = match filter.epoch {
+            Some(epoch) => Box::new(std::iter::once(Ok(epoch)).filter(move |e| matches!(e, Ok(e) if *e >= epoch_from))),
+            None => Box::new(
+                self.db
+                    .iterator_cf(self.cf(CF_EPOCHS), IteratorMode::From(&epoch_from.to_be_bytes(), Direction::Forward))
+                    .map(|item| {
+                        let (key, _) = item?;
+                        let bytes: [u8; 8] = key
+                            .as_ref()
+                            .try_into()
+                            .map_err(|_| LedgerError::Corruption(format!("epoch key {}", hex::encode(&key))))?;
+                        Ok(u64::from_be_bytes(bytes))
+                    }),
+            ),
         };
         let mut page = BalancePage::default();
         for epoch in epochs {
-            if after.as_ref().is_some_and(|cursor| epoch < cursor.epoch) {
-                continue;
+            let epoch = epoch?;
+            if page.scanned == scanned_max {
+                // Resume at this epoch's first aggregate.
+                let key = aggregate_key(epoch, "", "", "");
+                page.next = Some(BalanceCursor { by_payee, epoch, key }.encode());
+                return Ok(page);
             }
+            page.scanned += 1;
             let prefix = aggregate_prefix(epoch, leading);
             let mut read = ReadOptions::default();
             read.set_iterate_range(rocksdb::PrefixRange(prefix.as_slice()));

@@ -1589,6 +1589,10 @@ fn a_plan_paying_out_of_an_epoch_without_ious_is_refused() {
     f.seal();
     let real = f.propose(1, &terms(), roomy());
     assert!(real.plan.payouts.is_empty() && real.plan.bills.is_empty() && real.plan.figures.is_empty());
+    // There is no epoch 0 to pay out of (epochs count from 1).
+    let mut zero = real.clone();
+    zero.plan.epoch = 0;
+    assert_invalid(f.record(&zero), "no epoch 0");
 
     let billed = f.propose_from(
         1,

@@ -443,3 +443,49 @@ fn pipelined_groups_answer_replays_exactly_once() {
 fn test_actor() -> tally_core::Actor {
     tally_core::Actor::admin_token("test")
 }
+
+/// A record the writer could not have accepted, forged consistently (its
+/// hash recomputed, so the chain is intact): accepted after its IOU expired,
+/// and from a key after that key was revoked. The audit reports both.
+#[test]
+fn a_record_accepted_after_expiry_or_from_a_revoked_key_is_reported() {
+    let f = setup();
+    let w = f.writer.handle();
+    w.append_blocking(vec![iou(1, "news.example", 10, 1), iou(1, "news.example", 10, 2)]).unwrap();
+    f.clock_ms.store((NOW_S + 10) * 1000, Ordering::SeqCst);
+    let key = signer(1).verifying_key().to_bytes();
+    w.admin_blocking(test_actor(), AdminCommand::RevokePayerKey { payer_id: "crawler-a".into(), key }).unwrap();
+    clean_audit(&f.ledger);
+    let Fixture { _dir: dir, ledger, writer, .. } = f;
+    writer.shutdown();
+    drop(ledger);
+    {
+        let ledger = Ledger::open(dir.path(), LedgerOptions::default()).unwrap();
+        let mut forged = ledger.record(2).unwrap().unwrap();
+        forged.accepted_at_ms = (NOW_S + 700) * 1000;
+        forged.hash = tally_core::chain::link_hash(
+            &forged.prev_hash,
+            &tally_core::chain::LinkContent {
+                seq: forged.seq,
+                epoch: forged.epoch,
+                accepted_at_ms: forged.accepted_at_ms,
+                charge: forged.charge,
+                signature: &forged.signature,
+                evidence: &forged.evidence,
+            },
+        );
+        drop(ledger);
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), tally_ledger::layout::COLUMN_FAMILIES)
+            .unwrap();
+        let mut value = Vec::new();
+        encode_log_record(&forged, &mut value);
+        db.put_cf(db.cf_handle(CF_LOG).unwrap(), log_key(forged.seq), &value).unwrap();
+    }
+    let ledger = Ledger::open(dir.path(), LedgerOptions { read_only: true, ..LedgerOptions::default() }).unwrap();
+    let report = audit(&ledger, AuditOptions { verify_signatures: true }).unwrap();
+    let text = report.problems.join("\n");
+    assert!(!text.contains("content does not match its hash"), "a consistent forgery: {text}");
+    assert!(text.contains("record 2: accepted at") && text.contains("not before its IOU expired"), "{text}");
+    assert!(text.contains("record 2: accepted at") && text.contains("from a key revoked at"), "{text}");
+    assert!(!text.contains("record 1:"), "record 1 was accepted before both: {text}");
+}

@@ -568,9 +568,13 @@ impl Settler {
                         name,
                     });
                 }
-                // Files of one epoch share the creation time; the modifier
-                // (A, B, … by chunk) tells them apart, as NACHA requires.
-                let chunk: usize = batch.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                // The files of one settlement run are stamped in the same
+                // minute; the modifier (A, B, … by chunk) tells them apart, as
+                // NACHA requires. A batch id without its chunk number is a bug.
+                let chunk: usize =
+                    batch.id.rsplit('-').next().and_then(|n| n.parse().ok()).filter(|n| *n >= 1).ok_or_else(|| {
+                        SettleError::Ledger(format!("bank batch id {} does not end in its chunk number", batch.id))
+                    })?;
                 let file_id_modifier = char::from(b'A' + (chunk.saturating_sub(1) % 26) as u8);
                 let file = bank::NachaFile {
                     immediate_destination: settings.immediate_destination.clone(),

@@ -258,23 +258,49 @@ pub fn requirements(config: &PaywallConfig, resource: &str) -> PaymentRequiremen
 }
 
 /// The resource URL: the request URI if absolute, otherwise `http://<Host><path>`.
-fn resource_url(request: &Request<Body>) -> String {
+///
+/// `None` when the request cannot be named exactly (a path and query longer
+/// than [`PATH_BYTES_MAX`], a `Host` that is too long or malformed): cutting
+/// the name short would make two resources one, and one payment would buy both.
+fn resource_url(request: &Request<Body>) -> Option<String> {
     let uri = request.uri();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let path = if path.len() > PATH_BYTES_MAX { uri.path() } else { path };
-    let path = if path.len() > PATH_BYTES_MAX { "/" } else { path };
-    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
-        && authority.as_str().len() <= HOST_HEADER_BYTES_MAX
-    {
-        return format!("{scheme}://{authority}{path}");
+    if path.len() > PATH_BYTES_MAX {
+        return None;
     }
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.len() <= HOST_HEADER_BYTES_MAX && !h.contains(['/', '@', ' ']))
-        .unwrap_or("localhost");
-    format!("http://{host}{path}")
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        return (authority.as_str().len() <= HOST_HEADER_BYTES_MAX).then(|| format!("{scheme}://{authority}{path}"));
+    }
+    let host = match request.headers().get(header::HOST) {
+        // HTTP/1.0 without Host: the server has one name.
+        None => "localhost",
+        Some(host) => host
+            .to_str()
+            .ok()
+            .filter(|h| !h.is_empty() && h.len() <= HOST_HEADER_BYTES_MAX && !h.contains(['/', '@', ' ']))?,
+    };
+    Some(format!("http://{host}{path}"))
+}
+
+/// The answer to a request whose resource cannot be named exactly.
+fn unnameable() -> Response {
+    let body = json!({
+        "error": "uri_too_long",
+        "message": "the request's URL is too long (or its Host malformed) to name the resource a payment buys",
+    });
+    (StatusCode::URI_TOO_LONG, axum::Json(body)).into_response()
+}
+
+/// Whether the payload carries a payment identifier (`payment-identifier`
+/// extension, `info.id`), which a paywall configured to require one demands.
+fn has_payment_id(payload: &PaymentPayload) -> bool {
+    payload
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER))
+        .and_then(|e| e.get("info"))
+        .and_then(|info| info.get("id"))
+        .is_some_and(serde_json::Value::is_string)
 }
 
 fn payment_required(config: &PaywallConfig, url: String, error: Option<&str>) -> PaymentRequired {
@@ -469,7 +495,9 @@ async fn paywall<S>(config: Arc<PaywallConfig>, mut inner: S, request: Request<B
 where
     S: Service<Request<Body>, Response = Response>,
 {
-    let url = resource_url(&request);
+    let Some(url) = resource_url(&request) else {
+        return Ok(unnameable());
+    };
     let Some(header_value) = payment_header(request.headers()) else {
         return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None));
     };
@@ -483,6 +511,12 @@ where
         }
     };
 
+    // The offer says a payment identifier is required: a client that leaves
+    // the extension out does not get to skip the rule.
+    if config.payment_id_required && !has_payment_id(&payload) {
+        let reason = Reason::PaymentIdentifierRequired.as_str();
+        return Ok(refuse(&config, url, StatusCode::BAD_REQUEST, Some(reason)));
+    }
     let is_tally_iou = payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
     let payment_payload = if !is_tally_iou && request.headers().contains_key(HEADER_SIGNATURE_INPUT) {
         match web_bot_auth_payload(request.headers(), header_value, payload) {
@@ -574,11 +608,22 @@ mod tests {
     #[test]
     fn resource_url_uses_host_and_bounds_it() {
         let request = Request::builder().uri("/article?x=1").header("host", "site.example:8080").body(Body::empty());
-        assert_eq!(resource_url(&request.unwrap()), "http://site.example:8080/article?x=1");
+        assert_eq!(resource_url(&request.unwrap()).as_deref(), Some("http://site.example:8080/article?x=1"));
         let long = "h".repeat(HOST_HEADER_BYTES_MAX + 1);
         let request = Request::builder().uri("/a").header("host", long).body(Body::empty()).unwrap();
-        assert_eq!(resource_url(&request), "http://localhost/a");
+        assert_eq!(resource_url(&request), None, "an unusable Host names nothing");
+        let request = Request::builder().uri("/a").body(Body::empty()).unwrap();
+        assert_eq!(resource_url(&request).as_deref(), Some("http://localhost/a"));
         let request = Request::builder().uri("http://other.example/b").body(Body::empty()).unwrap();
-        assert_eq!(resource_url(&request), "http://other.example/b");
+        assert_eq!(resource_url(&request).as_deref(), Some("http://other.example/b"));
+        // Two long URLs that differ only past the bound are never one resource.
+        for query in ["a", "b"] {
+            let uri = format!("/search?q={}{query}", "x".repeat(PATH_BYTES_MAX));
+            let request = Request::builder().uri(uri).header("host", "site.example").body(Body::empty()).unwrap();
+            assert_eq!(resource_url(&request), None);
+        }
+        let at_the_bound = format!("/{}", "x".repeat(PATH_BYTES_MAX - 1));
+        let request = Request::builder().uri(&at_the_bound).header("host", "s.example").body(Body::empty()).unwrap();
+        assert_eq!(resource_url(&request), Some(format!("http://s.example{at_the_bound}")));
     }
 }

@@ -41,7 +41,8 @@ use tally_core::{GENESIS_HASH, Payee, PayeeStatus, Payer, PayoutDestination};
 
 use super::{AggregateKey, AuditReport};
 use crate::LedgerError;
-use crate::journal::{Action, EffectCf, Notice, decode_entry};
+use crate::command::Notice;
+use crate::journal::{Action, EffectCf, decode_entry};
 use crate::layout::*;
 use crate::settlement::{batch_key, bill_key, carry_key, epoch_key, payout_key};
 use crate::store::Ledger;

@@ -154,6 +154,9 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
     let mut report = AuditReport::default();
     let time_mark_s = time_mark_ms(ledger)? / 1000;
     let owners: HashMap<PublicKeyBytes, String> = ledger.key_owners()?.into_iter().collect();
+    // When each revoked key was revoked: it signs nothing accepted after that.
+    let revoked_at_ms: HashMap<PublicKeyBytes, u64> =
+        ledger.payers()?.into_iter().flat_map(|payer| payer.revoked_keys).collect();
     let epochs = ledger.epochs()?;
     report.epochs = epochs.len() as u64;
     check_epochs(&epochs, &mut report);
@@ -251,6 +254,23 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
                 "record {seq}: written in record format {} where the ledger says format {}",
                 if format2 { 2 } else { 1 },
                 if format2 { 1 } else { 2 }
+            ));
+        }
+        // The writer accepts only inside the validity window judged by the
+        // group's time, which it stores as `accepted_at_ms` (format 2 on): a
+        // record accepted at or after its expiry was not decided by it.
+        if format2 && record.accepted_at_ms / 1000 >= iou.expires_at_s {
+            report.problem(format!(
+                "record {seq}: accepted at {} ms, not before its IOU expired at {} s",
+                record.accepted_at_ms, iou.expires_at_s
+            ));
+        }
+        if let Some(&revoked) = revoked_at_ms.get(&iou.payer_key)
+            && record.accepted_at_ms > revoked
+        {
+            report.problem(format!(
+                "record {seq}: accepted at {} ms from a key revoked at {revoked} ms",
+                record.accepted_at_ms
             ));
         }
         let charge = record.charge.unwrap_or(iou.amount);

@@ -64,13 +64,7 @@ use crate::{Clock, LedgerError};
 
 pub(crate) use group::{Group, InFlight};
 
-/// Where a batch's time goes, one histogram by `stage`. The ingest pipeline
-/// records `verify_wait` (for a verifier slot and thread), `verify` (one
-/// chunk's batched verification), `writer` (the ledger's queue, decision and
-/// durable commit) and `batch` (the whole submission); the writer records
-/// `writer_queue` (a command's wait for its group) and `decide` (a group's
-/// decisions), and the committer `write` (a group's write and fsync).
-pub const STAGE_SECONDS: &str = "tally_stage_seconds";
+pub use crate::commit::STAGE_SECONDS;
 
 /// A wall clock that moved this much more (or less) than the monotonic
 /// clock between two groups is reported as a jump.

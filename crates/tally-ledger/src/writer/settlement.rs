@@ -227,6 +227,9 @@ impl WriterCore {
         limits: BatchLimits,
     ) -> Result<AdminReply, AdminError> {
         let epoch = plan.epoch;
+        if epoch == 0 {
+            return Err(AdminError::Invalid("epochs count from 1: there is no epoch 0 to plan".into()));
+        }
         let open = self.state.open_epoch.as_ref().map_or(0, |e| e.epoch);
         if epoch >= open {
             return Err(AdminError::Invalid(format!("epoch {epoch} is not sealed")));

@@ -48,8 +48,36 @@ pub(super) struct Checked {
     /// What the payee charges (`1..=` the committed amount).
     pub(super) charge: u64,
     pub(super) payment_id: Option<String>,
+    pub(super) phase: Phase,
+    /// Whether the resource server named the resource (`extra.resource`). A
+    /// payment identifier's retry is answered from the ledger only then: when
+    /// only the client says what it buys, the facilitator cannot tell a retry
+    /// of the same request from the same payment presented for another route.
+    pub(super) resource_named_by_server: bool,
     /// Set for Web Bot Auth payments.
     pub(super) web_bot_auth: Option<WebBotAuthRequest>,
+}
+
+/// What decides whether a recorded payment may answer this request from the
+/// cache (`ledger::cached_retry`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RetryTerms {
+    pub(super) has_payment_id: bool,
+    pub(super) resource_named_by_server: bool,
+    /// `/verify` asks the offer; `/settle` the charge.
+    pub(super) phase: Phase,
+    pub(super) charge: u64,
+}
+
+impl Checked {
+    pub(super) fn retry_terms(&self) -> RetryTerms {
+        RetryTerms {
+            has_payment_id: self.payment_id.is_some(),
+            resource_named_by_server: self.resource_named_by_server,
+            phase: self.phase,
+            charge: self.charge,
+        }
+    }
 }
 
 /// What a request's parts say, once the envelope is checked.
@@ -61,6 +89,9 @@ struct Terms<'a> {
     charge: u64,
     /// The resource the request buys.
     resource: String,
+    /// See [`Checked::resource_named_by_server`].
+    resource_named_by_server: bool,
+    phase: Phase,
 }
 
 /// The `payment-identifier` extension: a well-formed id, or none (400 when it is required).
@@ -93,7 +124,7 @@ fn echoes(accepted: &PaymentRequirements, requirements: &PaymentRequirements) ->
 }
 
 /// The resource the request buys: the server's `extra.resource`, else the payload's `resource.url`.
-fn requested_resource(request: &FacilitatorRequest) -> Result<String, Refusal> {
+fn requested_resource(request: &FacilitatorRequest) -> Result<(String, bool), Refusal> {
     let named = request.payment_requirements.extra.as_ref().and_then(|extra| extra.get("resource"));
     let server = match named {
         None | Some(Value::Null) => None,
@@ -102,7 +133,8 @@ fn requested_resource(request: &FacilitatorRequest) -> Result<String, Refusal> {
     let client = request.payment_payload.resource.as_ref().map(|r| r.url.as_str());
     match (server, client) {
         (Some(server), Some(client)) if server != client => Err(Refusal::ok(Reason::ResourceMismatch)),
-        (Some(resource), _) | (None, Some(resource)) if !resource.is_empty() => Ok(resource.to_owned()),
+        (Some(resource), _) if !resource.is_empty() => Ok((resource.to_owned(), true)),
+        (None, Some(resource)) if !resource.is_empty() => Ok((resource.to_owned(), false)),
         _ => Err(Refusal::ok(Reason::ResourceMismatch)),
     }
 }
@@ -134,8 +166,8 @@ pub(super) fn check_request(facilitator: &super::Facilitator, body: &[u8], phase
     if !echoes(accepted, requirements) || !amount_ok || charge == 0 {
         return Err(bad_requirements());
     }
-    let resource = requested_resource(&request)?;
-    let terms = Terms { request: &request, offered, charge, resource };
+    let (resource, resource_named_by_server) = requested_resource(&request)?;
+    let terms = Terms { request: &request, offered, charge, resource, resource_named_by_server, phase };
     match request.payment_payload.payload.get("format").and_then(Value::as_str) {
         Some(FORMAT_TALLY_IOU) => check_tally_iou(&terms),
         Some(FORMAT_WEB_BOT_AUTH) => check_web_bot_auth_payment(facilitator, &terms),
@@ -169,7 +201,14 @@ fn check_tally_iou(terms: &Terms<'_>) -> Result<Checked, Refusal> {
         return Err(Refusal::bad_request(Reason::InvalidPayload));
     }
     let commitment = Commitment::tally_iou(signed).map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
-    Ok(Checked { commitment, charge: terms.charge, payment_id, web_bot_auth: None })
+    Ok(Checked {
+        commitment,
+        charge: terms.charge,
+        payment_id,
+        phase: terms.phase,
+        resource_named_by_server: terms.resource_named_by_server,
+        web_bot_auth: None,
+    })
 }
 
 /// A Web Bot Auth payment: the crawler's `PAYMENT-SIGNATURE` payload names
@@ -235,6 +274,8 @@ fn check_web_bot_auth_payment(facilitator: &super::Facilitator, terms: &Terms<'_
         commitment,
         charge: terms.charge,
         payment_id,
+        phase: terms.phase,
+        resource_named_by_server: terms.resource_named_by_server,
         web_bot_auth: Some(WebBotAuthRequest {
             signature_agent: parts.signature_agent,
             payment_signature: parts.payment_signature,

@@ -13,7 +13,7 @@ use tally_core::{EvidenceKind, Outcome, Payer};
 use tally_ledger::{Ledger, LedgerError, StoredIou};
 
 use super::Refusal;
-use super::check::Checked;
+use super::check::{Checked, Phase, RetryTerms};
 use crate::types::Reason;
 use crate::webbotauth::WebBotAuthError;
 
@@ -113,6 +113,33 @@ pub(super) fn conflict(has_payment_id: bool, payer: Option<String>) -> Refusal {
     } else {
         Refusal { reason: Reason::InvalidTransactionState, status: StatusCode::OK, payer }
     }
+}
+
+/// Whether an already-recorded payment may be answered with its cached
+/// result (the `payment-identifier` rules), given what was recorded.
+///
+/// Only a retry of *the same request* is: the client sent a payment id, the
+/// resource server named the resource it sells (so the IOU's resource, which
+/// the checks compared with it, is this request's), and the server asks the
+/// charge that was recorded. A different charge under the same id is a
+/// different request (409): answering it from the cache would let whoever
+/// settled first (the crawler itself, `/settle` is public) set the price.
+/// Without a server-named resource, the same payment might be presented for
+/// another route, so it buys nothing more (`payment_already_used`).
+pub(super) fn cached_retry(terms: RetryTerms, recorded_charge: u64, payer: Option<String>) -> Result<(), Refusal> {
+    if !terms.has_payment_id || !terms.resource_named_by_server {
+        return Err(Refusal { reason: Reason::PaymentAlreadyUsed, status: StatusCode::OK, payer });
+    }
+    // `/verify` previews at the offer; under dynamic pricing the recorded
+    // charge may be lower, and `/settle` then checks it exactly.
+    let same_request = match terms.phase {
+        Phase::Verify => recorded_charge <= terms.charge,
+        Phase::Settle => recorded_charge == terms.charge,
+    };
+    if !same_request {
+        return Err(conflict(true, payer));
+    }
+    Ok(())
 }
 
 /// The ledger reads shared by `/verify` and Web Bot Auth `/settle`: the payer

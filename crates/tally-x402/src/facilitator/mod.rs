@@ -58,7 +58,7 @@ use crate::commitment::{FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH};
 use crate::types::*;
 use check::{Phase, check_request};
 use coalesce::{SettleItem, coalesce};
-use ledger::{Replay, conflict, ledger_checks, outcome_reason};
+use ledger::{Replay, cached_retry, conflict, ledger_checks, outcome_reason};
 
 /// Bounds and identity of the facilitator.
 #[derive(Clone, Debug)]
@@ -177,10 +177,12 @@ impl Facilitator {
             let with_payer =
                 |reason: Reason, status: StatusCode| Refusal { reason, status, payer: Some(payer.id.clone()) };
             match replay {
-                // Already recorded: with a payment identifier, a retry is
-                // answered from the ledger; without one it buys nothing more.
-                Replay::Same(_) if checked.payment_id.is_some() => return Ok(payer.id),
-                Replay::Same(_) => return Err(with_payer(Reason::PaymentAlreadyUsed, StatusCode::OK)),
+                // Already recorded: a retry of the same request is answered
+                // from the ledger; anything else buys nothing more.
+                Replay::Same(stored) => {
+                    let recorded = stored.charge().map_err(unavailable)?;
+                    return cached_retry(checked.retry_terms(), recorded, Some(payer.id.clone())).map(|()| payer.id);
+                }
                 Replay::Conflict => return Err(conflict(checked.payment_id.is_some(), Some(payer.id.clone()))),
                 Replay::Fresh => {}
             }
@@ -237,21 +239,15 @@ impl Facilitator {
             checked = returned;
             let (payer, replay) = verdict.map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))??;
             match replay {
-                Replay::Same(stored) if checked.payment_id.is_some() => {
+                Replay::Same(stored) => {
                     let charge =
                         stored.charge().map_err(|_| Facilitator::unavailable(Reason::UnexpectedSettleError))?;
+                    cached_retry(checked.retry_terms(), charge, Some(payer.id.clone()))?;
                     return Ok(self.success(
                         Some(payer.id),
                         CommitmentId { seq: stored.seq, hash: stored.hash },
                         charge,
                     ));
-                }
-                Replay::Same(_) => {
-                    return Err(Refusal {
-                        reason: Reason::PaymentAlreadyUsed,
-                        status: StatusCode::OK,
-                        payer: Some(payer.id),
-                    });
                 }
                 Replay::Conflict => return Err(conflict(checked.payment_id.is_some(), Some(payer.id))),
                 Replay::Fresh => {}
@@ -259,6 +255,7 @@ impl Facilitator {
         }
         let payer_key = checked.commitment.signed.iou.payer_key;
         let has_payment_id = checked.payment_id.is_some();
+        let retry_terms = checked.retry_terms();
         let (reply, answer) = oneshot::channel();
         let item = Charged { commitment: checked.commitment, charge: checked.charge };
         self.settle_queue
@@ -272,11 +269,12 @@ impl Facilitator {
             tokio::task::spawn_blocking(move || ledger.key_owner(&payer_key).ok().flatten()).await.ok().flatten();
         match (result.outcome, result.commitment) {
             (Outcome::Accepted, Some(commitment)) => Ok(self.success(payer, commitment, result.charge)),
-            // The cached result of a payment identifier's retry: the original commitment and charge.
-            (Outcome::Duplicate, Some(commitment)) if has_payment_id => {
+            // The cached result of the same request's retry: the original commitment and charge.
+            (Outcome::Duplicate, Some(commitment)) => {
+                cached_retry(retry_terms, result.charge, payer.clone())?;
                 Ok(self.success(payer, commitment, result.charge))
             }
-            (Outcome::Duplicate, _) => {
+            (Outcome::Duplicate, None) => {
                 Err(Refusal { reason: Reason::PaymentAlreadyUsed, status: StatusCode::OK, payer })
             }
             (Outcome::Conflict, _) => Err(conflict(has_payment_id, payer)),

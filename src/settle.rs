@@ -150,12 +150,15 @@ pub async fn settle(args: SettleArgs) -> anyhow::Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    // Above the bar on a terminal; plain lines on stderr otherwise (a hidden
+    // bar would swallow them).
+    let say = |line: String| if bar.is_hidden() && !args.json { eprintln!("{line}") } else { bar.println(line) };
     let mut reports = Vec::new();
     while let Some(event) = stream.message().await? {
         match event.event {
-            Some(Event::SealedEpoch(epoch)) => bar.println(format!("sealed epoch {epoch}")),
+            Some(Event::SealedEpoch(epoch)) => say(format!("sealed epoch {epoch}")),
             Some(Event::Planned(p)) => {
-                bar.println(format!("planned epoch {}: {} payouts in {} batches", p.epoch, p.payouts, p.batches))
+                say(format!("planned epoch {}: {} payouts in {} batches", p.epoch, p.payouts, p.batches))
             }
             Some(Event::Batch(b)) => {
                 bar.set_message(format!("epoch {}", b.epoch));

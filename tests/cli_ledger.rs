@@ -142,7 +142,11 @@ async fn no_evm_warning_without_an_evm_rail() {
     let iou = signed_iou(&signer(1), "site-a.example", 5, nonce(1, 1));
     clients.ingest.submit_batch(SubmitBatchRequest { batch_id: 1, ious: vec![iou] }).await.unwrap();
     let url = format!("http://{addr}");
-    let (_, stdout, stderr) = run_tally(&["settle", "--server", &url, "--admin-token", TOKEN]);
+    let (ok, stdout, stderr) = run_tally(&["settle", "--server", &url, "--admin-token", TOKEN]);
+    // An epoch with no payouts (no rail: the credit carries forward) is still
+    // sealed, planned and reported, never "nothing to settle".
+    assert!(ok && stderr.contains("sealed epoch 1") && stderr.contains("planned epoch 1"), "{stdout}{stderr}");
+    assert!(!stdout.contains("nothing to settle") && stdout.contains("Epoch 1: settled"), "{stdout}");
     child.kill().unwrap();
     child.wait().unwrap();
     let printed = format!("{}{stdout}{stderr}", std::fs::read_to_string(&log).unwrap());

@@ -229,11 +229,17 @@ impl Settler {
         let mut reports = Vec::new();
         let open = self.ledger.epochs()?.last().map(|e| e.epoch).unwrap_or(1);
         // Plan every sealed epoch in order; then submit each unfinished one.
-        for epoch in self.ledger.planned_through()? + 1..open {
+        let planned_now = self.ledger.planned_through()? + 1..open;
+        for epoch in planned_now.clone() {
             self.plan(&actor, epoch, progress).await?;
         }
         for settlement in self.ledger.settlements()? {
             if matches!(settlement.status, SettlementStatus::Settled | SettlementStatus::Submitted) {
+                // Planned by this run with nothing to submit (no payouts: only
+                // bills and carries): it was still settled here, so report it.
+                if planned_now.contains(&settlement.epoch) {
+                    reports.push(report_of(&self.ledger, settlement.epoch)?);
+                }
                 continue;
             }
             self.submit(&actor, settlement.epoch, progress).await?;

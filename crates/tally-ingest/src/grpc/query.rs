@@ -8,9 +8,10 @@
 //!
 //! Reads are RocksDB iterations, so they run on tokio's blocking pool and
 //! never stall the async workers that carry ingest. Every listing is bounded
-//! by rows returned ([`BALANCE_ROWS_MAX`]) *and* by aggregates examined
-//! ([`BALANCE_SCANNED_MAX`]), and leaves the block cache alone, so a query
-//! that matches nothing costs a bounded read and evicts nothing ingest needs.
+//! by rows returned ([`BALANCE_ROWS_MAX`]) *and* by records examined, each
+//! epoch visited and each aggregate read ([`BALANCE_SCANNED_MAX`]), and
+//! leaves the block cache alone, so a query that matches nothing costs a
+//! bounded read and evicts nothing ingest needs.
 
 use std::collections::HashMap;
 
@@ -27,7 +28,8 @@ use crate::proto::*;
 
 /// Most rows one balance query returns.
 pub const BALANCE_ROWS_MAX: usize = 10_000;
-/// Most aggregates one balance query examines, matching or not.
+/// Most records one balance query examines: epochs visited and aggregates
+/// read, matching or not.
 pub const BALANCE_SCANNED_MAX: usize = 100_000;
 
 pub struct QueryService {

@@ -6,8 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
 use tally_ingest::proto::{self, SubmitBatchRequest};
@@ -99,22 +98,14 @@ async fn ledger_info_and_journal_name_the_ledger_and_who_changed_it() {
 async fn an_engine_that_skipped_signature_checks_is_named_by_verify() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ledger");
-    let ready = dir.path().join("ready.json");
-    let mut child = serve_command(&data, &ready)
-        .arg("--unsafe-skip-signature-verification")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
-    let addr = serde_json::from_str::<serde_json::Value>(&text).unwrap()["grpc_addr"].as_str().unwrap().to_owned();
-    let mut clients = clients(&addr).await;
+    let options = ServeOptions { args: &["--unsafe-skip-signature-verification"], ..ServeOptions::default() };
+    let (server, _) = ServerProcess::start_opts(&data, &options);
+    let mut clients = clients(&server.addr).await;
     register_basics(&mut clients.admin, 1, 1_000_000).await;
     let iou = signed_iou(&signer(1), "site-a.example", 5, nonce(1, 1));
     let results = clients.ingest.submit_batch(SubmitBatchRequest { batch_id: 1, ious: vec![iou] }).await.unwrap();
     assert_eq!(results.into_inner().results[0].code, proto::IouCode::Accepted as i32);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 
     let (ok, stdout, stderr) = run_tally(&["ledger", "verify", "--data-dir", data_arg(&data)]);
     assert!(ok, "the signatures are good, so the ledger is clean: {stdout}{stderr}");
@@ -128,15 +119,9 @@ async fn an_engine_that_skipped_signature_checks_is_named_by_verify() {
 async fn no_evm_warning_without_an_evm_rail() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ledger");
-    let ready = dir.path().join("ready.json");
     let log = dir.path().join("serve.log");
-    let mut child = serve_command(&data, &ready)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
-    let addr = serde_json::from_str::<serde_json::Value>(&text).unwrap()["grpc_addr"].as_str().unwrap().to_owned();
+    let (server, _) = ServerProcess::start_opts(&data, &ServeOptions { output: Some(&log), ..ServeOptions::default() });
+    let addr = server.addr.clone();
     let mut clients = clients(&addr).await;
     register_basics(&mut clients.admin, 1, 1_000_000).await;
     let iou = signed_iou(&signer(1), "site-a.example", 5, nonce(1, 1));
@@ -147,8 +132,7 @@ async fn no_evm_warning_without_an_evm_rail() {
     // sealed, planned and reported, never "nothing to settle".
     assert!(ok && stderr.contains("sealed epoch 1") && stderr.contains("planned epoch 1"), "{stdout}{stderr}");
     assert!(!stdout.contains("nothing to settle") && stdout.contains("Epoch 1: settled"), "{stdout}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
     let printed = format!("{}{stdout}{stderr}", std::fs::read_to_string(&log).unwrap());
     assert!(!printed.contains("EVM") && !printed.to_lowercase().contains("evm rail"), "{printed}");
     // A test build says so at startup (release builds have no failpoints).
@@ -201,15 +185,8 @@ fn serve_refuses_an_empty_token_and_a_plaintext_admin_api_off_loopback() {
     // explicit override lets a non-loopback one start is a unit test of
     // `ServeArgs::resolve` (src/config.rs), since this test must not listen
     // beyond the host.
-    let ready = dir.path().join("ready.json");
-    let mut child = serve_command(&data, &ready)
-        .args(["--admin-addr", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let text = poll(Duration::from_secs(60), || std::fs::read_to_string(&ready).ok());
-    assert!(text.contains("grpc_addr"), "{text}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let options = ServeOptions { args: &["--admin-addr", "127.0.0.1:0"], ..ServeOptions::default() };
+    let (server, ready) = ServerProcess::start_opts(&data, &options);
+    assert!(ready["admin_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");
+    server.kill();
 }

@@ -530,7 +530,7 @@ impl Ledger {
         // (or empty) epochs is no cheaper to sweep than one of many rows.
         let epoch_from = after.as_ref().map_or(0, |cursor| cursor.epoch);
         let epochs: Box<dyn Iterator<Item = Result<u64, LedgerError>>> = match filter.epoch {
-            Some(epoch) => Box::new(std::iter::once(Ok(epoch)).filter(move |e| matches!(e, Ok(e) if *e >= epoch_from))),
+            Some(epoch) => Box::new((epoch >= epoch_from).then_some(Ok(epoch)).into_iter()),
             None => Box::new(
                 self.db
                     .iterator_cf(self.cf(CF_EPOCHS), IteratorMode::From(&epoch_from.to_be_bytes(), Direction::Forward))

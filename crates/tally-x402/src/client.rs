@@ -298,11 +298,7 @@ impl Crawler {
             PaymentFormat::WebBotAuth => json!({ "amount": price.to_string(), "asset": offer.asset }),
         };
         // The client echoes the server's extension and adds its id (the spec's shape).
-        let offered_required = required
-            .extensions
-            .as_ref()
-            .and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER))
-            .and_then(|e| e.get("info"))
+        let offered_required = crate::commitment::payment_identifier_info(required.extensions.as_ref())
             .and_then(|i| i.get("required"))
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);

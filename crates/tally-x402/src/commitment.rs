@@ -133,6 +133,12 @@ pub fn payment_identifier_echo(required: bool, id: &str) -> serde_json::Value {
     serde_json::json!({ "info": { "required": required, "id": id }, "schema": payment_identifier_schema() })
 }
 
+/// The `info` object of the `payment-identifier` extension among `extensions`
+/// (an offer's or a payload's), if there is one.
+pub fn payment_identifier_info(extensions: Option<&serde_json::Value>) -> Option<&serde_json::Value> {
+    extensions?.get(crate::types::EXTENSION_PAYMENT_IDENTIFIER)?.get("info")
+}
+
 /// `paymentPayload.payload` for a Web Bot Auth payment: what the resource server forwards from the
 /// crawler's signed request. The commitment is the RFC 9421 signature itself; the crawler's own
 /// `PAYMENT-SIGNATURE` payload (`{"amount", "asset"}` plus `accepted`) is one of the covered

@@ -294,11 +294,7 @@ fn unnameable() -> Response {
 /// Whether the payload carries a payment identifier (`payment-identifier`
 /// extension, `info.id`), which a paywall configured to require one demands.
 fn has_payment_id(payload: &PaymentPayload) -> bool {
-    payload
-        .extensions
-        .as_ref()
-        .and_then(|e| e.get(EXTENSION_PAYMENT_IDENTIFIER))
-        .and_then(|e| e.get("info"))
+    crate::commitment::payment_identifier_info(payload.extensions.as_ref())
         .and_then(|info| info.get("id"))
         .is_some_and(serde_json::Value::is_string)
 }

@@ -94,6 +94,25 @@ struct Terms<'a> {
     phase: Phase,
 }
 
+impl Terms<'_> {
+    /// The checked request, once its format's checks passed.
+    fn checked(
+        &self,
+        commitment: Commitment,
+        payment_id: Option<String>,
+        web_bot_auth: Option<WebBotAuthRequest>,
+    ) -> Checked {
+        Checked {
+            commitment,
+            charge: self.charge,
+            payment_id,
+            phase: self.phase,
+            resource_named_by_server: self.resource_named_by_server,
+            web_bot_auth,
+        }
+    }
+}
+
 /// The `payment-identifier` extension: a well-formed id, or none (400 when it is required).
 /// The spec's shape is `{"info": {"required", "id"?}, "schema"}`; a bare top-level
 /// `required` (an older Tally shape) is read too.
@@ -201,14 +220,7 @@ fn check_tally_iou(terms: &Terms<'_>) -> Result<Checked, Refusal> {
         return Err(Refusal::bad_request(Reason::InvalidPayload));
     }
     let commitment = Commitment::tally_iou(signed).map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
-    Ok(Checked {
-        commitment,
-        charge: terms.charge,
-        payment_id,
-        phase: terms.phase,
-        resource_named_by_server: terms.resource_named_by_server,
-        web_bot_auth: None,
-    })
+    Ok(terms.checked(commitment, payment_id, None))
 }
 
 /// A Web Bot Auth payment: the crawler's `PAYMENT-SIGNATURE` payload names
@@ -270,17 +282,9 @@ fn check_web_bot_auth_payment(facilitator: &super::Facilitator, terms: &Terms<'_
     if commitment.signed.iou.amount != amount || commitment.signed.iou.resource != terms.resource {
         return Err(Refusal::ok(Reason::InvalidPaymentSignature));
     }
-    Ok(Checked {
-        commitment,
-        charge: terms.charge,
-        payment_id,
-        phase: terms.phase,
-        resource_named_by_server: terms.resource_named_by_server,
-        web_bot_auth: Some(WebBotAuthRequest {
-            signature_agent: parts.signature_agent,
-            payment_signature: parts.payment_signature,
-        }),
-    })
+    let request =
+        WebBotAuthRequest { signature_agent: parts.signature_agent, payment_signature: parts.payment_signature };
+    Ok(terms.checked(commitment, payment_id, Some(request)))
 }
 
 impl Refusal {

@@ -55,6 +55,9 @@ struct Args {
     pay_to: String,
     #[arg(long, default_value = "USD")]
     asset: String,
+    /// The asset's decimals (as registered), for pay-per-crawl's display prices.
+    #[arg(long, default_value_t = 6)]
+    asset_scale: u8,
     #[arg(long, default_value = "tally:local")]
     network: String,
     /// Where crawlers register their keys (advertised in the 402).
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         description: "One article".into(),
         http: reqwest::Client::new(),
         registration_url: args.registration_url,
+        asset_scale: args.asset_scale,
     });
     let app = Router::new().route("/article", get(article)).route_layer(paywall).route("/", get(index));
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;

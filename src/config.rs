@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// (`--admin-addr 127.0.0.1:…`), instead.
     #[arg(long, env = "TALLY_ALLOW_PLAINTEXT_ADMIN")]
     pub allow_plaintext_admin: bool,
+    /// Also run the paying reverse proxy (`tally gate`) in this process, with
+    /// this price list, on the engine's own facilitator (no extra hop).
+    #[arg(long, env = "TALLY_SERVE_GATE")]
+    pub gate: Option<PathBuf>,
     /// The separate admin listen address (`--admin-addr` / `TALLY_ADMIN_ADDR`,
     /// a global flag shared with the client commands; filled in by `main`).
     #[arg(skip)]
@@ -94,6 +98,8 @@ pub struct FileConfig {
     pub limits: Option<FileLimits>,
     /// `[settlement]`: see `tally_settler::config`.
     pub settlement: Option<tally_settler::SettlementConfig>,
+    /// A price list: run the gateway in this process (see `ServeArgs::gate`).
+    pub gate: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -146,6 +152,8 @@ pub struct ServeConfig {
     /// Settlement policy and rails; absent means the defaults (no rails:
     /// every credit carries forward, every debt is billed).
     pub settlement: tally_settler::SettlementConfig,
+    /// The gateway's price list, when it runs in this process.
+    pub gate: Option<PathBuf>,
 }
 
 /// The admin token, kept out of `Debug` output so it never reaches a log.
@@ -226,6 +234,7 @@ impl ServeArgs {
             skip_signature_verification: self.unsafe_skip_signature_verification,
             verify_on_start: self.verify_on_start || file.verify_on_start.unwrap_or(false),
             settlement: file.settlement.unwrap_or_default(),
+            gate: self.gate.or(file.gate),
         })
     }
 }

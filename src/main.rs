@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod demo;
 mod finance;
+mod gate;
 mod heap;
 mod ledger_cmd;
 mod loadgen;
@@ -93,14 +94,16 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Run everything on embedded defaults: engine, crawlers, balances.
     Demo(demo::DemoArgs),
+    /// A paying reverse proxy: x402 (and pay-per-crawl) in front of any HTTP origin.
+    Gate(gate::GateArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(args) => args.admin_addr = cli.admin_addr.clone(),
-        // The demo runs its own engine and connects to it directly.
-        Command::Demo(_) => {}
+        // The demo runs its own engine and connects to it directly; the gateway talks HTTP only.
+        Command::Demo(_) | Command::Gate(_) => {}
         _ => client::configure(client::Connection {
             admin_addr: cli.admin_addr.clone().filter(|addr| !addr.is_empty() && addr != "off"),
             tls_ca: cli.tls_ca.clone(),
@@ -108,7 +111,7 @@ fn main() -> std::process::ExitCode {
     }
     // The engine logs at info; interactive commands only warn, so their
     // tables are not interleaved with log lines. TALLY_LOG overrides both.
-    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::Gate(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
@@ -146,6 +149,7 @@ fn main() -> std::process::ExitCode {
             Command::Ledger(command) => ledger_cmd::run(command),
             Command::Loadgen(args) => loadgen::run(args).await.map(|_| ()),
             Command::Demo(args) => demo::run(args).await,
+            Command::Gate(args) => gate::run(args).await,
         }
     });
     match result {

@@ -86,20 +86,26 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
         anyhow::anyhow!("starting gRPC on {}{admin}: {e}", config.grpc_addr)
     })?;
     let admin_addr = servers.admin.as_ref().map(|a| a.local_addr);
+    // One facilitator for the HTTP API and the in-process gateway: one pipeline, one writer.
+    let facilitator =
+        Facilitator::new(FacilitatorConfig::new(&config.network), engine.pipeline.clone(), engine.ledger.clone());
     let http = match config.http_addr {
         Some(addr) => {
-            let facilitator = Facilitator::new(
-                FacilitatorConfig::new(&config.network),
-                engine.pipeline.clone(),
-                engine.ledger.clone(),
-            );
-            let options = HttpOptions { limits: http_limits(config), tls };
+            let options = HttpOptions { limits: http_limits(config), tls: tls.clone(), http2: false };
             Some(
                 serve_http_with(&facilitator, addr, options)
                     .await
                     .with_context(|| format!("binding HTTP on {addr}"))?,
             )
         }
+        None => None,
+    };
+    let gate = match &config.gate {
+        Some(prices) => Some(
+            crate::gate::serve_in_process(prices, &config.network, facilitator.clone(), &engine.ledger, tls)
+                .await
+                .with_context(|| format!("starting the gateway with {}", prices.display()))?,
+        ),
         None => None,
     };
     // An epoch left mid-settlement by a crash is finished now, then the
@@ -121,15 +127,17 @@ async fn serve_engine(config: &ServeConfig, engine: &Arc<Engine>, tls: Option<Tl
             "tls": config.tls.is_some(),
             "metrics_addr": metrics_addr.map(|a| a.to_string()),
             "http_addr": http.as_ref().map(|h| h.local_addr.to_string()),
+            "gate_addr": gate.as_ref().map(|g| g.local_addr.to_string()),
             "pid": std::process::id(),
         });
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, ready.to_string())?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        write_ready_file(path, &ready)?;
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
     background.abort();
+    if let Some(gate) = gate {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, gate.stop()).await;
+    }
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, http.stop()).await;
     }
@@ -344,7 +352,14 @@ async fn report_memory(ledger: tally_ledger::Ledger) {
     }
 }
 
-async fn wait_for_signal() {
+/// Writes the ready file atomically (a reader never sees half of it).
+pub fn write_ready_file(path: &std::path::Path, ready: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, ready.to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub async fn wait_for_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     tokio::select! {

@@ -36,6 +36,7 @@ async fn start_site(facilitator: &str) -> String {
         description: "an article".into(),
         http: reqwest::Client::new(),
         registration_url: Some("https://tally.example/register".into()),
+        asset_scale: 6,
     });
     let app = Router::new().route("/article", get(|| async { ARTICLE })).route_layer(paywall);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,10 +118,10 @@ async fn crawler_pays_site_serves_after_settle() {
     assert!(receipt.extra.timestamp > 0);
     assert_eq!(owed_to_site(&server.addr), vec![("crawler-1".to_owned(), "1500".to_owned())]);
 
-    // An unknown key: 402 signature_agent_unknown, nothing served or owed.
+    // An unknown key: 402 tally_payer_key_unknown, nothing served or owed.
     let stranger = Crawler::new(SigningKey::from_bytes(&[99; 32]), NETWORK);
     let refused = stranger.fetch(&url).await.unwrap();
-    assert_eq!((refused.status, refused.error()), (402, Some("signature_agent_unknown")));
+    assert_eq!((refused.status, refused.error()), (402, Some("tally_payer_key_unknown")));
     assert!(refused.paid && refused.payment_response.is_none());
     assert!(!String::from_utf8_lossy(&refused.body).contains(ARTICLE));
 
@@ -146,7 +147,7 @@ async fn crawler_pays_site_serves_after_settle() {
     let again = second.fetch_with_payment_id(&url, id).await.unwrap();
     match again.status {
         200 => assert_eq!(again.payment_response.unwrap().transaction, first_tx),
-        409 => assert_eq!(again.error(), Some("payment_identifier_conflict")),
+        409 => assert_eq!(again.error(), Some("tally_payment_identifier_conflict")),
         other => panic!("unexpected status {other}"),
     }
     let mut owed = owed_to_site(&server.addr);

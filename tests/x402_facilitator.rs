@@ -99,10 +99,10 @@ async fn supported_verify_settle_and_every_reason_code() {
     let (_, again) = post(&http, &addr, "/settle", &req(&signed, None)).await;
     assert_eq!(
         (again["success"].as_bool(), again["errorReason"].as_str()),
-        (Some(false), Some("payment_already_used"))
+        (Some(false), Some("tally_payment_already_used"))
     );
     let (_, verified_again) = post(&http, &addr, "/verify", &req(&signed, None)).await;
-    assert_eq!(verified_again["invalidReason"], "payment_already_used");
+    assert_eq!(verified_again["invalidReason"], "tally_payment_already_used");
     let exposure = c.query.exposure(ExposureRequest { payer: "crawler-1".into() }).await.unwrap().into_inner();
     assert_eq!(exposure.rows[0].owed, "700");
 
@@ -126,7 +126,7 @@ async fn supported_verify_settle_and_every_reason_code() {
     bad_signature.signature[0] ^= 1;
     cases.push(("signature", req(&bad_signature, None), 200, "invalid_signature"));
     let stranger = iou_with(&SigningKey::from_bytes(&[99; 32]), 10, nonce(41, 7));
-    cases.push(("unknown payer", req(&stranger, None), 200, "signature_agent_unknown"));
+    cases.push(("unknown payer", req(&stranger, None), 200, "tally_payer_key_unknown"));
     cases.push(("credit", req(&fresh(8, 9_500), None), 200, "insufficient_funds"));
     let mut bad_hex = req(&fresh(9, 10), None);
     bad_hex["paymentPayload"]["payload"]["signature"] = json!("not hex");
@@ -134,7 +134,7 @@ async fn supported_verify_settle_and_every_reason_code() {
     cases.push(("json", json!({"hello": "world"}), 400, "invalid_payload"));
     let mut no_id = req(&fresh(10, 10), None);
     no_id["paymentPayload"]["extensions"] = json!({ "payment-identifier": { "info": { "required": true } } });
-    cases.push(("id required", no_id, 400, "payment_identifier_required"));
+    cases.push(("id required", no_id, 400, "tally_payment_identifier_required"));
     cases.push(("id not the nonce", req(&fresh(11, 10), Some("order-000000000001")), 400, "invalid_payload"));
     for (name, body, status, reason) in cases {
         for path in ["/verify", "/settle"] {
@@ -178,7 +178,7 @@ async fn payment_identifier_is_idempotent_across_a_restart() {
     for path in ["/settle", "/verify"] {
         let (status, conflict) = post(&http, &server.http_addr, path, &req(&other, Some(id))).await;
         let field = if path == "/verify" { "invalidReason" } else { "errorReason" };
-        assert_eq!((status, conflict[field].as_str()), (409, Some("payment_identifier_conflict")), "{path}");
+        assert_eq!((status, conflict[field].as_str()), (409, Some("tally_payment_identifier_conflict")), "{path}");
     }
     let mut c = clients(&server.addr).await;
     let exposure = c.query.exposure(ExposureRequest { payer: "crawler-2".into() }).await.unwrap().into_inner();
@@ -234,11 +234,11 @@ async fn verify_and_settle_refuse_the_same_account_states() {
         signed
     };
     let cases = [
-        ("suspended payer", iou(3, PAYEE, "USD", 1), "payer_suspended"),
-        ("revoked key", iou(2, PAYEE, "USD", 2), "key_revoked"),
+        ("suspended payer", iou(3, PAYEE, "USD", 1), "tally_payer_suspended"),
+        ("revoked key", iou(2, PAYEE, "USD", 2), "tally_key_revoked"),
         ("disabled asset", iou(1, PAYEE, "EUR", 3), "invalid_payment_requirements"),
         ("unknown asset", iou(1, PAYEE, "GBP", 4), "invalid_payment_requirements"),
-        ("suspended payee", iou(1, "site-b.example", "USD", 5), "payee_suspended"),
+        ("suspended payee", iou(1, "site-b.example", "USD", 5), "tally_payee_suspended"),
         ("unknown payee", iou(1, "site-z.example", "USD", 6), "invalid_payment_requirements"),
     ];
     let http = reqwest::Client::new();

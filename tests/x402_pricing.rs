@@ -149,22 +149,22 @@ async fn one_payment_settles_one_request() {
 
     // The same payment for another resource: its IOU names /article.
     let (_, answer) = post(&http, &server.http_addr, "/settle", &body(&signed, "1500", "1500", &other, None)).await;
-    assert_eq!(answer["errorReason"], "resource_mismatch", "{answer}");
+    assert_eq!(answer["errorReason"], "tally_resource_mismatch", "{answer}");
     // A server that names the resource and a payload that names another disagree.
     let mut disagreeing = body(&signed, "1500", "1500", &article, None);
     disagreeing["paymentRequirements"]["extra"]["resource"] = json!(other);
     let (_, answer) = post(&http, &server.http_addr, "/settle", &disagreeing).await;
-    assert_eq!(answer["errorReason"], "resource_mismatch", "{answer}");
+    assert_eq!(answer["errorReason"], "tally_resource_mismatch", "{answer}");
     // The same payment for the same resource again, without a payment identifier:
     // already used, for a server that names its resource and for one that does not
     // (an official SDK server forwards the client's payload as it came).
     for (path, field) in [("/settle", "errorReason"), ("/verify", "invalidReason")] {
         let (_, answer) = post(&http, &server.http_addr, path, &body(&signed, "1500", "1500", &article, None)).await;
-        assert_eq!(answer[field], "payment_already_used", "{path}: {answer}");
+        assert_eq!(answer[field], "tally_payment_already_used", "{path}: {answer}");
         let mut unnamed = body(&signed, "1500", "1500", &article, None);
         unnamed["paymentRequirements"].as_object_mut().unwrap().remove("extra");
         let (_, answer) = post(&http, &server.http_addr, path, &unnamed).await;
-        assert_eq!(answer[field], "payment_already_used", "{path} without extra.resource: {answer}");
+        assert_eq!(answer[field], "tally_payment_already_used", "{path} without extra.resource: {answer}");
     }
     // An IOU naming no resource buys nothing.
     let nameless = iou_for(&signer(1), PRICE, nonce(2, 2), "");
@@ -172,7 +172,7 @@ async fn one_payment_settles_one_request() {
     no_resource["paymentRequirements"].as_object_mut().unwrap().remove("extra");
     no_resource["paymentPayload"].as_object_mut().unwrap().remove("resource");
     let (_, answer) = post(&http, &server.http_addr, "/settle", &no_resource).await;
-    assert_eq!(answer["errorReason"], "resource_mismatch", "{answer}");
+    assert_eq!(answer["errorReason"], "tally_resource_mismatch", "{answer}");
     assert_eq!(owed(&server, "crawler-1").await, "1500", "charged once, for one request");
     server.kill();
 }
@@ -197,7 +197,7 @@ async fn a_retry_under_a_payment_identifier_is_answered_from_the_ledger() {
     let other_payload = iou_for(&signer(2), PRICE + 1, nonce_for_payment_id(id), &article);
     let (status, conflict) =
         post(&http, &server.http_addr, "/settle", &body(&other_payload, "1500", "1500", &article, Some(id))).await;
-    assert_eq!((status, conflict["errorReason"].as_str()), (409, Some("payment_identifier_conflict")));
+    assert_eq!((status, conflict["errorReason"].as_str()), (409, Some("tally_payment_identifier_conflict")));
     let (_, elsewhere) = post(
         &http,
         &server.http_addr,
@@ -205,12 +205,12 @@ async fn a_retry_under_a_payment_identifier_is_answered_from_the_ledger() {
         &body(&signed, "1500", "1500", &format!("https://{PAYEE}/other"), Some(id)),
     )
     .await;
-    assert_eq!(elsewhere["errorReason"], "resource_mismatch", "{elsewhere}");
+    assert_eq!(elsewhere["errorReason"], "tally_resource_mismatch", "{elsewhere}");
     // `info.required: true` and no id: 400.
     let mut required = body(&iou_for(&signer(2), PRICE, nonce(3, 1), &article), "1500", "1500", &article, None);
     required["paymentPayload"]["extensions"] = json!({ "payment-identifier": { "info": { "required": true } } });
     let (status, answer) = post(&http, &server.http_addr, "/settle", &required).await;
-    assert_eq!((status, answer["errorReason"].as_str()), (400, Some("payment_identifier_required")));
+    assert_eq!((status, answer["errorReason"].as_str()), (400, Some("tally_payment_identifier_required")));
     assert_eq!(owed(&server, "crawler-2").await, "1500", "charged exactly once");
     server.kill();
 }
@@ -275,7 +275,7 @@ async fn a_payment_identifier_retry_is_cached_only_for_the_same_request() {
     assert_eq!((own["success"].as_bool(), own["amount"].as_str()), (Some(true), Some("1")), "{own}");
     let at_price = body(&signed, "1500", "1500", &article, Some(id));
     let (status, answer) = post(&http, &server.http_addr, "/settle", &at_price).await;
-    assert_eq!((status, answer["errorReason"].as_str()), (409, Some("payment_identifier_conflict")), "{answer}");
+    assert_eq!((status, answer["errorReason"].as_str()), (409, Some("tally_payment_identifier_conflict")), "{answer}");
     // (`/verify` previews at the offer, which a lower recorded charge is within:
     // under dynamic pricing the charge is known only at `/settle`, which checks it.)
     // The crawler's own retry at its own charge is still the cached result.
@@ -292,9 +292,9 @@ async fn a_payment_identifier_retry_is_cached_only_for_the_same_request() {
     let (_, first) = post(&http, &server.http_addr, "/settle", &unnamed).await;
     assert_eq!(first["success"], true, "{first}");
     let (_, second) = post(&http, &server.http_addr, "/settle", &unnamed).await;
-    assert_eq!(second["errorReason"], "payment_already_used", "{second}");
+    assert_eq!(second["errorReason"], "tally_payment_already_used", "{second}");
     let (_, previewed) = post(&http, &server.http_addr, "/verify", &unnamed).await;
-    assert_eq!(previewed["invalidReason"], "payment_already_used", "{previewed}");
+    assert_eq!(previewed["invalidReason"], "tally_payment_already_used", "{previewed}");
     assert_eq!(owed(&server, "crawler-2").await, "1500");
     server.kill();
 }
@@ -316,6 +316,7 @@ async fn a_paywall_requiring_a_payment_identifier_refuses_a_payment_without_one(
         description: "a page".into(),
         http: reqwest::Client::new(),
         registration_url: None,
+        asset_scale: 6,
     };
     let app = Router::new().route("/article", get(|| async { "the article" })).route_layer(PaywallLayer::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -329,7 +330,7 @@ async fn a_paywall_requiring_a_payment_identifier_refuses_a_payment_without_one(
     let answered = http.get(format!("{site}/article")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
     assert_eq!(
         (answered.status().as_u16(), error_of(&answered).as_deref()),
-        (400, Some("payment_identifier_required"))
+        (400, Some("tally_payment_identifier_required"))
     );
     assert_eq!(owed(&server, "crawler-3").await, "0", "nothing was settled");
     // A URL too long to name exactly is refused, never cut to a shorter name.
@@ -376,7 +377,7 @@ async fn the_paywall_serves_nothing_a_facilitator_charged_differently() {
         assert_eq!(answered.status().as_u16(), 502, "{what}");
         assert!(answered.headers().get("payment-response").is_none(), "{what}");
         let text = answered.text().await.unwrap();
-        assert!(!text.contains("the article") && text.contains("facilitator_charge_mismatch"), "{what}: {text}");
+        assert!(!text.contains("the article") && text.contains("tally_facilitator_charge_mismatch"), "{what}: {text}");
     }
 }
 
@@ -394,6 +395,7 @@ async fn start_site(facilitator: &str) -> String {
         description: "a page".into(),
         http: reqwest::Client::new(),
         registration_url: None,
+        asset_scale: 6,
     };
     let metered = Router::new()
         .route("/metered", get(|| async { (axum::Extension(Charge(700)), "700 units of work") }))
@@ -440,9 +442,9 @@ async fn behind_the_paywall_a_payment_opens_one_page_and_pays_what_it_is_charged
     let replay = http.get(format!("{site}/article")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
     assert_eq!(replay.status().as_u16(), 200, "a fresh payment for /article pays");
     let again = http.get(format!("{site}/article")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
-    assert_eq!((again.status().as_u16(), error_of(&again).as_deref()), (402, Some("payment_already_used")));
+    assert_eq!((again.status().as_u16(), error_of(&again).as_deref()), (402, Some("tally_payment_already_used")));
     let elsewhere = http.get(format!("{site}/other")).header(HEADER_PAYMENT_SIGNATURE, &payment).send().await.unwrap();
-    assert_eq!((elsewhere.status().as_u16(), error_of(&elsewhere).as_deref()), (402, Some("resource_mismatch")));
+    assert_eq!((elsewhere.status().as_u16(), error_of(&elsewhere).as_deref()), (402, Some("tally_resource_mismatch")));
     assert!(!elsewhere.text().await.unwrap().contains("another article"));
     assert_eq!(owed(&server, "crawler-1").await, "3000", "two payments, two pages");
 

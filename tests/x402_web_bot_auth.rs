@@ -137,7 +137,7 @@ async fn web_bot_auth_payments_are_verified_recorded_and_audited() {
     let (one, two) = (signer(1), signer(2));
 
     let supported: Value = http.get(format!("http://{addr}/supported")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(supported["kinds"][0]["extra"]["formats"], json!(["tally-iou-v1", "web-bot-auth"]));
+    assert_eq!(supported["kinds"][0]["extra"]["formats"], json!(["tally-iou-v1", "web-bot-auth", "pay-per-crawl"]));
     assert_eq!(supported["extensions"], json!(["payment-identifier", "http-message-signatures"]));
 
     // /verify checks everything and records nothing.
@@ -154,7 +154,7 @@ async fn web_bot_auth_payments_are_verified_recorded_and_audited() {
     let first_tx = settled["transaction"].as_str().unwrap().to_owned();
     // The same signed request again buys nothing more (no payment identifier).
     let (_, again) = post(&http, &addr, "/settle", &body).await;
-    assert_eq!(again["errorReason"], "payment_already_used", "{again}");
+    assert_eq!(again["errorReason"], "tally_payment_already_used", "{again}");
     assert!(!first_tx.is_empty());
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert_eq!(owed(&rows), vec![("crawler-1".into(), "300".into())]);
@@ -177,7 +177,7 @@ async fn web_bot_auth_payments_are_verified_recorded_and_audited() {
     let mut changed = Signed::new(&two, "https://crawler-two.example", other_payload);
     changed.created_s += 2;
     let (status, conflict) = post(&http, &addr, "/settle", &changed.body(1_000)).await;
-    assert_eq!((status, &conflict["errorReason"]), (409, &json!("payment_identifier_conflict")), "{conflict}");
+    assert_eq!((status, &conflict["errorReason"]), (409, &json!("tally_payment_identifier_conflict")), "{conflict}");
     let rows = c.query.balances(BalancesRequest::default()).await.unwrap().into_inner().rows;
     assert_eq!(owed(&rows), vec![("crawler-1".into(), "300".into()), ("crawler-2".into(), "500".into())]);
 
@@ -299,6 +299,7 @@ async fn crawler_pays_with_its_request_signature() {
         description: "an article".into(),
         http: reqwest::Client::new(),
         registration_url: None,
+        asset_scale: 6,
     });
     let app = Router::new().route("/article", get(|| async { "the article" })).route_layer(paywall);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

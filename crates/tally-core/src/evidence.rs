@@ -70,7 +70,7 @@ pub const WBA_EVIDENCE_TAG: &[u8; 12] = b"tally-wba-v1";
 /// signature agent 4 KiB, payment signature 16 KiB) plus identifiers and parameters.
 pub const SIGNATURE_BASE_LEN_MAX: usize = 24 * 1024;
 /// Longest evidence record of any form.
-pub const EVIDENCE_LEN_MAX: usize = 12 + 2 + SIGNING_BYTES_LEN_MAX + 4 + SIGNATURE_BASE_LEN_MAX;
+pub const EVIDENCE_LEN_MAX: usize = 12 + 2 + SIGNING_BYTES_LEN_MAX + 1 + 4 + SIGNATURE_BASE_LEN_MAX;
 /// Most lines (covered components plus `@signature-params`) in a base.
 pub const SIGNATURE_BASE_LINES_MAX: usize = 17;
 /// The `tag` a Web Bot Auth signature carries.
@@ -80,6 +80,9 @@ pub const SCHEME_BATCH_SETTLEMENT: &str = "batch-settlement";
 /// Payment identifiers: 16..=128 characters of `[A-Za-z0-9_-]`.
 pub const PAYMENT_ID_LEN_MIN: usize = 16;
 pub const PAYMENT_ID_LEN_MAX: usize = 128;
+
+/// The tag that opens pay-per-crawl evidence (`crate::pay_per_crawl`).
+pub const PPC_EVIDENCE_TAG: &[u8; 12] = b"tally-ppc-v1";
 
 /// The tag that opens the evidence of an IOU signed as part of a batch.
 pub const BATCH_MEMBER_EVIDENCE_TAG: &[u8; 12] = b"tally-bam-v1";
@@ -93,6 +96,8 @@ pub enum EvidenceKind {
     WebBotAuth,
     /// One IOU of a batch-signed commitment (`crate::batch`).
     BatchMember,
+    /// A pay-per-crawl request: a Web Bot Auth signature over a price header (`crate::pay_per_crawl`).
+    PayPerCrawl,
 }
 
 impl EvidenceKind {
@@ -102,6 +107,7 @@ impl EvidenceKind {
             EvidenceKind::TallyIou => "tally-iou-v1",
             EvidenceKind::WebBotAuth => "web-bot-auth",
             EvidenceKind::BatchMember => "tally-batch-v1",
+            EvidenceKind::PayPerCrawl => "pay-per-crawl",
         }
     }
 }
@@ -189,7 +195,8 @@ pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence<'_>, EvidenceError> {
             signed: Signed::Batch { batch_seq, index, iou_bytes },
         });
     }
-    if !bytes.starts_with(WBA_EVIDENCE_TAG) {
+    let pay_per_crawl = bytes.starts_with(PPC_EVIDENCE_TAG);
+    if !pay_per_crawl && !bytes.starts_with(WBA_EVIDENCE_TAG) {
         return Err(EvidenceError::UnknownTag);
     }
     let rest = &bytes[WBA_EVIDENCE_TAG.len()..];
@@ -198,16 +205,37 @@ pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence<'_>, EvidenceError> {
         return Err(EvidenceError::Truncated);
     }
     let (iou_bytes, rest) = rest.split_at(iou_len);
+    let (scale, rest) = match (pay_per_crawl, rest.split_first()) {
+        (false, _) => (None, rest),
+        (true, Some((scale, rest))) => (Some(*scale), rest),
+        (true, None) => return Err(EvidenceError::Truncated),
+    };
     let (base_len, base) = split_len::<4>(rest)?;
     if base.len() != base_len {
         return Err(EvidenceError::Truncated);
     }
     let iou = Iou::from_signing_bytes(iou_bytes)?;
     let base_text = std::str::from_utf8(base).map_err(|_| EvidenceError::Base("not ASCII"))?;
-    if derive_web_bot_auth_iou(base_text, &iou.payer_key)? != iou {
+    let (kind, derived) = match scale {
+        None => (EvidenceKind::WebBotAuth, derive_web_bot_auth_iou(base_text, &iou.payer_key)?),
+        Some(scale) => {
+            // What the signature does not cover comes from the stored IOU; the rule checks the rest.
+            let terms = crate::pay_per_crawl::PayPerCrawlTerms {
+                network: iou.network.clone(),
+                payee: iou.payee.clone(),
+                resource: iou.resource.clone(),
+                scale,
+            };
+            (
+                EvidenceKind::PayPerCrawl,
+                crate::pay_per_crawl::derive_pay_per_crawl_iou(base_text, &iou.payer_key, &terms)?,
+            )
+        }
+    };
+    if derived != iou {
         return Err(EvidenceError::NotDerived);
     }
-    Ok(Evidence { kind: EvidenceKind::WebBotAuth, iou, signed: Signed::Message(base) })
+    Ok(Evidence { kind, iou, signed: Signed::Message(base) })
 }
 
 /// The IOU's signing bytes inside evidence of any form, found without re-deriving or checking
@@ -218,7 +246,7 @@ pub fn evidence_iou_bytes(evidence: &[u8]) -> Option<&[u8]> {
         Some(evidence)
     } else if evidence.starts_with(BATCH_MEMBER_EVIDENCE_TAG) {
         evidence.get(BATCH_MEMBER_HEADER_LEN..)
-    } else if evidence.starts_with(WBA_EVIDENCE_TAG) {
+    } else if evidence.starts_with(WBA_EVIDENCE_TAG) || evidence.starts_with(PPC_EVIDENCE_TAG) {
         let (len, rest) = split_len::<2>(&evidence[WBA_EVIDENCE_TAG.len()..]).ok()?;
         rest.get(..len)
     } else {
@@ -242,6 +270,7 @@ pub struct Commitment {
     pub signed: SignedIou,
     pub evidence: Vec<u8>,
     message_start: usize,
+    kind: EvidenceKind,
 }
 
 impl Commitment {
@@ -249,7 +278,7 @@ impl Commitment {
     pub fn tally_iou(signed: SignedIou) -> Result<Commitment, IouError> {
         signed.iou.check_shape()?;
         let evidence = signed.iou.signing_bytes();
-        Ok(Commitment { signed, evidence, message_start: 0 })
+        Ok(Commitment { signed, evidence, message_start: 0, kind: EvidenceKind::TallyIou })
     }
 
     /// A Web Bot Auth payment: derives the IOU from `signature_base` for `payer_key` and packs the
@@ -260,19 +289,44 @@ impl Commitment {
         signature_base: &str,
     ) -> Result<Commitment, EvidenceError> {
         let iou = derive_web_bot_auth_iou(signature_base, &payer_key)?;
+        Ok(Commitment::over_base(EvidenceKind::WebBotAuth, iou, signature, &[], signature_base))
+    }
+
+    /// A pay-per-crawl payment (`crate::pay_per_crawl`): derives the IOU from `signature_base` and
+    /// the unsigned `terms`, and packs the evidence. The signature is checked by the pipeline.
+    pub fn pay_per_crawl(
+        payer_key: PublicKeyBytes,
+        signature: SignatureBytes,
+        signature_base: &str,
+        terms: &crate::pay_per_crawl::PayPerCrawlTerms,
+    ) -> Result<Commitment, EvidenceError> {
+        let iou = crate::pay_per_crawl::derive_pay_per_crawl_iou(signature_base, &payer_key, terms)?;
+        Ok(Commitment::over_base(EvidenceKind::PayPerCrawl, iou, signature, &[terms.scale], signature_base))
+    }
+
+    /// `tag ‖ u16 m ‖ IOU bytes ‖ context ‖ u32 b ‖ base`: the two base-signed forms.
+    fn over_base(
+        kind: EvidenceKind,
+        iou: Iou,
+        signature: SignatureBytes,
+        context: &[u8],
+        signature_base: &str,
+    ) -> Commitment {
+        let tag = if kind == EvidenceKind::PayPerCrawl { PPC_EVIDENCE_TAG } else { WBA_EVIDENCE_TAG };
         let iou_bytes = iou.signing_bytes();
         let base = signature_base.as_bytes();
-        let mut evidence = Vec::with_capacity(WBA_EVIDENCE_TAG.len() + 2 + iou_bytes.len() + 4 + base.len());
-        evidence.extend_from_slice(WBA_EVIDENCE_TAG);
+        let mut evidence = Vec::with_capacity(tag.len() + 2 + iou_bytes.len() + context.len() + 4 + base.len());
+        evidence.extend_from_slice(tag);
         let iou_len = u16::try_from(iou_bytes.len()).expect("signing bytes are bounded below 64 KiB");
         evidence.extend_from_slice(&iou_len.to_be_bytes());
         evidence.extend_from_slice(&iou_bytes);
+        evidence.extend_from_slice(context);
         let base_len = u32::try_from(base.len()).expect("base length was bounded");
         evidence.extend_from_slice(&base_len.to_be_bytes());
         let message_start = evidence.len();
         evidence.extend_from_slice(base);
         debug_assert!(evidence.len() <= EVIDENCE_LEN_MAX);
-        Ok(Commitment { signed: SignedIou { iou, signature }, evidence, message_start })
+        Commitment { signed: SignedIou { iou, signature }, evidence, message_start, kind }
     }
 
     /// The bytes the payer's signature covers.
@@ -281,7 +335,7 @@ impl Commitment {
     }
 
     pub fn kind(&self) -> EvidenceKind {
-        if self.message_start == 0 { EvidenceKind::TallyIou } else { EvidenceKind::WebBotAuth }
+        self.kind
     }
 }
 
@@ -350,9 +404,34 @@ fn component_name(item: &sfv::Item) -> Option<&str> {
     item.bare_item.as_string().map(|s| s.as_str())
 }
 
-/// Applies the derivation rule in this module's documentation: the IOU a Web Bot Auth signature
-/// base commits `payer_key` to.
-pub fn derive_web_bot_auth_iou(base: &str, payer_key: &PublicKeyBytes) -> Result<Iou, EvidenceError> {
+/// A signature base that passed the rules every Web Bot Auth payment shares (shape, `tag`, `alg`,
+/// `keyid`, `created < expires`), with its covered components' values.
+pub(crate) struct ParsedBase<'a> {
+    components: Vec<BaseLine<'a>>,
+    pub created_s: u64,
+    pub expires_s: u64,
+}
+
+impl<'a> ParsedBase<'a> {
+    /// The value of the covered component `wanted`, which must be covered exactly once.
+    pub fn value_of(&self, wanted: &str) -> Result<&'a str, EvidenceError> {
+        let mut found = self.components.iter().filter(|c| component_name(&c.item) == Some(wanted));
+        match (found.next(), found.next()) {
+            (Some(line), None) => Ok(line.value),
+            (None, _) => Err(EvidenceError::Base("a required component is not covered")),
+            (Some(_), Some(_)) => Err(EvidenceError::Base("a component is covered twice")),
+        }
+    }
+
+    /// Whether the component `wanted` is covered.
+    pub fn covers(&self, wanted: &str) -> bool {
+        self.components.iter().any(|c| component_name(&c.item) == Some(wanted))
+    }
+}
+
+/// The rules shared by every Web Bot Auth derivation: the base's shape, its parameters, and that
+/// `keyid` is `payer_key`'s thumbprint. Also requires `@authority` and `signature-agent` covered.
+pub(crate) fn parse_base<'a>(base: &'a str, payer_key: &PublicKeyBytes) -> Result<ParsedBase<'a>, EvidenceError> {
     if base.len() > SIGNATURE_BASE_LEN_MAX {
         return Err(EvidenceError::Base("too long"));
     }
@@ -387,18 +466,6 @@ pub fn derive_web_bot_auth_iou(base: &str, payer_key: &PublicKeyBytes) -> Result
     if inner.items.len() != components.len() || inner.items.iter().zip(&components).any(|(a, b)| *a != b.item) {
         return Err(EvidenceError::Base("@signature-params does not list the covered components in order"));
     }
-    let value_of = |wanted: &str| -> Result<&str, EvidenceError> {
-        let mut found = components.iter().filter(|c| component_name(&c.item) == Some(wanted));
-        match (found.next(), found.next()) {
-            (Some(line), None) => Ok(line.value),
-            (None, _) => Err(EvidenceError::Base("a required component is not covered")),
-            (Some(_), Some(_)) => Err(EvidenceError::Base("a component is covered twice")),
-        }
-    };
-    value_of("@authority")?;
-    value_of("signature-agent")?;
-    let payment_signature = value_of("payment-signature")?;
-
     let params = &inner.params;
     let string_param = |name: &str| params.get(name).and_then(|v| v.as_string()).map(|s| s.as_str());
     let int_param =
@@ -418,6 +485,18 @@ pub fn derive_web_bot_auth_iou(base: &str, payer_key: &PublicKeyBytes) -> Result
         return Err(EvidenceError::Base("expires is not after created"));
     }
 
+    let parsed = ParsedBase { components, created_s, expires_s };
+    parsed.value_of("@authority")?;
+    parsed.value_of("signature-agent")?;
+    Ok(parsed)
+}
+
+/// Applies the derivation rule in this module's documentation: the IOU a Web Bot Auth signature
+/// base commits `payer_key` to.
+pub fn derive_web_bot_auth_iou(base: &str, payer_key: &PublicKeyBytes) -> Result<Iou, EvidenceError> {
+    let parsed = parse_base(base, payer_key)?;
+    let payment_signature = parsed.value_of("payment-signature")?;
+    let (created_s, expires_s) = (parsed.created_s, parsed.expires_s);
     let payment = decode_payment_signature(payment_signature)?;
     let nonce = match &payment.payment_id {
         Some(id) => nonce_for_payment_id(id),

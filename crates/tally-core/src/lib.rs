@@ -41,6 +41,7 @@ pub mod fuzzing;
 pub mod iou;
 pub mod ledger_id;
 pub mod outcome;
+pub mod pay_per_crawl;
 pub mod settlement;
 pub mod verify;
 

@@ -45,6 +45,7 @@ pub mod audit;
 pub mod command;
 mod commit;
 pub mod directory;
+pub mod exposure;
 pub mod failpoint;
 pub mod format;
 pub mod journal;

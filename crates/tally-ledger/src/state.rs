@@ -40,6 +40,9 @@ pub struct State {
     /// payer id → asset → what it owes and has not settled: its IOUs in
     /// unplanned epochs plus its open bills.
     pub exposure: FastMap<String, FastMap<String, u128>>,
+    /// `(payer, asset)` pairs whose exposure changed since the writer last
+    /// published them (`crate::exposure`); a payer's run of IOUs adds one entry.
+    pub exposure_changed: Vec<(String, String)>,
     /// The highest epoch whose settlement plan is recorded (0: none).
     pub planned_through: u64,
     /// Query token name → the SHA-256 it is stored under (revoked ones included:
@@ -73,6 +76,7 @@ impl State {
             key_owner: ledger.key_owners()?.into_iter().collect(),
             payees: ledger.payees()?.into_iter().map(|p| (p.id.clone(), p)).collect(),
             exposure: FastMap::default(),
+            exposure_changed: Vec::new(),
             planned_through: ledger.planned_through()?,
             tokens: ledger.query_tokens()?.into_iter().map(|(digest, token)| (token.name, digest)).collect(),
         };
@@ -88,6 +92,9 @@ impl State {
     }
 
     pub fn set_exposure(&mut self, payer: &str, asset: &str, owed: u128) {
+        if self.exposure_changed.last().is_none_or(|(p, a)| p != payer || a != asset) {
+            self.exposure_changed.push((payer.to_owned(), asset.to_owned()));
+        }
         match self.exposure.get_mut(payer) {
             Some(by_asset) => match by_asset.get_mut(asset) {
                 Some(slot) => *slot = owed,

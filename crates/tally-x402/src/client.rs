@@ -284,6 +284,20 @@ impl Crawler {
         self.finish(retry, true).await
     }
 
+    /// The `PAYMENT-SIGNATURE` value this crawler would send for `required`'s
+    /// offer on its network (a Tally IOU payload; no Web Bot Auth headers):
+    /// for callers that send the request themselves.
+    pub fn payment_for(&self, required: &PaymentRequired) -> Result<String, CrawlerError> {
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == SCHEME_BATCH_SETTLEMENT && o.network == self.network)
+            .ok_or_else(|| CrawlerError::NoAcceptableOffer(self.network.clone()))?;
+        let price = tally_core::parse_canonical_units(&offer.amount)
+            .ok_or_else(|| CrawlerError::InvalidOffer("amount".into()))?;
+        self.payment_signature(required, offer, price, None)
+    }
+
     /// Builds, signs and encodes the `PAYMENT-SIGNATURE` header value.
     fn payment_signature(
         &self,

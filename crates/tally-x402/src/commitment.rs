@@ -33,6 +33,9 @@ use crate::types::Reason;
 pub const FORMAT_TALLY_IOU: &str = "tally-iou-v1";
 /// The Web Bot Auth format: the resource server forwards the signed request's parts.
 pub const FORMAT_WEB_BOT_AUTH: &str = "web-bot-auth";
+/// A pay-per-crawl request: a Web Bot Auth signature covering a `crawler-exact-price` or
+/// `crawler-max-price` header (Cloudflare's dialect) instead of `PAYMENT-SIGNATURE`.
+pub const FORMAT_PAY_PER_CRAWL: &str = "pay-per-crawl";
 pub use tally_core::evidence::{PAYMENT_ID_LEN_MAX, PAYMENT_ID_LEN_MIN};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +158,22 @@ pub struct WebBotAuthPayload {
     pub signature: String,
     /// The `PAYMENT-SIGNATURE` header value, verbatim (base64 JSON).
     pub payment_signature: String,
+}
+
+/// `paymentPayload.payload` for a pay-per-crawl payment: the crawler's signed request's parts and
+/// the one price header its signature covers (`crawler-exact-price` or `crawler-max-price`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PayPerCrawlPayload {
+    pub format: String,
+    pub authority: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_agent: Option<String>,
+    pub signature_input: String,
+    pub signature: String,
+    pub price_header: String,
+    /// The price header's value, verbatim (`USD 0.01`).
+    pub price: String,
 }
 
 #[cfg(test)]

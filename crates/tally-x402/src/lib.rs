@@ -24,6 +24,7 @@ pub mod facilitator;
 pub mod fuzzing;
 pub mod jwks;
 pub mod middleware;
+pub mod pay_per_crawl;
 pub mod types;
 pub mod webbotauth;
 

@@ -70,6 +70,7 @@ use serde_json::json;
 use tower::{Layer, Service};
 
 use crate::commitment::{FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, WebBotAuthPayload};
+use crate::pay_per_crawl;
 use crate::types::*;
 
 /// The request header carrying the client's base64 JSON [`PaymentPayload`].
@@ -139,6 +140,9 @@ pub struct PaywallConfig {
     pub http: reqwest::Client,
     /// Where crawlers register their Web Bot Auth keys, advertised in the 402.
     pub registration_url: Option<String>,
+    /// The asset's decimals: pay-per-crawl writes prices in display units
+    /// (`crawler-price: USD 0.01`), and reads the crawler's the same way.
+    pub asset_scale: u8,
 }
 
 /// `PAYMENT-RESPONSE`: what the paywall tells the client after settling.
@@ -285,7 +289,7 @@ fn resource_url(request: &Request<Body>) -> Option<String> {
 /// The answer to a request whose resource cannot be named exactly.
 fn unnameable() -> Response {
     let body = json!({
-        "error": "uri_too_long",
+        "error": "tally_uri_too_long",
         "message": "the request's URL is too long (or its Host malformed) to name the resource a payment buys",
     });
     (StatusCode::URI_TOO_LONG, axum::Json(body)).into_response()
@@ -293,7 +297,7 @@ fn unnameable() -> Response {
 
 /// Whether the payload carries a payment identifier (`payment-identifier`
 /// extension, `info.id`), which a paywall configured to require one demands.
-fn has_payment_id(payload: &PaymentPayload) -> bool {
+pub fn has_payment_id(payload: &PaymentPayload) -> bool {
     crate::commitment::payment_identifier_info(payload.extensions.as_ref())
         .and_then(|info| info.get("id"))
         .is_some_and(serde_json::Value::is_string)
@@ -326,9 +330,28 @@ fn refuse(config: &PaywallConfig, url: String, status: StatusCode, error: Option
         "accepts": required.accepts,
     });
     let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&encoded) {
-        response.headers_mut().insert(HEADER_PAYMENT_REQUIRED, value);
+        headers.insert(HEADER_PAYMENT_REQUIRED, value);
     }
+    // Cloudflare's pay-per-crawl dialect, beside x402's.
+    let price = pay_per_crawl::price_header(&config.asset, config.price, config.asset_scale);
+    if let Ok(value) = HeaderValue::from_str(&price) {
+        headers.insert(pay_per_crawl::HEADER_CRAWLER_PRICE, value);
+    }
+    if let Some(error) = error {
+        headers.insert(
+            pay_per_crawl::HEADER_CRAWLER_ERROR,
+            HeaderValue::from_static(pay_per_crawl::error_for_reason(error).as_str()),
+        );
+    }
+    response
+}
+
+/// A pay-per-crawl request refused in Cloudflare's words (`crawler-error`) and x402's.
+fn crawler_refusal(config: &PaywallConfig, url: String, error: pay_per_crawl::CrawlerError) -> Response {
+    let mut response = refuse(config, url, error.status(), Some(error.reason()));
+    response.headers_mut().insert(pay_per_crawl::HEADER_CRAWLER_ERROR, HeaderValue::from_static(error.as_str()));
     response
 }
 
@@ -363,7 +386,7 @@ fn payment_header(headers: &HeaderMap) -> Option<&HeaderValue> {
 /// The facilitator payload of a Web Bot Auth payment: the signed request's parts, verbatim.
 /// `None` when a header is not visible ASCII or the request names no usable host; sizes are
 /// bounded by the facilitator (which answers with a reason code) and by the server's header limit.
-fn web_bot_auth_payload(
+pub fn web_bot_auth_payload(
     headers: &HeaderMap,
     payment_signature: &HeaderValue,
     signed_payload: PaymentPayload,
@@ -413,20 +436,20 @@ async fn ask<T: DeserializeOwned>(
         Err(error) => {
             tracing::warn!(%error, %endpoint, "facilitator unreachable; not serving");
             let status = if error.is_timeout() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
-            return Err(upstream_failure(status, "facilitator_unavailable"));
+            return Err(upstream_failure(status, "tally_facilitator_unavailable"));
         }
     };
     let status = answer.status();
     if status.is_server_error() {
         tracing::warn!(%status, "facilitator failed; not serving");
-        return Err(upstream_failure(StatusCode::SERVICE_UNAVAILABLE, "facilitator_unavailable"));
+        return Err(upstream_failure(StatusCode::SERVICE_UNAVAILABLE, "tally_facilitator_unavailable"));
     }
     match read_bounded(answer, FACILITATOR_ANSWER_BYTES_MAX).await.and_then(|b| serde_json::from_slice(&b).ok()) {
         Some(decoded) => Ok((status, decoded)),
-        None if status == StatusCode::PAYLOAD_TOO_LARGE => Err(upstream_failure(status, "payload_too_large")),
+        None if status == StatusCode::PAYLOAD_TOO_LARGE => Err(upstream_failure(status, "tally_payload_too_large")),
         None => {
             tracing::warn!(%status, "facilitator answered something that is not a {route} response; not serving");
-            Err(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer"))
+            Err(upstream_failure(StatusCode::BAD_GATEWAY, "tally_facilitator_invalid_answer"))
         }
     }
 }
@@ -441,7 +464,7 @@ fn refusal(config: &PaywallConfig, url: String, status: StatusCode, reason: Opti
         }
         _ => {
             tracing::warn!(%status, "facilitator answered an unexpected status; not serving");
-            upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_invalid_answer")
+            upstream_failure(StatusCode::BAD_GATEWAY, "tally_facilitator_invalid_answer")
         }
     }
 }
@@ -464,7 +487,7 @@ async fn settle_payment(config: &PaywallConfig, url: &str, body: &FacilitatorReq
         if let Some(recorded) = settled.amount.as_ref().filter(|recorded| *recorded != asked) {
             tracing::error!(%recorded, %asked, transaction = %settled.transaction,
                 "the facilitator recorded another charge than the one asked; not serving");
-            return Verdict::No(upstream_failure(StatusCode::BAD_GATEWAY, "facilitator_charge_mismatch"));
+            return Verdict::No(upstream_failure(StatusCode::BAD_GATEWAY, "tally_facilitator_charge_mismatch"));
         }
         return Verdict::Yes(PaymentResponse {
             success: true,
@@ -480,11 +503,44 @@ async fn settle_payment(config: &PaywallConfig, url: &str, body: &FacilitatorReq
     Verdict::No(refusal(config, url.to_owned(), status, settled.error_reason))
 }
 
-fn with_receipt(mut response: Response, receipt: &PaymentResponse) -> Response {
+fn with_receipt(config: &PaywallConfig, mut response: Response, receipt: &PaymentResponse, crawler: bool) -> Response {
     if let Ok(value) = HeaderValue::from_str(&encode_header_json(receipt)) {
         response.headers_mut().insert(HEADER_PAYMENT_RESPONSE, value);
     }
+    if crawler {
+        let charged = tally_core::parse_canonical_units(&receipt.amount).unwrap_or(0);
+        let charged = pay_per_crawl::price_header(&config.asset, charged, config.asset_scale);
+        if let Ok(value) = HeaderValue::from_str(&charged) {
+            response.headers_mut().insert(pay_per_crawl::HEADER_CRAWLER_CHARGED, value);
+        }
+    }
     response
+}
+
+/// The facilitator payment of an x402 request: its `PAYMENT-SIGNATURE`
+/// payload, or (a Web Bot Auth payment) the signed request's parts. `Err`
+/// carries the status and reason code to refuse with.
+fn x402_payment(
+    config: &PaywallConfig,
+    request: &Request<Body>,
+    header_value: &HeaderValue,
+) -> Result<PaymentPayload, (StatusCode, &'static str)> {
+    let payload: PaymentPayload = decode_header_json(header_value.as_bytes(), PAYMENT_SIGNATURE_HEADER_BYTES_MAX)
+        .map_err(|error| {
+            tracing::debug!(%error, "malformed PAYMENT-SIGNATURE");
+            (StatusCode::PAYMENT_REQUIRED, Reason::InvalidPayload.as_str())
+        })?;
+    // The offer says a payment identifier is required: a client that leaves
+    // the extension out does not get to skip the rule.
+    if config.payment_id_required && !has_payment_id(&payload) {
+        return Err((StatusCode::BAD_REQUEST, Reason::PaymentIdentifierRequired.as_str()));
+    }
+    let is_tally_iou = payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
+    if !is_tally_iou && request.headers().contains_key(HEADER_SIGNATURE_INPUT) {
+        return web_bot_auth_payload(request.headers(), header_value, payload)
+            .ok_or((StatusCode::PAYMENT_REQUIRED, Reason::InvalidPayload.as_str()));
+    }
+    Ok(payload)
 }
 
 async fn paywall<S>(config: Arc<PaywallConfig>, mut inner: S, request: Request<Body>) -> Result<Response, S::Error>
@@ -494,36 +550,26 @@ where
     let Some(url) = resource_url(&request) else {
         return Ok(unnameable());
     };
-    let Some(header_value) = payment_header(request.headers()) else {
-        return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None));
-    };
-    let payload: PaymentPayload = match decode_header_json(header_value.as_bytes(), PAYMENT_SIGNATURE_HEADER_BYTES_MAX)
-    {
-        Ok(payload) => payload,
-        Err(error) => {
-            tracing::debug!(%error, "malformed PAYMENT-SIGNATURE");
-            let reason = Reason::InvalidPayload.as_str();
-            return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
-        }
-    };
-
-    // The offer says a payment identifier is required: a client that leaves
-    // the extension out does not get to skip the rule.
-    if config.payment_id_required && !has_payment_id(&payload) {
-        let reason = Reason::PaymentIdentifierRequired.as_str();
-        return Ok(refuse(&config, url, StatusCode::BAD_REQUEST, Some(reason)));
-    }
-    let is_tally_iou = payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
-    let payment_payload = if !is_tally_iou && request.headers().contains_key(HEADER_SIGNATURE_INPUT) {
-        match web_bot_auth_payload(request.headers(), header_value, payload) {
-            Some(forwarded) => forwarded,
-            None => {
-                let reason = Reason::InvalidPayload.as_str();
-                return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, Some(reason)));
+    let (payment_payload, crawler) = match payment_header(request.headers()) {
+        Some(header_value) => match x402_payment(&config, &request, header_value) {
+            Ok(payload) => (payload, false),
+            Err(refused) => return Ok(refuse(&config, url, refused.0, Some(refused.1))),
+        },
+        // No x402 payment: a pay-per-crawl crawler's price headers, or a 402.
+        None => match pay_per_crawl::price_headers(request.headers()) {
+            Ok(None) => return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None)),
+            Err(error) => return Ok(crawler_refusal(&config, url, error)),
+            Ok(Some(asked)) => {
+                if let Err(error) = pay_per_crawl::accepts(&asked, &config.asset, config.asset_scale, config.price) {
+                    return Ok(crawler_refusal(&config, url, error));
+                }
+                let offered = requirements(&config, &url);
+                match pay_per_crawl::payment_payload(request.headers(), &asked, &offered, &url) {
+                    Some(payload) => (payload, true),
+                    None => return Ok(crawler_refusal(&config, url, pay_per_crawl::CrawlerError::InvalidSignature)),
+                }
             }
-        }
-    } else {
-        payload
+        },
     };
     let mut body = FacilitatorRequest {
         x402_version: X402_VERSION,
@@ -533,7 +579,7 @@ where
 
     if config.pricing == Pricing::Fixed {
         return Ok(match settle_payment(&config, &url, &body).await {
-            Verdict::Yes(receipt) => with_receipt(inner.call(request).await?, &receipt),
+            Verdict::Yes(receipt) => with_receipt(&config, inner.call(request).await?, &receipt, crawler),
             Verdict::No(response) => response,
         });
     }
@@ -552,11 +598,11 @@ where
     let charge = response.extensions().get::<Charge>().map_or(config.price, |charge| charge.0);
     if charge == 0 || charge > config.price {
         tracing::warn!(charge, price = config.price, "the handler's charge is outside 1..=price; not delivering");
-        return Ok(upstream_failure(StatusCode::INTERNAL_SERVER_ERROR, "invalid_charge"));
+        return Ok(upstream_failure(StatusCode::INTERNAL_SERVER_ERROR, "tally_invalid_charge"));
     }
     body.payment_requirements.amount = charge.to_string();
     Ok(match settle_payment(&config, &url, &body).await {
-        Verdict::Yes(receipt) => with_receipt(response, &receipt),
+        Verdict::Yes(receipt) => with_receipt(&config, response, &receipt, crawler),
         Verdict::No(refused) => refused,
     })
 }
@@ -577,6 +623,7 @@ mod tests {
             description: "an article".into(),
             http: reqwest::Client::new(),
             registration_url: Some("https://tally.example/register".into()),
+            asset_scale: 6,
         }
     }
 

@@ -85,6 +85,9 @@ pub struct VerifyResponse {
     pub is_valid: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_reason: Option<String>,
+    /// A sentence saying why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
 }
@@ -98,6 +101,9 @@ pub struct SettleResponse {
     pub success: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_reason: Option<String>,
+    /// A sentence saying why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
     pub transaction: String,
@@ -128,9 +134,23 @@ pub struct SupportedResponse {
     pub signers: serde_json::Map<String, Value>,
 }
 
-/// Why a payment was refused. The wire strings are the protocol's (the
-/// generic codes) or the Cloudflare binding's (the Web Bot Auth codes), plus
-/// Tally's own per-IOU codes for what those do not name.
+/// Why a payment was refused, in three families:
+///
+/// - **x402's generic codes** (the protocol's own list) wherever one fits:
+///   `invalid_payload`, `invalid_payment_requirements`, `invalid_scheme`,
+///   `unsupported_scheme`, `invalid_network`, `invalid_x402_version`,
+///   `insufficient_funds`, `invalid_transaction_state`,
+///   `unexpected_verify_error`, `unexpected_settle_error`;
+/// - **the `batch-settlement` binding's codes** (the Cloudflare binding names
+///   them): `price_not_acceptable`, `invalid_signature`,
+///   `signature_agent_unknown` (Web Bot Auth only: an HTTP signature whose
+///   agent or key is not registered), `invalid_payment_signature`;
+/// - **Tally's own**, prefixed `tally_` so no client mistakes them for the
+///   protocol's: what a credit-backed ledger refuses that the protocol has no
+///   name for (`docs/x402-binding.md` lists each).
+///
+/// Every refusal also carries a sentence ([`Reason::message`]) in
+/// `invalidMessage` / `errorMessage`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     InvalidPayload,
@@ -145,8 +165,11 @@ pub enum Reason {
     UnexpectedSettleError,
     PriceNotAcceptable,
     InvalidSignature,
+    /// Web Bot Auth: the signature agent (or the key `keyid` names) is not registered.
     SignatureAgentUnknown,
     InvalidPaymentSignature,
+    /// A Tally IOU signed by a key no payer has registered.
+    PayerKeyUnknown,
     /// The IOU's validity window is closed or not yet open.
     Expired,
     /// The payer is registered but suspended.
@@ -167,6 +190,33 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: [Reason; 23] = [
+        Reason::InvalidPayload,
+        Reason::InvalidPaymentRequirements,
+        Reason::InvalidScheme,
+        Reason::UnsupportedScheme,
+        Reason::InvalidNetwork,
+        Reason::InvalidX402Version,
+        Reason::InsufficientFunds,
+        Reason::InvalidTransactionState,
+        Reason::UnexpectedVerifyError,
+        Reason::UnexpectedSettleError,
+        Reason::PriceNotAcceptable,
+        Reason::InvalidSignature,
+        Reason::SignatureAgentUnknown,
+        Reason::InvalidPaymentSignature,
+        Reason::PayerKeyUnknown,
+        Reason::Expired,
+        Reason::PayerSuspended,
+        Reason::PaymentIdentifierConflict,
+        Reason::PaymentIdentifierRequired,
+        Reason::ResourceMismatch,
+        Reason::PaymentAlreadyUsed,
+        Reason::KeyRevoked,
+        Reason::PayeeSuspended,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidPayload => "invalid_payload",
@@ -183,14 +233,50 @@ impl Reason {
             Reason::InvalidSignature => "invalid_signature",
             Reason::SignatureAgentUnknown => "signature_agent_unknown",
             Reason::InvalidPaymentSignature => "invalid_payment_signature",
-            Reason::Expired => "expired",
-            Reason::PayerSuspended => "payer_suspended",
-            Reason::PaymentIdentifierConflict => "payment_identifier_conflict",
-            Reason::PaymentIdentifierRequired => "payment_identifier_required",
-            Reason::ResourceMismatch => "resource_mismatch",
-            Reason::PaymentAlreadyUsed => "payment_already_used",
-            Reason::KeyRevoked => "key_revoked",
-            Reason::PayeeSuspended => "payee_suspended",
+            Reason::PayerKeyUnknown => "tally_payer_key_unknown",
+            Reason::Expired => "tally_expired",
+            Reason::PayerSuspended => "tally_payer_suspended",
+            Reason::PaymentIdentifierConflict => "tally_payment_identifier_conflict",
+            Reason::PaymentIdentifierRequired => "tally_payment_identifier_required",
+            Reason::ResourceMismatch => "tally_resource_mismatch",
+            Reason::PaymentAlreadyUsed => "tally_payment_already_used",
+            Reason::KeyRevoked => "tally_key_revoked",
+            Reason::PayeeSuspended => "tally_payee_suspended",
+        }
+    }
+
+    /// The sentence that goes with the code (`invalidMessage`, `errorMessage`).
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::InvalidPayload => "the request or its payment payload is malformed",
+            Reason::InvalidPaymentRequirements => {
+                "the payment does not match the requirements, or names an asset or payee this network does not take"
+            }
+            Reason::InvalidScheme => "the scheme is not valid",
+            Reason::UnsupportedScheme => "this facilitator settles only the batch-settlement scheme",
+            Reason::InvalidNetwork => "the payment is for another network than this facilitator's",
+            Reason::InvalidX402Version => "only x402 version 2 is supported",
+            Reason::InsufficientFunds => "the payer's credit limit for this asset does not cover the charge",
+            Reason::InvalidTransactionState => {
+                "a different payment was already recorded under this payer key and nonce"
+            }
+            Reason::UnexpectedVerifyError => "the ledger could not be read; try again",
+            Reason::UnexpectedSettleError => "the ledger could not record the payment; try again",
+            Reason::PriceNotAcceptable => "the commitment does not cover the price",
+            Reason::InvalidSignature => "the signature does not verify, or its parameters are out of bounds",
+            Reason::SignatureAgentUnknown => {
+                "the Web Bot Auth signature agent or key is not registered with this network"
+            }
+            Reason::InvalidPaymentSignature => "the signed payment-signature does not commit to this payment",
+            Reason::PayerKeyUnknown => "the IOU's payer key is not registered with this network",
+            Reason::Expired => "the commitment is outside its validity window",
+            Reason::PayerSuspended => "the payer is suspended",
+            Reason::PaymentIdentifierConflict => "this payment identifier was used for a different payment or charge",
+            Reason::PaymentIdentifierRequired => "the offer requires a payment identifier",
+            Reason::ResourceMismatch => "the commitment names another resource than the one requested",
+            Reason::PaymentAlreadyUsed => "this payment was already used for a request; it buys no second one",
+            Reason::KeyRevoked => "the key that signed the commitment has been revoked",
+            Reason::PayeeSuspended => "the payee is suspended",
         }
     }
 }

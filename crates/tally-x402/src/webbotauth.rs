@@ -387,7 +387,13 @@ pub fn check_web_bot_auth(
     policy: &VerifyPolicy,
     lookup: impl Fn(&str) -> Option<[u8; 32]>,
 ) -> Result<CheckedSignature, WebBotAuthError> {
-    let (verifier, verified) = check_rules(parts, policy, lookup)?;
+    finish_check(check_rules(parts, policy, lookup)?)
+}
+
+/// Refuses weak keys and returns the base and signature for the caller's Ed25519 check.
+fn finish_check(
+    (verifier, verified): (MessageVerifier, VerifiedSignature),
+) -> Result<CheckedSignature, WebBotAuthError> {
     match ed25519_dalek::VerifyingKey::from_bytes(&verified.public_key) {
         Ok(key) if !key.is_weak() => {}
         _ => return Err(WebBotAuthError::WeakKey(verified.keyid)),
@@ -431,23 +437,93 @@ fn base_ascii(base: &web_bot_auth::message_signatures::SignatureBase) -> Result<
     Ok(out)
 }
 
+/// The pay-per-crawl price headers a signature may cover in place of `payment-signature`.
+pub const PAY_PER_CRAWL_PRICE_HEADERS: [&str; 2] = ["crawler-exact-price", "crawler-max-price"];
+/// Longest pay-per-crawl price header value (`USD 0.01`).
+pub const CRAWLER_PRICE_BYTES_MAX: usize = 64;
+
+/// A pay-per-crawl request's signed parts: the Web Bot Auth headers and the
+/// one price header (`crawler-exact-price` or `crawler-max-price`) the
+/// signature covers instead of `PAYMENT-SIGNATURE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayPerCrawlParts {
+    pub authority: String,
+    pub signature_agent: Option<String>,
+    pub signature_input: String,
+    pub signature: String,
+    /// One of [`PAY_PER_CRAWL_PRICE_HEADERS`].
+    pub price_header: String,
+    /// Its value, verbatim (`USD 0.01`).
+    pub price: String,
+}
+
+/// Every Web Bot Auth rule of [`check_web_bot_auth`], for a pay-per-crawl
+/// request: the signature must cover `@authority`, `signature-agent` and its
+/// price header. The Ed25519 check is left to the caller, as there.
+pub fn check_pay_per_crawl(
+    parts: &PayPerCrawlParts,
+    policy: &VerifyPolicy,
+    lookup: impl Fn(&str) -> Option<[u8; 32]>,
+) -> Result<CheckedSignature, WebBotAuthError> {
+    let Some(price_header) = PAY_PER_CRAWL_PRICE_HEADERS.iter().find(|h| **h == parts.price_header) else {
+        return Err(WebBotAuthError::Malformed {
+            header: "price header",
+            reason: "not a pay-per-crawl price header".into(),
+        });
+    };
+    check_value(price_header, &parts.price, CRAWLER_PRICE_BYTES_MAX)?;
+    let covered = Covered {
+        authority: &parts.authority,
+        signature_agent: parts.signature_agent.as_deref(),
+        signature_input: &parts.signature_input,
+        signature: &parts.signature,
+        payment: (price_header, &parts.price),
+    };
+    finish_check(check_covered(&covered, policy, lookup)?)
+}
+
+/// What a Web Bot Auth payment signature covers: the request's parts and the
+/// component that names the payment (`payment-signature`, or a price header).
+struct Covered<'a> {
+    authority: &'a str,
+    signature_agent: Option<&'a str>,
+    signature_input: &'a str,
+    signature: &'a str,
+    payment: (&'static str, &'a str),
+}
+
 /// The Web Bot Auth rules on a request, up to (not including) the Ed25519 check.
 fn check_rules(
     parts: &SignedRequestParts,
     policy: &VerifyPolicy,
     lookup: impl Fn(&str) -> Option<[u8; 32]>,
 ) -> Result<(MessageVerifier, VerifiedSignature), WebBotAuthError> {
-    check_value("authority", &parts.authority, AUTHORITY_BYTES_MAX)?;
-    if let Some(agent) = &parts.signature_agent {
+    check_payment_signature(&parts.payment_signature)?;
+    let covered = Covered {
+        authority: &parts.authority,
+        signature_agent: parts.signature_agent.as_deref(),
+        signature_input: &parts.signature_input,
+        signature: &parts.signature,
+        payment: ("payment-signature", &parts.payment_signature),
+    };
+    check_covered(&covered, policy, lookup)
+}
+
+fn check_covered(
+    parts: &Covered<'_>,
+    policy: &VerifyPolicy,
+    lookup: impl Fn(&str) -> Option<[u8; 32]>,
+) -> Result<(MessageVerifier, VerifiedSignature), WebBotAuthError> {
+    check_value("authority", parts.authority, AUTHORITY_BYTES_MAX)?;
+    if let Some(agent) = parts.signature_agent {
         check_value("signature-agent", agent, SIGNATURE_AGENT_BYTES_MAX)?;
     }
-    check_value("signature-input", &parts.signature_input, SIGNATURE_INPUT_BYTES_MAX)?;
-    check_value("signature", &parts.signature, SIGNATURE_BYTES_MAX)?;
-    check_payment_signature(&parts.payment_signature)?;
+    check_value("signature-input", parts.signature_input, SIGNATURE_INPUT_BYTES_MAX)?;
+    check_value("signature", parts.signature, SIGNATURE_BYTES_MAX)?;
 
     // Pick the label (web-bot-auth would report a missing tag only as "no matching label").
     let malformed = |reason: String| WebBotAuthError::Malformed { header: "signature-input", reason };
-    let inputs = sfv::Parser::new(&parts.signature_input).parse_dictionary().map_err(|e| malformed(e.to_string()))?;
+    let inputs = sfv::Parser::new(parts.signature_input).parse_dictionary().map_err(|e| malformed(e.to_string()))?;
     if inputs.is_empty() {
         return Err(malformed("no signature".into()));
     }
@@ -481,16 +557,15 @@ fn check_rules(
         return Err(malformed("component names must be lowercase strings".into()));
     }
 
-    let mut components =
-        vec![("@authority", parts.authority.as_str()), ("payment-signature", &parts.payment_signature)];
-    if let Some(agent) = &parts.signature_agent {
+    let mut components = vec![("@authority", parts.authority), parts.payment];
+    if let Some(agent) = parts.signature_agent {
         components.push(("signature-agent", agent));
     }
     let message =
-        Message { components: &components, signature_input: &parts.signature_input, signature: &parts.signature };
+        Message { components: &components, signature_input: parts.signature_input, signature: parts.signature };
     let verifier = parse_label(&message, label)?;
 
-    for required in ["@authority", "signature-agent", "payment-signature"] {
+    for required in ["@authority", "signature-agent", parts.payment.0] {
         if !covers(&verifier, required) {
             return Err(WebBotAuthError::MissingCoveredComponent(required));
         }
@@ -540,7 +615,7 @@ fn check_rules(
         public_key,
         created_s,
         expires_s,
-        signature_agent: parts.signature_agent.clone(),
+        signature_agent: parts.signature_agent.map(str::to_owned),
         label,
     };
     Ok((verifier, verified))

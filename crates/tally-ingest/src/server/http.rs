@@ -1,5 +1,7 @@
-//! A hardened HTTP/1.1 listener for an axum router (the x402 facilitator),
-//! optionally over TLS.
+//! A hardened HTTP listener for an axum router (the x402 facilitator, the
+//! gateway), optionally over TLS. It speaks HTTP/1.1, and HTTP/2 too when
+//! [`HttpOptions::http2`] is set (prior knowledge in plaintext, ALPN `h2`
+//! over TLS).
 //!
 //! `axum::serve` has no limits of its own: a client may hold a connection
 //! open forever by sending one header byte at a time (slow-loris), and any
@@ -25,6 +27,9 @@
 //!   `/settle` may still have been recorded; its retry is answered from the
 //!   replay index, so nothing is recorded twice.
 //! - **Body size**: the router's own `DefaultBodyLimit`.
+//! - **HTTP/2**: at most [`HTTP2_STREAMS_MAX`] concurrent streams per
+//!   connection and a header list of at most [`HttpLimits::header_bytes_max`];
+//!   the request deadline applies to every stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,7 +39,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -91,11 +97,17 @@ impl HttpLimits {
     }
 }
 
-/// How to serve: limits, and TLS if configured.
+/// Concurrent HTTP/2 streams one connection may open: with
+/// [`HttpLimits::connections_max`] this bounds the requests in flight.
+pub const HTTP2_STREAMS_MAX: u32 = 64;
+
+/// How to serve: limits, TLS if configured, and whether to speak HTTP/2.
 #[derive(Clone, Debug, Default)]
 pub struct HttpOptions {
     pub limits: HttpLimits,
     pub tls: Option<TlsIdentity>,
+    /// Also serve HTTP/2 (the facilitator does not need it; the gateway does).
+    pub http2: bool,
 }
 
 /// A running HTTP listener.
@@ -125,14 +137,25 @@ pub fn serve_router(listener: TcpListener, router: Router, options: HttpOptions)
 
 async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions, mut stopped: oneshot::Receiver<()>) {
     let limits = options.limits;
-    let acceptor = options.tls.as_ref().map(TlsIdentity::http_acceptor);
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
+    let acceptor =
+        options.tls.as_ref().map(|tls| if options.http2 { tls.http2_acceptor() } else { tls.http_acceptor() });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.header_bytes_max.max(HEADER_BYTES_MIN))
         .max_headers(limits.headers_max)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_STREAMS_MAX)
+        .max_header_list_size(u32::try_from(limits.header_bytes_max).unwrap_or(u32::MAX));
+    if !options.http2 {
+        builder = builder.http1_only();
+    }
+    let builder = Arc::new(builder);
     let connections = Arc::new(Semaphore::new(limits.connections_max));
     let graceful = GracefulShutdown::new();
     loop {
@@ -158,7 +181,7 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
         let router = router.clone();
         let request_timeout = limits.request_timeout;
         let service = hyper::service::service_fn(move |request| handle(router.clone(), request_timeout, request));
-        let http1 = http1.clone();
+        let builder = builder.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -166,9 +189,9 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
             let _open = OpenConnection::count();
             match acceptor {
                 None => {
-                    let connection = http1.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(error) = watcher.watch(connection).await {
-                        connection_error(&error, "HTTP");
+                        connection_error(&*error, "HTTP");
                     }
                 }
                 Some(acceptor) => {
@@ -186,9 +209,9 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
                                 return;
                             }
                         };
-                    let connection = http1.serve_connection(TokioIo::new(tls), service);
+                    let connection = builder.serve_connection(TokioIo::new(tls), service);
                     if let Err(error) = watcher.watch(connection).await {
-                        connection_error(&error, "HTTPS");
+                        connection_error(&*error, "HTTPS");
                     }
                 }
             }
@@ -216,8 +239,8 @@ impl Drop for OpenConnection {
 
 /// A connection that ended badly: a client's fault, logged at debug only;
 /// header timeouts (slow or idle clients) are counted.
-fn connection_error(error: &hyper::Error, what: &str) {
-    if error.is_timeout() {
+fn connection_error(error: &(dyn std::error::Error + Send + Sync + 'static), what: &str) {
+    if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
         metrics::counter!("tally_http_header_timeouts_total").increment(1);
     }
     tracing::debug!(%error, "{what} connection ended with an error");

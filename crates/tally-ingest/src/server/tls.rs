@@ -105,6 +105,13 @@ impl TlsIdentity {
     pub fn http_acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.http.clone())
     }
+
+    /// The acceptor of an HTTP listener that also speaks HTTP/2 (ALPN `h2`, then `http/1.1`).
+    pub fn http2_acceptor(&self) -> TlsAcceptor {
+        let mut config = (*self.http).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 /// Reads a PEM file of bounded size; the error says why, without content.

@@ -128,6 +128,7 @@ impl Command {
 pub struct WriterHandle {
     sender: mpsc::Sender<Command>,
     directory: Arc<KeyDirectory>,
+    exposures: Arc<crate::exposure::ExposureBoard>,
     time_mark_ms: Arc<AtomicU64>,
     clock: Clock,
 }
@@ -187,6 +188,12 @@ impl WriterHandle {
         &self.directory
     }
 
+    /// What `payer` owes in `asset`, unsettled, as the writer last decided
+    /// (`crate::exposure`): what a credit preview compares with the limit.
+    pub fn exposure(&self, payer: &str, asset: &str) -> u128 {
+        self.exposures.exposure(payer, asset)
+    }
+
     /// Commands waiting in the queue now.
     pub fn queue_depth(&self) -> usize {
         self.sender.max_capacity() - self.sender.capacity()
@@ -220,7 +227,9 @@ impl Writer {
             return Err(LedgerError::Unavailable("a read-only ledger cannot be written".into()));
         }
         let directory = Arc::new(KeyDirectory::default());
-        let state = State::load(&ledger)?;
+        let mut state = State::load(&ledger)?;
+        let exposures = Arc::new(crate::exposure::ExposureBoard::default());
+        exposures.replace_all(&mut state);
         let time_mark_ms = Arc::new(AtomicU64::new(state.time_mark_ms));
         // Everything loaded is durable: the horizon may follow it at once.
         ledger.publish_time_mark(state.time_mark_ms);
@@ -246,6 +255,7 @@ impl Writer {
             reload_needed: false,
             time_mark_published: time_mark_ms.clone(),
             last_clock: None,
+            exposures: exposures.clone(),
         };
         core.open_first_epoch()?;
         core.publish_all_keys()?;
@@ -254,7 +264,7 @@ impl Writer {
             .name("tally-ledger-writer".into())
             .spawn(move || core.run(receiver))
             .map_err(|e| LedgerError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        let handle = WriterHandle { sender, directory, time_mark_ms, clock: config.clock };
+        let handle = WriterHandle { sender, directory, exposures, time_mark_ms, clock: config.clock };
         Ok(Writer { handle, thread: Some(thread) })
     }
 
@@ -305,6 +315,8 @@ pub(crate) struct WriterCore {
     reload_needed: bool,
     /// The time mark front doors read ([`WriterHandle::time_mark_ms`]).
     time_mark_published: Arc<AtomicU64>,
+    /// The exposures front doors read ([`WriterHandle::exposure`]).
+    exposures: Arc<crate::exposure::ExposureBoard>,
     /// The wall clock and the monotonic clock at the last group, to report jumps.
     last_clock: Option<(u64, Instant)>,
 }
@@ -422,6 +434,8 @@ impl WriterCore {
 
     /// Hands a decided group to the committer; blocks while `JOBS_QUEUED_MAX` wait.
     fn hand_over(&mut self, job: CommitJob, in_flight: InFlight) {
+        // The group is decided: its exposures are what later previews see.
+        self.exposures.publish_changed(&mut self.state);
         self.absorb_reported();
         self.in_flight.push_back(in_flight);
         assert!(self.in_flight.len() <= JOBS_QUEUED_MAX + 2);
@@ -461,6 +475,9 @@ impl WriterCore {
         }
         let started = Instant::now();
         let pending_ious: usize = commands.iter().map(Command::iou_count).sum();
+        // A group that wrote nothing (every command refused) decided no exposure;
+        // any other change since the last hand-over (a settlement step) is published now.
+        self.exposures.publish_changed(&mut self.state);
         self.absorb_reported();
         // Admin and settlement steps read what earlier groups wrote from
         // RocksDB, and a failed group means the state must be reloaded: both
@@ -578,6 +595,7 @@ impl WriterCore {
                 Ok(state) => {
                     self.state = state;
                     self.time_mark_published.store(self.state.time_mark_ms, Ordering::Release);
+                    self.exposures.replace_all(&mut self.state);
                     return;
                 }
                 Err(reload) if attempt < RELOAD_ATTEMPTS_MAX => {

@@ -26,14 +26,17 @@ use axum::http::StatusCode;
 use serde_json::Value;
 use tally_core::{Commitment, parse_canonical_units};
 
-use super::{Refusal, WebBotAuthRequest};
+use super::{Facilitator, Refusal, WebBotAuthRequest};
 use crate::commitment::{
-    FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, TallyIouPayload, WebBotAuthPayload, nonce_for_payment_id,
-    payment_id_is_valid,
+    FORMAT_PAY_PER_CRAWL, FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, PayPerCrawlPayload, TallyIouPayload,
+    WebBotAuthPayload, nonce_for_payment_id, payment_id_is_valid,
 };
 use crate::middleware::decode_header_json;
 use crate::types::*;
-use crate::webbotauth::{PAYMENT_SIGNATURE_BYTES_MAX, SignedRequestParts, VerifyPolicy, check_web_bot_auth};
+use crate::webbotauth::{
+    PAYMENT_SIGNATURE_BYTES_MAX, PayPerCrawlParts, SignedRequestParts, VerifyPolicy, check_pay_per_crawl,
+    check_web_bot_auth,
+};
 
 /// Which call is checking: `/verify` previews the offer, `/settle` may charge less.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +193,7 @@ pub(super) fn check_request(facilitator: &super::Facilitator, body: &[u8], phase
     match request.payment_payload.payload.get("format").and_then(Value::as_str) {
         Some(FORMAT_TALLY_IOU) => check_tally_iou(&terms),
         Some(FORMAT_WEB_BOT_AUTH) => check_web_bot_auth_payment(facilitator, &terms),
+        Some(FORMAT_PAY_PER_CRAWL) => check_pay_per_crawl_payment(facilitator, &terms),
         _ => Err(Refusal::ok(Reason::InvalidPayload)),
     }
 }
@@ -285,6 +289,67 @@ fn check_web_bot_auth_payment(facilitator: &super::Facilitator, terms: &Terms<'_
     let request =
         WebBotAuthRequest { signature_agent: parts.signature_agent, payment_signature: parts.payment_signature };
     Ok(terms.checked(commitment, payment_id, Some(request)))
+}
+
+/// A pay-per-crawl payment (Cloudflare's dialect): the crawler's RFC 9421
+/// signature covers a price header instead of `PAYMENT-SIGNATURE`. The
+/// signed price must pay the offer (`crawler-exact-price` equal to it,
+/// `crawler-max-price` at least it); the IOU is derived from the base
+/// (`tally_core::pay_per_crawl`), with the payee and resource the server's
+/// requirements name, and its signature is verified by the pipeline.
+fn check_pay_per_crawl_payment(facilitator: &super::Facilitator, terms: &Terms<'_>) -> Result<Checked, Refusal> {
+    let request = terms.request;
+    let requirements = &request.payment_requirements;
+    let forwarded: PayPerCrawlPayload = serde_json::from_value(request.payment_payload.payload.clone())
+        .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    // The price is read at the asset's scale, which only the ledger knows. A point read of the
+    // small assets column family (block cache), not a scan.
+    let scale = match facilitator.ledger.asset(&requirements.asset) {
+        Ok(Some(asset)) => asset.scale,
+        Ok(None) => return Err(Refusal::ok(Reason::InvalidPaymentRequirements)),
+        Err(_) if terms.phase == Phase::Verify => return Err(Facilitator::unavailable(Reason::UnexpectedVerifyError)),
+        Err(_) => return Err(Facilitator::unavailable(Reason::UnexpectedSettleError)),
+    };
+    let parts = PayPerCrawlParts {
+        authority: forwarded.authority,
+        signature_agent: forwarded.signature_agent,
+        signature_input: forwarded.signature_input,
+        signature: forwarded.signature,
+        price_header: forwarded.price_header,
+        price: forwarded.price,
+    };
+    let policy = VerifyPolicy {
+        now_s: facilitator.pipeline.now_s(),
+        skew_max_s: facilitator.config.web_bot_auth_skew_max_s,
+        validity_max_s: facilitator.config.web_bot_auth_validity_max_s,
+    };
+    let directory = facilitator.pipeline.writer().directory();
+    let checked = check_pay_per_crawl(&parts, &policy, |keyid| directory.lookup_thumbprint(keyid))
+        .map_err(|e| Refusal::ok(super::ledger::web_bot_auth_reason(&e)))?;
+    let key = checked.verified.public_key;
+    let price = tally_core::pay_per_crawl::signed_price(&checked.signature_base, &key, scale)
+        .map_err(|_| Refusal::ok(Reason::PriceNotAcceptable))?;
+    if price.asset != requirements.asset {
+        return Err(Refusal::ok(Reason::InvalidPaymentRequirements));
+    }
+    let pays = if price.header == tally_core::pay_per_crawl::PRICE_HEADER_EXACT {
+        price.amount == terms.offered
+    } else {
+        price.amount >= terms.offered
+    };
+    if !pays {
+        return Err(Refusal::ok(Reason::PriceNotAcceptable));
+    }
+    let deal = tally_core::pay_per_crawl::PayPerCrawlTerms {
+        network: requirements.network.clone(),
+        payee: requirements.pay_to.clone(),
+        resource: terms.resource.clone(),
+        scale,
+    };
+    let commitment = Commitment::pay_per_crawl(key, checked.signature, &checked.signature_base, &deal)
+        .map_err(|_| Refusal::ok(Reason::InvalidPayload))?;
+    let request = WebBotAuthRequest { signature_agent: parts.signature_agent, payment_signature: String::new() };
+    Ok(terms.checked(commitment, None, Some(request)))
 }
 
 impl Refusal {

@@ -94,7 +94,8 @@ pub(super) fn outcome_reason(outcome: Outcome) -> Reason {
         Outcome::Accepted | Outcome::Duplicate => unreachable!("successes carry no reason"),
         Outcome::Conflict => Reason::InvalidTransactionState,
         Outcome::BadSignature => Reason::InvalidSignature,
-        Outcome::UnknownPayer => Reason::SignatureAgentUnknown,
+        // A Tally IOU's key (Web Bot Auth keys are looked up before the writer runs).
+        Outcome::UnknownPayer => Reason::PayerKeyUnknown,
         Outcome::SuspendedPayer => Reason::PayerSuspended,
         Outcome::KeyRevoked => Reason::KeyRevoked,
         Outcome::PayeeSuspended => Reason::PayeeSuspended,
@@ -150,11 +151,14 @@ pub(super) fn ledger_checks(
     checked: &Checked,
 ) -> Result<Result<(Payer, Replay), Refusal>, LedgerError> {
     let iou = &checked.commitment.signed.iou;
+    // An unknown key is the binding's `signature_agent_unknown` only for an
+    // HTTP signature; a Tally IOU's unknown key has Tally's own code.
+    let unknown = if checked.web_bot_auth.is_some() { Reason::SignatureAgentUnknown } else { Reason::PayerKeyUnknown };
     let Some(payer_id) = ledger.key_owner(&iou.payer_key)? else {
-        return Ok(Err(Refusal::ok(Reason::SignatureAgentUnknown)));
+        return Ok(Err(Refusal::ok(unknown)));
     };
     let Some(payer) = ledger.payer(&payer_id)? else {
-        return Ok(Err(Refusal::ok(Reason::SignatureAgentUnknown)));
+        return Ok(Err(Refusal::ok(unknown)));
     };
     if let Some(request) = &checked.web_bot_auth
         && !signature_agent_allowed(ledger, &payer, request.signature_agent.as_deref())?

@@ -133,7 +133,7 @@ impl Facilitator {
                 scheme: SCHEME_BATCH_SETTLEMENT.to_owned(),
                 network: self.config.network.clone(),
                 extra: Some(json!({
-                    "formats": [FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH],
+                    "formats": [FORMAT_TALLY_IOU, FORMAT_WEB_BOT_AUTH, crate::commitment::FORMAT_PAY_PER_CRAWL],
                     "trustModel": "credit-backed",
                     // The server may charge less than it offered, at settle time.
                     "dynamicPricing": true,
@@ -209,8 +209,8 @@ impl Facilitator {
                 }
                 Some(_) => {}
             }
-            let owed = ledger.unsettled_owed(Some(&payer.id)).map_err(unavailable)?;
-            let owed = owed.get(&(payer.id.clone(), iou.asset.clone())).copied().unwrap_or(0);
+            // The writer's own total (its last decided group), not a scan of the aggregates.
+            let owed = pipeline.writer().exposure(&payer.id, &iou.asset);
             let within =
                 owed.checked_add(u128::from(checked.charge)).is_some_and(|t| t <= payer.credit_limit(&iou.asset));
             if !within {
@@ -287,6 +287,7 @@ impl Facilitator {
         SettleResponse {
             success: true,
             error_reason: None,
+            error_message: None,
             payer,
             transaction: commitment.to_string(),
             network: self.config.network.clone(),
@@ -306,20 +307,9 @@ fn unreadable_body(rejection: &BytesRejection) -> Refusal {
 }
 
 async fn verify(State(facilitator): State<Arc<Facilitator>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let verdict = match &body {
-        Ok(body) => facilitator.verify(body).await,
-        Err(rejection) => Err(unreadable_body(rejection)),
-    };
-    let (status, answer) = match verdict {
-        Ok(payer) => (StatusCode::OK, VerifyResponse { is_valid: true, invalid_reason: None, payer: Some(payer) }),
-        Err(refusal) => (
-            refusal.status,
-            VerifyResponse {
-                is_valid: false,
-                invalid_reason: Some(refusal.reason.as_str().to_owned()),
-                payer: refusal.payer,
-            },
-        ),
+    let (status, answer) = match &body {
+        Ok(body) => facilitator.answer_verify(body).await,
+        Err(rejection) => verify_refused(unreadable_body(rejection)),
     };
     metrics::counter!("tally_x402_requests_total", "route" => "verify", "status" => status.as_str().to_owned())
         .increment(1);
@@ -327,28 +317,64 @@ async fn verify(State(facilitator): State<Arc<Facilitator>>, body: Result<Bytes,
 }
 
 async fn settle(State(facilitator): State<Arc<Facilitator>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let network = facilitator.config.network.clone();
-    let verdict = match &body {
-        Ok(body) => facilitator.settle(body).await,
-        Err(rejection) => Err(unreadable_body(rejection)),
-    };
-    let (status, answer) = match verdict {
-        Ok(answer) => (StatusCode::OK, answer),
-        Err(refusal) => (
-            refusal.status,
-            SettleResponse {
-                success: false,
-                error_reason: Some(refusal.reason.as_str().to_owned()),
-                payer: refusal.payer,
-                transaction: String::new(),
-                network,
-                amount: None,
-            },
-        ),
+    let (status, answer) = match &body {
+        Ok(body) => facilitator.answer_settle(body).await,
+        Err(rejection) => facilitator.settle_refused(unreadable_body(rejection)),
     };
     metrics::counter!("tally_x402_requests_total", "route" => "settle", "status" => status.as_str().to_owned())
         .increment(1);
     (status, axum::Json(answer)).into_response()
+}
+
+fn verify_refused(refusal: Refusal) -> (StatusCode, VerifyResponse) {
+    let answer = VerifyResponse {
+        is_valid: false,
+        invalid_reason: Some(refusal.reason.as_str().to_owned()),
+        invalid_message: Some(refusal.reason.message().to_owned()),
+        payer: refusal.payer,
+    };
+    (refusal.status, answer)
+}
+
+impl Facilitator {
+    /// `POST /verify` on `body`, answered in process: the status and answer
+    /// the HTTP route gives. A resource server inside `tally serve` (the
+    /// gateway) calls this, sharing the engine's pipeline without a hop.
+    pub async fn answer_verify(&self, body: &[u8]) -> (StatusCode, VerifyResponse) {
+        match self.verify(body).await {
+            Ok(payer) => (
+                StatusCode::OK,
+                VerifyResponse { is_valid: true, invalid_reason: None, invalid_message: None, payer: Some(payer) },
+            ),
+            Err(refusal) => verify_refused(refusal),
+        }
+    }
+
+    /// `POST /settle` on `body`, answered in process (see [`Facilitator::answer_verify`]).
+    pub async fn answer_settle(&self, body: &[u8]) -> (StatusCode, SettleResponse) {
+        match self.settle(body).await {
+            Ok(answer) => (StatusCode::OK, answer),
+            Err(refusal) => self.settle_refused(refusal),
+        }
+    }
+
+    fn settle_refused(&self, refusal: Refusal) -> (StatusCode, SettleResponse) {
+        let answer = SettleResponse {
+            success: false,
+            error_reason: Some(refusal.reason.as_str().to_owned()),
+            error_message: Some(refusal.reason.message().to_owned()),
+            payer: refusal.payer,
+            transaction: String::new(),
+            network: self.config.network.clone(),
+            amount: None,
+        };
+        (refusal.status, answer)
+    }
+
+    /// The network this facilitator records payments for.
+    pub fn network(&self) -> &str {
+        &self.config.network
+    }
 }
 
 /// A running HTTP listener.

@@ -1,0 +1,68 @@
+//! The gateway's Prometheus metrics, per route (the price list's route
+//! names, so the label set is bounded by the file).
+//!
+//! - `tally_gate_requests_total{route, outcome}`: every request, by what
+//!   became of it ([`Outcome`]);
+//! - `tally_gate_refusals_total{route, reason}`: refused payments by reason
+//!   code (x402's, Tally's, or pay-per-crawl's `crawler-error`);
+//! - `tally_gate_revenue_total{route, asset}`: what was charged, in the
+//!   asset's smallest units (an integer counter: no float near an amount).
+
+/// What became of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A free path or route: passed through unpaid.
+    Free,
+    /// Answered 402 with the offer (no payment came).
+    PaymentRequired,
+    /// Paid, settled, served.
+    Paid,
+    /// A payment was refused.
+    Refused,
+    /// The payer (or the path) may not buy here.
+    Forbidden,
+    /// The origin answered an error (not charged) or could not be reached.
+    OriginError,
+    /// The facilitator gave no verdict: nothing served.
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Free => "free",
+            Outcome::PaymentRequired => "payment_required",
+            Outcome::Paid => "paid",
+            Outcome::Refused => "refused",
+            Outcome::Forbidden => "forbidden",
+            Outcome::OriginError => "origin_error",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+pub fn count(route: &str, outcome: Outcome) {
+    metrics::counter!("tally_gate_requests_total", "route" => route.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+}
+
+/// `reason` is a bounded identifier (the proxy echoes only short codes).
+pub fn count_refusal(route: &str, reason: &str) {
+    metrics::counter!("tally_gate_refusals_total", "route" => route.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+}
+
+pub fn count_revenue(route: &str, asset: &str, units: u64) {
+    metrics::counter!("tally_gate_revenue_total", "route" => route.to_owned(), "asset" => asset.to_owned())
+        .increment(units);
+}
+
+/// Describes the metrics for the exporter.
+pub fn describe() {
+    metrics::describe_counter!("tally_gate_requests_total", "Gateway requests by route and outcome");
+    metrics::describe_counter!("tally_gate_refusals_total", "Gateway payments refused, by route and reason code");
+    metrics::describe_counter!(
+        "tally_gate_revenue_total",
+        "Charged through the gateway, by route and asset, in the asset's smallest units"
+    );
+}

@@ -108,6 +108,18 @@ async fn check_facilitator(url: &str, config: &GateConfig) -> anyhow::Result<()>
                 "the facilitator at {url} settles {networks:?}, not the gateway's network {:?} (set `network`)",
                 config.network
             );
+            // A price read with another scale than the ledger's is off by powers of ten.
+            let kind = supported.kinds.iter().find(|k| k.network == config.network);
+            let assets = kind.and_then(|k| k.extra.as_ref()).and_then(|e| e.get("assets"));
+            for (code, scale) in &config.assets {
+                match assets.and_then(|a| a.get(code)).and_then(serde_json::Value::as_u64) {
+                    Some(registered) => anyhow::ensure!(
+                        registered == u64::from(*scale),
+                        "the price list gives {code} {scale} decimals; the facilitator's ledger has {registered}"
+                    ),
+                    None => tracing::warn!(%code, "the facilitator does not list this asset (yet)"),
+                }
+            }
         }
     }
     Ok(())

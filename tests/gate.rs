@@ -272,6 +272,22 @@ async fn gated_site_is_paid_and_never_gives_away_a_page(gate: &str, grpc: &str, 
     assert_eq!(status, 413);
     assert_eq!(origin_hits.load(Ordering::SeqCst), hits_before);
 
+    // A path is priced as the origin will read it: no dot segment, `//` or
+    // escape slips a priced page through a free pattern or past every route.
+    let raw = |target: &'static str| {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: {gate}\r\nConnection: close\r\n\r\n");
+        async move {
+            let stream = tokio::net::TcpStream::connect(gate).await.unwrap();
+            http_exchange(stream, head.as_bytes()).await.unwrap().0
+        }
+    };
+    let hits_before = origin_hits.load(Ordering::SeqCst);
+    for sneaky in ["/.well-known/../articles/1", "/.well-known/%2e%2e/articles/1", "//articles/1", "/./articles/1"] {
+        assert_eq!(raw(sneaky).await, 400, "{sneaky}");
+    }
+    assert_eq!(raw("/%61rticles/1").await, 402, "an escaped letter is the same priced page");
+    assert_eq!(origin_hits.load(Ordering::SeqCst), hits_before, "none of them reached the origin");
+
     // The discovery listing names every priced route with its offer.
     let listing: Value = get_raw(&format!("{base}/.well-known/x402/resources"), &[]).await.json().await.unwrap();
     let items = listing["items"].as_array().unwrap();
@@ -386,7 +402,7 @@ async fn a_gate_inside_tally_serve_uses_the_engines_facilitator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gate_refuses_to_start_in_front_of_another_network() {
+async fn a_gate_refuses_to_start_in_front_of_another_network_or_scale() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("ledger"));
     let (origin, _hits) = start_origin().await;
@@ -401,6 +417,22 @@ async fn a_gate_refuses_to_start_in_front_of_another_network() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not the gateway's network"), "{stderr}");
+
+    // Nor with prices read at another scale than the ledger registered.
+    let mut c = clients(&server.addr).await;
+    register_basics(&mut c.admin, 1, 1_000).await;
+    let text = std::fs::read_to_string(&prices).unwrap().replace("USD = 6", "USD = 7");
+    std::fs::write(&prices, text).unwrap();
+    let output = Command::new(tally_binary())
+        .args(["gate", "--listen", "127.0.0.1:0", "--metrics-addr", "off"])
+        .args(["--facilitator", &format!("http://{}", server.http_addr)])
+        .arg("--prices")
+        .arg(&prices)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the facilitator's ledger has 6"), "{stderr}");
 }
 
 /// `PaywallLayer` speaks pay-per-crawl too: a tower-layer site charges a

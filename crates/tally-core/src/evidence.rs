@@ -159,6 +159,10 @@ pub struct Evidence<'a> {
     pub kind: EvidenceKind,
     pub iou: Iou,
     pub signed: Signed<'a>,
+    /// Pay-per-crawl only: the decimals the signed price was read with. The
+    /// evidence cannot prove them (the crawler signed `USD 0.05`, not a
+    /// scale), so an auditor checks them against the asset's registered scale.
+    pub price_scale: Option<u8>,
 }
 
 impl Evidence<'_> {
@@ -179,7 +183,7 @@ pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence<'_>, EvidenceError> {
     }
     if bytes.starts_with(DOMAIN_TAG) {
         let iou = Iou::from_signing_bytes(bytes)?;
-        return Ok(Evidence { kind: EvidenceKind::TallyIou, iou, signed: Signed::Message(bytes) });
+        return Ok(Evidence { kind: EvidenceKind::TallyIou, iou, signed: Signed::Message(bytes), price_scale: None });
     }
     if bytes.starts_with(BATCH_MEMBER_EVIDENCE_TAG) {
         if bytes.len() < BATCH_MEMBER_HEADER_LEN {
@@ -193,6 +197,7 @@ pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence<'_>, EvidenceError> {
             kind: EvidenceKind::BatchMember,
             iou,
             signed: Signed::Batch { batch_seq, index, iou_bytes },
+            price_scale: None,
         });
     }
     let pay_per_crawl = bytes.starts_with(PPC_EVIDENCE_TAG);
@@ -235,7 +240,7 @@ pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence<'_>, EvidenceError> {
     if derived != iou {
         return Err(EvidenceError::NotDerived);
     }
-    Ok(Evidence { kind, iou, signed: Signed::Message(base) })
+    Ok(Evidence { kind, iou, signed: Signed::Message(base), price_scale: scale })
 }
 
 /// The IOU's signing bytes inside evidence of any form, found without re-deriving or checking

@@ -88,6 +88,12 @@ pub fn derive_pay_per_crawl_iou(
     terms: &PayPerCrawlTerms,
 ) -> Result<Iou, EvidenceError> {
     let parsed = parse_base(base, payer_key)?;
+    // The one place the signature says where the request went: the URL the
+    // record names must be on the host the crawler signed for.
+    let signed_authority = parsed.value_of("@authority")?;
+    if resource_authority(&terms.resource).is_none_or(|named| !named.eq_ignore_ascii_case(signed_authority)) {
+        return Err(EvidenceError::Base("the resource is not on the host the signature covers"));
+    }
     let price = signed_price(base, payer_key, terms.scale)?;
     let iou = Iou {
         network: terms.network.clone(),
@@ -102,6 +108,13 @@ pub fn derive_pay_per_crawl_iou(
     };
     iou.check_shape()?;
     Ok(iou)
+}
+
+/// The authority (host and port) of an absolute `http(s)://` URL.
+pub fn resource_authority(resource: &str) -> Option<&str> {
+    let rest = resource.strip_prefix("https://").or_else(|| resource.strip_prefix("http://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|a| !a.is_empty())
 }
 
 fn nonce_for_base(base: &str) -> Nonce {
@@ -150,6 +163,11 @@ mod tests {
         assert!(derive(&base(PRICE_HEADER_MAX, "USD -1")).is_err());
         assert!(derive(&base("payment-signature", "eyJ9")).is_err(), "no price header");
         assert!(derive_pay_per_crawl_iou(&base(PRICE_HEADER_MAX, "USD 1"), &[8; 32], &terms()).is_err(), "keyid");
+        let elsewhere = PayPerCrawlTerms { resource: "https://other.example/a".into(), ..terms() };
+        assert!(
+            derive_pay_per_crawl_iou(&base(PRICE_HEADER_MAX, "USD 1"), &KEY, &elsewhere).is_err(),
+            "a URL on another host than the signed @authority"
+        );
     }
 
     #[test]
@@ -158,7 +176,19 @@ mod tests {
             Commitment::pay_per_crawl(KEY, [1; 64], &base(PRICE_HEADER_MAX, "USD 0.05"), &terms()).unwrap();
         assert_eq!(commitment.kind(), EvidenceKind::PayPerCrawl);
         let parsed = parse_evidence(&commitment.evidence).unwrap();
-        assert_eq!((parsed.kind, parsed.iou.amount), (EvidenceKind::PayPerCrawl, 50_000));
+        assert_eq!((parsed.kind, parsed.iou.amount, parsed.price_scale), (EvidenceKind::PayPerCrawl, 50_000, Some(6)));
+        // A consistent rewrite at another scale (8 decimals, 100x the units) re-derives: the
+        // signature cannot prove a scale, which is why the evidence says which one it used and
+        // `ledger verify` compares it with the asset's registered scale.
+        let inflated = Commitment::pay_per_crawl(
+            KEY,
+            [1; 64],
+            &base(PRICE_HEADER_MAX, "USD 0.05"),
+            &PayPerCrawlTerms { scale: 8, ..terms() },
+        )
+        .unwrap();
+        let reread = parse_evidence(&inflated.evidence).unwrap();
+        assert_eq!((reread.iou.amount, reread.price_scale), (5_000_000, Some(8)));
         assert_eq!(parsed.signed_message(), Some(commitment.signed_message()));
         // The stored scale is part of the evidence: a record read at another scale is not derived.
         let mut rescaled = commitment.evidence.clone();

@@ -392,8 +392,18 @@ impl GateConfig {
     }
 }
 
+/// Longest origin or facilitator timeout a price list may set.
+pub const TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
+
 fn limits(file: &LimitsFile) -> Result<Limits, ConfigError> {
     let default = Limits::default();
+    for (name, value) in
+        [("origin_timeout_ms", file.origin_timeout_ms), ("facilitator_timeout_ms", file.facilitator_timeout_ms)]
+    {
+        if value.is_some_and(|ms| ms > TIMEOUT_MS_MAX) {
+            return Err(ConfigError::Invalid(format!("limits.{name} is at most {TIMEOUT_MS_MAX} (10 minutes)")));
+        }
+    }
     let positive = |name: &str, value: Option<u64>, default: u64| -> Result<u64, ConfigError> {
         match value {
             Some(0) => Err(ConfigError::Invalid(format!("limits.{name} must be positive"))),

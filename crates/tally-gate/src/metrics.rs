@@ -8,6 +8,8 @@
 //! - `tally_gate_revenue_total{route, asset}`: what was charged, in the
 //!   asset's smallest units (an integer counter: no float near an amount).
 
+use tally_x402::types::Reason;
+
 /// What became of one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,11 +48,28 @@ pub fn count(route: &str, outcome: Outcome) {
         .increment(1);
 }
 
-/// `reason` is a bounded identifier (the proxy echoes only short codes).
+/// The gateway's own refusal codes (beside x402's [`Reason`]s and pay-per-crawl's).
+const GATE_REASONS: [&str; 3] = ["tally_payer_forbidden", "tally_invalid_charge", "tally_facilitator_charge_mismatch"];
+
+/// Counts a refusal under its code, or `other`: a remote facilitator's codes
+/// never grow the label set beyond the known ones.
 pub fn count_refusal(route: &str, reason: &str) {
-    metrics::counter!("tally_gate_refusals_total", "route" => route.to_owned(), "reason" => reason.to_owned())
+    let known = Reason::ALL.iter().map(|r| r.as_str()).chain(GATE_REASONS).chain(CRAWLER_ERRORS).find(|k| *k == reason);
+    metrics::counter!("tally_gate_refusals_total", "route" => route.to_owned(), "reason" => known.unwrap_or("other"))
         .increment(1);
 }
+
+const CRAWLER_ERRORS: [&str; 9] = [
+    "MissingCrawlerPrice",
+    "InvalidCrawlerExactPrice",
+    "InvalidCrawlerMaxPrice",
+    "ConflictingPriceHeaders",
+    "PaymentFailed",
+    "CrawlerForbidden",
+    "InvalidSignature",
+    "StrongAuthRequired",
+    "InvalidContentPrice",
+];
 
 pub fn count_revenue(route: &str, asset: &str, units: u64) {
     metrics::counter!("tally_gate_revenue_total", "route" => route.to_owned(), "asset" => asset.to_owned())

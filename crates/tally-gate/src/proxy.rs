@@ -23,6 +23,14 @@
 //! So one payment buys one response: a second request with the same payment
 //! passes verify only while the first has not settled, and then fails to
 //! settle (`tally_payment_already_used`), so only one response is delivered.
+//! The `payment-identifier` extension is the deliberate exception: a retry of
+//! the same URL with the same payment and id is answered from the record and
+//! served again, charged once (docs/x402-binding.md, the gateway).
+//!
+//! Before any of this, `handle` fixes one truth for host and path: the path
+//! in normal form ([`normalize_path`]), the authority from the request target,
+//! and both written back into the request, so the origin serves exactly what
+//! was priced.
 
 use std::sync::Arc;
 
@@ -105,17 +113,27 @@ struct Named {
 }
 
 fn name_request(config: &GateConfig, request: &Request<Body>) -> Option<Named> {
+    // RFC 9112 §3.2.2: an absolute request target's authority is the host, whatever `Host` says.
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str().to_owned(),
         None => request.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
     };
-    if authority.is_empty() || authority.len() > HOST_HEADER_BYTES_MAX || authority.contains(['/', '@', ' ']) {
+    if authority.is_empty() || authority.len() > HOST_HEADER_BYTES_MAX || authority.contains(['/', '@', ' ', '\\']) {
         return None;
     }
     let authority = authority.to_ascii_lowercase();
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
-        _ => authority.clone(),
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
+        _ => (authority.as_str(), None),
+    };
+    // `daily.example.` is `daily.example` to DNS and to the origin's virtual hosts.
+    let host = host.strip_suffix('.').unwrap_or(host).to_owned();
+    if host.is_empty() {
+        return None;
+    }
+    let authority = match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
     };
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     // Too long to name exactly: cutting it would make two resources one.
@@ -123,20 +141,81 @@ fn name_request(config: &GateConfig, request: &Request<Body>) -> Option<Named> {
     Some(Named { host, authority, url })
 }
 
+/// The path as every origin will read it, or `None` for one that two
+/// readers could read differently. Percent-encoded unreserved characters are
+/// decoded (`/%61rticles` is `/articles`), other escapes upper-cased; a path
+/// with a dot segment (`/./`, `/../`, even encoded), an empty segment
+/// (`//`), an encoded `/` or `\`, or a backslash is refused: the gateway
+/// prices what it matches, and the origin must serve exactly that.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                match value {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(value)),
+                    b'/' | b'\\' => return None,
+                    _ => out.push_str(&format!("%{value:02X}")),
+                }
+                i += 3;
+            }
+            b'\\' => return None,
+            byte if byte.is_ascii_graphic() => {
+                out.push(char::from(byte));
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    let segments: Vec<&str> = out[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.iter().enumerate() {
+        // An empty last segment is a trailing slash; any other empty one is `//`.
+        if *segment == "." || *segment == ".." || (segment.is_empty() && index != last) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// Every request enters here.
 pub async fn handle(State(gate): State<Arc<Gate>>, mut request: Request<Body>) -> Response {
     let config = &gate.config;
-    // HTTP/2 names the host in `:authority`; everything below (the resource
-    // name, Web Bot Auth's `@authority`, the origin's `Host`) reads `Host`.
-    if !request.headers().contains_key(header::HOST)
-        && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        request.headers_mut().insert(header::HOST, value);
-    }
     let Some(named) = name_request(config, &request) else {
         return plain(StatusCode::BAD_REQUEST, "tally_bad_host", "the request has no usable Host");
     };
-    let path = request.uri().path().to_owned();
+    let Some(path) = normalize_path(request.uri().path()) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "tally_bad_path",
+            "the path is not in normal form (dot segments, //, encoded / or \\)",
+        );
+    };
+    // From here on there is one truth for host and path: the origin, the
+    // resource name and Web Bot Auth's `@authority` all read `Host` and the
+    // origin-form target, both rewritten from what was priced.
+    let target = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.clone(),
+    };
+    match (target.parse::<Uri>(), HeaderValue::from_str(&named.authority)) {
+        (Ok(uri), Ok(host)) => {
+            *request.uri_mut() = uri;
+            request.headers_mut().insert(header::HOST, host);
+        }
+        _ => return plain(StatusCode::BAD_REQUEST, "tally_bad_path", "the request target cannot be forwarded"),
+    }
+    let named = match name_request(config, &request) {
+        Some(named) => named,
+        None => return plain(StatusCode::BAD_REQUEST, "tally_bad_host", "the request has no usable Host"),
+    };
     if path == config.discovery_path && request.method() == Method::GET {
         return crate::discovery::listing(config, &named.host, &named.authority);
     }
@@ -375,7 +454,8 @@ async fn paid(gate: &Gate, route: &Route, url: String, request: Request<Body>) -
         Ok((status, settled)) => return refused(gate, route, &url, status, settled.error_reason.as_deref()),
         Err(error) => return unavailable(route, error),
     };
-    if settled.amount.as_deref().is_some_and(|recorded| recorded != body.payment_requirements.amount) {
+    // Tally always reports the charge it recorded; an answer without one is not trusted.
+    if settled.amount.as_deref() != Some(body.payment_requirements.amount.as_str()) {
         tracing::error!(transaction = %settled.transaction, "the facilitator recorded another charge than asked; not serving");
         count(&route.name, Outcome::Unavailable);
         return plain(
@@ -467,17 +547,15 @@ async fn forward(gate: &Gate, request: Request<Body>, payer: Option<&str>) -> Re
         Ok(uri) => uri,
         Err(_) => return Err(plain(StatusCode::BAD_REQUEST, "tally_bad_path", "the request path cannot be forwarded")),
     };
-    let host = parts.uri.authority().map(|a| a.as_str().to_owned());
+    // `handle` set `Host` to what was priced; a `Connection: host` cannot take it away.
+    let host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
     // The origin sees the request, not the payment: its headers are the gateway's business.
     for name in [HEADER_PAYMENT_SIGNATURE, HEADER_TALLY_PAYER] {
         parts.headers.remove(name);
     }
-    if let Some(host) = host.filter(|_| !parts.headers.contains_key(header::HOST))
-        && let Ok(value) = HeaderValue::from_str(&host)
-    {
-        // HTTP/2 carries the host in `:authority`; HTTP/1.1 to the origin needs `Host`.
-        parts.headers.insert(header::HOST, value);
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
     }
     if let Some(value) = parts.headers.get(header::HOST).cloned() {
         parts.headers.insert("x-forwarded-host", value);
@@ -529,6 +607,30 @@ mod tests {
         assert_eq!(charge(&range, 6, asked("0.0000001")), None, "finer than the asset");
         assert_eq!(charge(&range, 6, asked("-1")), None);
         assert_eq!(charge(&Price::Exact(7), 6, asked("0.000001")), Some(7), "an exact route ignores it");
+    }
+
+    #[test]
+    fn a_path_is_priced_as_the_origin_reads_it() {
+        assert_eq!(normalize_path("/articles/1").as_deref(), Some("/articles/1"));
+        assert_eq!(normalize_path("/%61rticles/1").as_deref(), Some("/articles/1"));
+        assert_eq!(normalize_path("/a%2a%7e").as_deref(), Some("/a%2A~"));
+        assert_eq!(normalize_path("/articles/").as_deref(), Some("/articles/"));
+        assert_eq!(normalize_path("/").as_deref(), Some("/"));
+        for bad in [
+            "/.well-known/../articles/1",
+            "/.well-known/%2e%2e/articles/1",
+            "//articles/1",
+            "/./articles/1",
+            "/articles/.",
+            "/a%2fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%zz",
+            "/a%4",
+            "articles",
+        ] {
+            assert_eq!(normalize_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -29,7 +29,12 @@
 //! - **Body size**: the router's own `DefaultBodyLimit`.
 //! - **HTTP/2**: at most [`HTTP2_STREAMS_MAX`] concurrent streams per
 //!   connection and a header list of at most [`HttpLimits::header_bytes_max`];
-//!   the request deadline applies to every stream.
+//!   the request deadline applies to every stream. In plaintext, enough of
+//!   the first bytes to tell HTTP/1 from HTTP/2 must arrive within the header
+//!   read timeout (hyper-util's sniffing has no deadline); an HTTP/2
+//!   connection is pinged every header-read timeout and closed when a ping
+//!   goes unanswered. An idle HTTP/2 connection that answers pings stays
+//!   open: [`HttpLimits::connections_max`] bounds how many.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -150,6 +155,9 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Pings find peers that went away; a connection that answers none is closed.
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
         .max_concurrent_streams(HTTP2_STREAMS_MAX)
         .max_header_list_size(u32::try_from(limits.header_bytes_max).unwrap_or(u32::MAX));
     if !options.http2 {
@@ -182,6 +190,7 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
         let request_timeout = limits.request_timeout;
         let service = hyper::service::service_fn(move |request| handle(router.clone(), request_timeout, request));
         let builder = builder.clone();
+        let http2 = options.http2;
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -189,6 +198,12 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
             let _open = OpenConnection::count();
             match acceptor {
                 None => {
+                    // hyper-util's version sniffing has no deadline of its own: a client that
+                    // sends nothing (or half the HTTP/2 preface) would hold its slot forever.
+                    if http2 && !version_arrives(&stream, limits.header_read_timeout).await {
+                        metrics::counter!("tally_http_header_timeouts_total").increment(1);
+                        return;
+                    }
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(error) = watcher.watch(connection).await {
                         connection_error(&*error, "HTTP");
@@ -219,6 +234,28 @@ async fn accept_loop(listener: TcpListener, router: Router, options: HttpOptions
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The HTTP/2 connection preface; a request that does not start with it is HTTP/1.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether enough of the request arrives within `limit` to tell HTTP/1 from
+/// HTTP/2 (the whole preface, or a first byte that is not its start). Peeks:
+/// nothing is consumed. Polls every few ms for the rest of a partial preface,
+/// bounded by `limit`.
+async fn version_arrives(stream: &TcpStream, limit: Duration) -> bool {
+    const POLL: Duration = Duration::from_millis(5);
+    let sniff = async {
+        let mut buffer = [0u8; HTTP2_PREFACE.len()];
+        loop {
+            match stream.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == buffer.len() || !HTTP2_PREFACE.starts_with(&buffer[..n]) => return true,
+                Ok(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
 }
 
 /// Counts a served connection in `tally_http_connections_open` for its life.

@@ -208,6 +208,16 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
                     if evidence.kind == EvidenceKind::WebBotAuth {
                         report.web_bot_auth_records += 1;
                     }
+                    // A pay-per-crawl price was read at a scale the signature cannot prove: it
+                    // must be the asset's (scales never change), or the amount is not what was signed.
+                    if let Some(scale) = evidence.price_scale {
+                        match ledger.asset(&evidence.iou.asset)? {
+                            Some(asset) if asset.scale == scale => {}
+                            _ => report.problem(format!(
+                                "record {seq}: its pay-per-crawl price was read with {scale} decimals, not the asset's"
+                            )),
+                        }
+                    }
                     (evidence.iou, Some(record.evidence.len() - message.len()))
                 }
                 Signed::Batch { batch_seq, index, iou_bytes } => {

@@ -340,6 +340,12 @@ fn check_pay_per_crawl_payment(facilitator: &super::Facilitator, terms: &Terms<'
     if !pays {
         return Err(Refusal::ok(Reason::PriceNotAcceptable));
     }
+    // The signature covers the host, not the path: the URL sold must be on that host.
+    let on_signed_host = tally_core::pay_per_crawl::resource_authority(&terms.resource)
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(&parts.authority));
+    if !on_signed_host {
+        return Err(Refusal::ok(Reason::ResourceMismatch));
+    }
     let deal = tally_core::pay_per_crawl::PayPerCrawlTerms {
         network: requirements.network.clone(),
         payee: requirements.pay_to.clone(),

@@ -126,7 +126,9 @@ impl Facilitator {
             .with_state(self.clone())
     }
 
-    fn supported(&self) -> SupportedResponse {
+    /// `assets` maps each enabled asset code to its decimals, so a resource
+    /// server that prices in display units (the gateway) can check its scales.
+    fn supported(&self, assets: serde_json::Map<String, serde_json::Value>) -> SupportedResponse {
         SupportedResponse {
             kinds: vec![SupportedKind {
                 x402_version: X402_VERSION,
@@ -137,6 +139,7 @@ impl Facilitator {
                     "trustModel": "credit-backed",
                     // The server may charge less than it offered, at settle time.
                     "dynamicPricing": true,
+                    "assets": assets,
                     "webBotAuth": {
                         "signatureSchemes": ["ed25519"],
                         "tags": [crate::webbotauth::WEB_BOT_AUTH_TAG],
@@ -297,7 +300,13 @@ impl Facilitator {
 }
 
 async fn supported(State(facilitator): State<Arc<Facilitator>>) -> Response {
-    axum::Json(facilitator.supported()).into_response()
+    let ledger = facilitator.ledger.clone();
+    let assets = tokio::task::spawn_blocking(move || ledger.assets()).await;
+    let Ok(Ok(assets)) = assets else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let assets = assets.into_iter().filter(|a| a.enabled).map(|a| (a.code, json!(a.scale))).collect();
+    axum::Json(facilitator.supported(assets)).into_response()
 }
 
 /// A body axum could not read (over the size limit, or cut off): its status (413 for an oversized

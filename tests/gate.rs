@@ -365,6 +365,24 @@ async fn a_standalone_gate_charges_only_what_it_delivers() {
         .build_http::<String>();
     let response = h2.get(format!("http://{}/robots.txt", gate.addr).parse().unwrap()).await.unwrap();
     assert_eq!((response.status(), response.version()), (StatusCode::OK, axum::http::Version::HTTP_2));
+    // And paid over HTTP/2: the host comes from `:authority`, the offer names it, the payment buys it.
+    let url = format!("http://{}/articles/h2", gate.addr);
+    let offer = h2.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!((offer.status(), offer.version()), (StatusCode::PAYMENT_REQUIRED, axum::http::Version::HTTP_2));
+    let required: PaymentRequired =
+        tally_x402::middleware::decode_header_json(offer.headers()[HEADER_PAYMENT_REQUIRED].as_bytes(), 16 * 1024)
+            .unwrap();
+    assert_eq!(required.accepts[0].extra.as_ref().unwrap()["resource"], url);
+    let payment = Crawler::new(signer(4), NETWORK).payment_for(&required).unwrap();
+    let request = axum::http::Request::builder()
+        .uri(url.as_str())
+        .header(HEADER_PAYMENT_SIGNATURE, payment)
+        .body(String::new())
+        .unwrap();
+    let paid = h2.request(request).await.unwrap();
+    assert_eq!((paid.status(), paid.version()), (StatusCode::OK, axum::http::Version::HTTP_2));
+    assert!(paid.headers().contains_key("payment-response"));
+    assert_eq!(owed_by(&server.addr, "crawler-4"), 30_000, "the HTTP/2 page was charged once");
 
     // Per-route metrics.
     let metrics = reqwest::get(format!("http://{}/metrics", gate.metrics_addr)).await.unwrap().text().await.unwrap();
@@ -376,9 +394,9 @@ async fn a_standalone_gate_charges_only_what_it_delivers() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{needle} not in\n{metrics}"))
     };
-    assert_eq!(value(r#"tally_gate_requests_total{route="articles",outcome="paid"}"#), 4);
+    assert_eq!(value(r#"tally_gate_requests_total{route="articles",outcome="paid"}"#), 5);
     assert_eq!(value(r#"tally_gate_requests_total{route="broken",outcome="origin_error"}"#), 1);
-    assert_eq!(value(r#"tally_gate_revenue_total{route="articles",asset="USD"}"#), 40_000);
+    assert_eq!(value(r#"tally_gate_revenue_total{route="articles",asset="USD"}"#), 50_000);
     assert_eq!(value(r#"tally_gate_revenue_total{route="search",asset="USD"}"#), 2_000);
     assert_eq!(value(r#"tally_gate_refusals_total{route="articles",reason="tally_resource_mismatch"}"#), 1);
 }

@@ -86,6 +86,7 @@ fn verify(data_dir: &Path, skip_signatures: bool, json: bool) -> anyhow::Result<
             "signatures_verified": report.signatures_verified,
             "nonces_pruned": report.nonces_pruned,
             "web_bot_auth_records": report.web_bot_auth_records,
+            "pay_per_crawl_records": report.pay_per_crawl_records,
             "batch_member_records": report.batch_member_records,
             "journal_entries": report.journal_entries,
             "plans_renetted": report.plans_renetted,
@@ -95,10 +96,11 @@ fn verify(data_dir: &Path, skip_signatures: bool, json: bool) -> anyhow::Result<
         }));
     } else {
         println!(
-            "records: {} ({} Web Bot Auth, {} batch-signed)  epochs: {}  aggregates: {}  signatures verified: {}  \
-             pruned nonces: {}",
+            "records: {} ({} Web Bot Auth, {} pay-per-crawl, {} batch-signed)  epochs: {}  aggregates: {}  \
+             signatures verified: {}  pruned nonces: {}",
             report.records,
             report.web_bot_auth_records,
+            report.pay_per_crawl_records,
             report.batch_member_records,
             report.epochs,
             report.aggregates,

@@ -356,8 +356,14 @@ async fn a_standalone_gate_charges_only_what_it_delivers() {
 
     // The ledger re-derives and re-verifies every record, pay-per-crawl ones included.
     let data = dir.path().join("ledger");
-    let (ok, stdout, stderr) = run_tally(&["ledger", "verify", "--data-dir", data.to_str().unwrap()]);
+    let (ok, stdout, stderr) = run_tally(&["ledger", "verify", "--json", "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "ledger verify: {stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (report["clean"].as_bool(), report["pay_per_crawl_records"].as_u64()),
+        (Some(true), Some(2)),
+        "{report}"
+    );
 
     // HTTP/2 with prior knowledge, to a free path.
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -61,6 +61,8 @@ pub struct AuditReport {
     pub nonces_pruned: u64,
     /// Records whose evidence is a Web Bot Auth signature base.
     pub web_bot_auth_records: u64,
+    /// Records whose evidence is a pay-per-crawl signature base (`tally-ppc-v1`).
+    pub pay_per_crawl_records: u64,
     /// Records signed as part of a batch (one signature per batch statement).
     pub batch_member_records: u64,
     /// Journal entries walked, and plans netted again from the log.
@@ -210,6 +212,9 @@ pub fn audit(ledger: &Ledger, options: AuditOptions) -> Result<AuditReport, Ledg
                     }
                     // A pay-per-crawl price was read at a scale the signature cannot prove: it
                     // must be the asset's (scales never change), or the amount is not what was signed.
+                    if evidence.kind == EvidenceKind::PayPerCrawl {
+                        report.pay_per_crawl_records += 1;
+                    }
                     if let Some(scale) = evidence.price_scale {
                         match ledger.asset(&evidence.iou.asset)? {
                             Some(asset) if asset.scale == scale => {}

@@ -8,6 +8,7 @@
 //! - `tally_gate_revenue_total{route, asset}`: what was charged, in the
 //!   asset's smallest units (an integer counter: no float near an amount).
 
+use tally_x402::pay_per_crawl::CrawlerError;
 use tally_x402::types::Reason;
 
 /// What became of one request.
@@ -54,23 +55,13 @@ const GATE_REASONS: [&str; 3] = ["tally_payer_forbidden", "tally_invalid_charge"
 /// Counts a refusal under its code, or `other`: a remote facilitator's codes
 /// never grow the label set beyond the known ones.
 pub fn count_refusal(route: &str, reason: &str) {
-    let known = Reason::ALL.iter().map(|r| r.as_str()).chain(GATE_REASONS).chain(CRAWLER_ERRORS).find(|k| *k == reason);
+    let known = Reason::from_code(reason)
+        .map(Reason::as_str)
+        .or_else(|| CrawlerError::ALL.into_iter().map(CrawlerError::as_str).find(|c| *c == reason))
+        .or_else(|| GATE_REASONS.into_iter().find(|c| *c == reason));
     metrics::counter!("tally_gate_refusals_total", "route" => route.to_owned(), "reason" => known.unwrap_or("other"))
         .increment(1);
 }
-
-const CRAWLER_ERRORS: [&str; 9] = [
-    "MissingCrawlerPrice",
-    "InvalidCrawlerExactPrice",
-    "InvalidCrawlerMaxPrice",
-    "ConflictingPriceHeaders",
-    "PaymentFailed",
-    "CrawlerForbidden",
-    "InvalidSignature",
-    "StrongAuthRequired",
-    "InvalidContentPrice",
-];
-
 pub fn count_revenue(route: &str, asset: &str, units: u64) {
     metrics::counter!("tally_gate_revenue_total", "route" => route.to_owned(), "asset" => asset.to_owned())
         .increment(units);

@@ -41,11 +41,11 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
-use tally_x402::commitment::{FORMAT_TALLY_IOU, payment_identifier_offer};
+use tally_x402::commitment::payment_identifier_offer;
 use tally_x402::middleware::{
     EXTENSION_HTTP_MESSAGE_SIGNATURES, HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_PAYMENT_SIGNATURE,
-    HEADER_SIGNATURE_INPUT, HOST_HEADER_BYTES_MAX, PATH_BYTES_MAX, PAYMENT_SIGNATURE_HEADER_BYTES_MAX, PaymentResponse,
-    PaymentResponseExtra, decode_header_json, encode_header_json, has_payment_id, web_bot_auth_payload,
+    HOST_HEADER_BYTES_MAX, PATH_BYTES_MAX, PaymentResponse, PaymentResponseExtra, encode_header_json, unix_now_s,
+    x402_payment,
 };
 use tally_x402::types::*;
 
@@ -53,7 +53,7 @@ use crate::config::{GateConfig, Price, Route};
 use crate::facilitator::{FacilitatorLink, Unavailable};
 use crate::metrics::{Outcome, count, count_refusal, count_revenue};
 use crate::rules::{Decision, decide};
-use tally_x402::pay_per_crawl::{self as crawler, CrawlerError, CrawlerPrice};
+use tally_x402::pay_per_crawl::{self as crawler, CrawlerError};
 
 /// The response header an origin narrows a range-priced route's charge with
 /// (display units of the route's asset, e.g. `0.002`). Never passed to the client.
@@ -107,12 +107,11 @@ impl Gate {
 /// the URL a payment buys.
 struct Named {
     host: String,
-    /// Host and port, as the client wrote them (lowercase).
+    /// Host and port, lowercase, without a trailing dot.
     authority: String,
-    url: Option<String>,
 }
 
-fn name_request(config: &GateConfig, request: &Request<Body>) -> Option<Named> {
+fn name_request(request: &Request<Body>) -> Option<Named> {
     // RFC 9112 §3.2.2: an absolute request target's authority is the host, whatever `Host` says.
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str().to_owned(),
@@ -135,10 +134,7 @@ fn name_request(config: &GateConfig, request: &Request<Body>) -> Option<Named> {
         Some(port) => format!("{host}:{port}"),
         None => host.clone(),
     };
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    // Too long to name exactly: cutting it would make two resources one.
-    let url = (path.len() <= PATH_BYTES_MAX).then(|| format!("{}://{authority}{path}", config.public_scheme));
-    Some(Named { host, authority, url })
+    Some(Named { host, authority })
 }
 
 /// The path as every origin will read it, or `None` for one that two
@@ -188,7 +184,7 @@ pub fn normalize_path(path: &str) -> Option<String> {
 /// Every request enters here.
 pub async fn handle(State(gate): State<Arc<Gate>>, mut request: Request<Body>) -> Response {
     let config = &gate.config;
-    let Some(named) = name_request(config, &request) else {
+    let Some(named) = name_request(&request) else {
         return plain(StatusCode::BAD_REQUEST, "tally_bad_host", "the request has no usable Host");
     };
     let Some(path) = normalize_path(request.uri().path()) else {
@@ -212,10 +208,9 @@ pub async fn handle(State(gate): State<Arc<Gate>>, mut request: Request<Body>) -
         }
         _ => return plain(StatusCode::BAD_REQUEST, "tally_bad_path", "the request target cannot be forwarded"),
     }
-    let named = match name_request(config, &request) {
-        Some(named) => named,
-        None => return plain(StatusCode::BAD_REQUEST, "tally_bad_host", "the request has no usable Host"),
-    };
+    // Too long to name exactly: cutting it would make two resources one.
+    let url =
+        (target.len() <= PATH_BYTES_MAX).then(|| format!("{}://{}{target}", config.public_scheme, named.authority));
     if path == config.discovery_path && request.method() == Method::GET {
         return crate::discovery::listing(config, &named.host, &named.authority);
     }
@@ -231,7 +226,7 @@ pub async fn handle(State(gate): State<Arc<Gate>>, mut request: Request<Body>) -
             plain(StatusCode::FORBIDDEN, "tally_not_for_sale", "this gateway sells no such resource")
         }
         Decision::Priced(route) => {
-            let Some(url) = named.url else {
+            let Some(url) = url else {
                 count(&route.name, Outcome::Refused);
                 return plain(StatusCode::URI_TOO_LONG, "tally_uri_too_long", "the URL is too long to name exactly");
             };
@@ -281,7 +276,7 @@ fn offer(gate: &Gate, route: &Route, url: &str, status: StatusCode, error: Optio
     };
     let body = json!({
         "error": error.unwrap_or("payment_required"),
-        "message": error.and_then(reason_message).unwrap_or("this resource requires an x402 payment; see the PAYMENT-REQUIRED header"),
+        "message": error.and_then(Reason::from_code).map(Reason::message).unwrap_or("this resource requires an x402 payment; see the PAYMENT-REQUIRED header"),
         "accepts": required.accepts,
     });
     let mut response = (status, axum::Json(body)).into_response();
@@ -300,10 +295,6 @@ fn offer(gate: &Gate, route: &Route, url: &str, status: StatusCode, error: Optio
     response
 }
 
-fn reason_message(code: &str) -> Option<&'static str> {
-    Reason::ALL.iter().find(|r| r.as_str() == code).map(|r| r.message())
-}
-
 fn plain(status: StatusCode, error: &str, message: &str) -> Response {
     (status, axum::Json(json!({ "error": error, "message": message }))).into_response()
 }
@@ -318,22 +309,14 @@ fn unavailable(route: &Route, unavailable: Unavailable) -> Response {
     response
 }
 
-/// Reason codes are short identifiers; anything else from a facilitator is not echoed.
-fn echoable(reason: Option<&str>) -> &str {
-    match reason {
-        Some(reason) if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => reason,
-        _ => Reason::UnexpectedSettleError.as_str(),
-    }
-}
-
 /// A facilitator verdict of "no", as the client sees it.
 fn refused(gate: &Gate, route: &Route, url: &str, status: StatusCode, reason: Option<&str>) -> Response {
-    let reason = echoable(reason);
+    let reason = echoable_reason(reason);
     count(&route.name, Outcome::Refused);
     count_refusal(&route.name, reason);
     match status {
         StatusCode::CONFLICT => offer(gate, route, url, StatusCode::CONFLICT, Some(reason)),
-        StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+        StatusCode::OK | StatusCode::PAYMENT_REQUIRED | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
             offer(gate, route, url, StatusCode::PAYMENT_REQUIRED, Some(reason))
         }
         _ => {
@@ -343,64 +326,24 @@ fn refused(gate: &Gate, route: &Route, url: &str, status: StatusCode, reason: Op
     }
 }
 
-/// How the client pays: x402's `PAYMENT-SIGNATURE`, or pay-per-crawl's price headers.
-enum Payment {
-    X402(Box<PaymentPayload>),
-    PayPerCrawl(CrawlerPrice),
-}
-
 async fn paid(gate: &Gate, route: &Route, url: String, request: Request<Body>) -> Response {
     let config = &gate.config;
     let price = price_of(route).clone();
-    let payment = if let Some(value) = request.headers().get(HEADER_PAYMENT_SIGNATURE) {
-        match decode_header_json::<PaymentPayload>(value.as_bytes(), PAYMENT_SIGNATURE_HEADER_BYTES_MAX) {
-            Ok(payload) => Payment::X402(Box::new(payload)),
-            Err(error) => {
-                tracing::debug!(%error, "malformed PAYMENT-SIGNATURE");
-                return refused(gate, route, &url, StatusCode::OK, Some(Reason::InvalidPayload.as_str()));
-            }
-        }
-    } else {
-        match crawler::price_headers(request.headers()) {
+    let offered = requirements(config, route, &url, price.offer());
+    // The same readers `PaywallLayer` uses: one way to read a payment in both resource servers.
+    let (payment_payload, pay_per_crawl) = match request.headers().get(HEADER_PAYMENT_SIGNATURE) {
+        Some(value) => match x402_payment(config.payment_id_required, &request, value) {
+            Ok(payload) => (payload, false),
+            Err((status, reason)) => return refused(gate, route, &url, status, Some(reason)),
+        },
+        None => match crawler::payment(request.headers(), route.scale, &offered, &url) {
+            Ok(Some(payload)) => (payload, true),
             Ok(None) => {
                 count(&route.name, Outcome::PaymentRequired);
                 return offer(gate, route, &url, StatusCode::PAYMENT_REQUIRED, None);
             }
-            Ok(Some(asked)) => Payment::PayPerCrawl(asked),
             Err(error) => return crawler_refusal(gate, route, &url, error),
-        }
-    };
-
-    let offered = requirements(config, route, &url, price.offer());
-    let pay_per_crawl = matches!(payment, Payment::PayPerCrawl(_));
-    let payment_payload = match payment {
-        Payment::X402(payload) => {
-            let payload = *payload;
-            if config.payment_id_required && !has_payment_id(&payload) {
-                let reason = Reason::PaymentIdentifierRequired.as_str();
-                return refused(gate, route, &url, StatusCode::BAD_REQUEST, Some(reason));
-            }
-            let is_tally_iou =
-                payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
-            let header_value = request.headers().get(HEADER_PAYMENT_SIGNATURE).expect("present above");
-            if !is_tally_iou && request.headers().contains_key(HEADER_SIGNATURE_INPUT) {
-                match web_bot_auth_payload(request.headers(), header_value, payload) {
-                    Some(forwarded) => forwarded,
-                    None => return refused(gate, route, &url, StatusCode::OK, Some(Reason::InvalidPayload.as_str())),
-                }
-            } else {
-                payload
-            }
-        }
-        Payment::PayPerCrawl(asked) => {
-            if let Err(error) = crawler::accepts(&asked, &route.asset, route.scale, price.offer()) {
-                return crawler_refusal(gate, route, &url, error);
-            }
-            match crawler::payment_payload(request.headers(), &asked, &offered, &url) {
-                Some(payload) => payload,
-                None => return crawler_refusal(gate, route, &url, CrawlerError::InvalidSignature),
-            }
-        }
+        },
     };
     let mut body = FacilitatorRequest { x402_version: X402_VERSION, payment_payload, payment_requirements: offered };
 
@@ -509,10 +452,6 @@ fn charge(price: &Price, scale: u8, asked: Option<HeaderValue>) -> Option<u64> {
             (*min..=*max).contains(&units).then_some(units)
         }
     }
-}
-
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.

@@ -363,7 +363,8 @@ fn upstream_failure(status: StatusCode, error: &str) -> Response {
     response
 }
 
-fn unix_now_s() -> u64 {
+/// Now, Unix seconds (`PAYMENT-RESPONSE.extra.timestamp`).
+pub fn unix_now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -416,14 +417,6 @@ enum Verdict<T> {
     No(Response),
 }
 
-/// Reason codes are short ASCII identifiers; anything else is not echoed.
-fn echoable(reason: Option<String>) -> String {
-    match reason {
-        Some(reason) if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => reason,
-        _ => Reason::UnexpectedSettleError.as_str().to_owned(),
-    }
-}
-
 /// POSTs `body` to the facilitator's `route` and decodes its answer, bounded.
 async fn ask<T: DeserializeOwned>(
     config: &PaywallConfig,
@@ -456,7 +449,7 @@ async fn ask<T: DeserializeOwned>(
 
 /// A refusal's answer to the client: 409 passes through, verdicts become 402.
 fn refusal(config: &PaywallConfig, url: String, status: StatusCode, reason: Option<String>) -> Response {
-    let reason = echoable(reason);
+    let reason = echoable_reason(reason.as_deref()).to_owned();
     match status {
         StatusCode::CONFLICT => refuse(config, url, StatusCode::CONFLICT, Some(&reason)),
         StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
@@ -520,8 +513,11 @@ fn with_receipt(config: &PaywallConfig, mut response: Response, receipt: &Paymen
 /// The facilitator payment of an x402 request: its `PAYMENT-SIGNATURE`
 /// payload, or (a Web Bot Auth payment) the signed request's parts. `Err`
 /// carries the status and reason code to refuse with.
-fn x402_payment(
-    config: &PaywallConfig,
+///
+/// The gateway (`tally-gate`) calls this too, so both resource servers read
+/// a payment the same way.
+pub fn x402_payment(
+    payment_id_required: bool,
     request: &Request<Body>,
     header_value: &HeaderValue,
 ) -> Result<PaymentPayload, (StatusCode, &'static str)> {
@@ -532,7 +528,7 @@ fn x402_payment(
         })?;
     // The offer says a payment identifier is required: a client that leaves
     // the extension out does not get to skip the rule.
-    if config.payment_id_required && !has_payment_id(&payload) {
+    if payment_id_required && !has_payment_id(&payload) {
         return Err((StatusCode::BAD_REQUEST, Reason::PaymentIdentifierRequired.as_str()));
     }
     let is_tally_iou = payload.payload.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT_TALLY_IOU);
@@ -551,25 +547,19 @@ where
         return Ok(unnameable());
     };
     let (payment_payload, crawler) = match payment_header(request.headers()) {
-        Some(header_value) => match x402_payment(&config, &request, header_value) {
+        Some(header_value) => match x402_payment(config.payment_id_required, &request, header_value) {
             Ok(payload) => (payload, false),
             Err(refused) => return Ok(refuse(&config, url, refused.0, Some(refused.1))),
         },
         // No x402 payment: a pay-per-crawl crawler's price headers, or a 402.
-        None => match pay_per_crawl::price_headers(request.headers()) {
-            Ok(None) => return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None)),
-            Err(error) => return Ok(crawler_refusal(&config, url, error)),
-            Ok(Some(asked)) => {
-                if let Err(error) = pay_per_crawl::accepts(&asked, &config.asset, config.asset_scale, config.price) {
-                    return Ok(crawler_refusal(&config, url, error));
-                }
-                let offered = requirements(&config, &url);
-                match pay_per_crawl::payment_payload(request.headers(), &asked, &offered, &url) {
-                    Some(payload) => (payload, true),
-                    None => return Ok(crawler_refusal(&config, url, pay_per_crawl::CrawlerError::InvalidSignature)),
-                }
+        None => {
+            let offered = requirements(&config, &url);
+            match pay_per_crawl::payment(request.headers(), config.asset_scale, &offered, &url) {
+                Ok(None) => return Ok(refuse(&config, url, StatusCode::PAYMENT_REQUIRED, None)),
+                Ok(Some(payload)) => (payload, true),
+                Err(error) => return Ok(crawler_refusal(&config, url, error)),
             }
-        },
+        }
     };
     let mut body = FacilitatorRequest {
         x402_version: X402_VERSION,

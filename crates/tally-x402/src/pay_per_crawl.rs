@@ -55,6 +55,19 @@ pub enum CrawlerError {
 }
 
 impl CrawlerError {
+    /// Every code, for bounded metric labels.
+    pub const ALL: [CrawlerError; 9] = [
+        CrawlerError::MissingCrawlerPrice,
+        CrawlerError::InvalidCrawlerExactPrice,
+        CrawlerError::InvalidCrawlerMaxPrice,
+        CrawlerError::ConflictingPriceHeaders,
+        CrawlerError::PaymentFailed,
+        CrawlerError::CrawlerForbidden,
+        CrawlerError::InvalidSignature,
+        CrawlerError::StrongAuthRequired,
+        CrawlerError::InvalidContentPrice,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CrawlerError::MissingCrawlerPrice => "MissingCrawlerPrice",
@@ -177,6 +190,24 @@ pub fn accepts(asked: &CrawlerPrice, asset: &str, scale: u8, offer: u64) -> Resu
     let offer = u128::from(offer);
     let pays = if asked.header == HEADER_CRAWLER_EXACT_PRICE { units == offer } else { units >= offer };
     if pays { Ok(()) } else { Err(asked.invalid()) }
+}
+
+/// A request's pay-per-crawl payment for `offered` (whose asset has `scale`
+/// decimals) at `url`: `Ok(None)` when it carries no price header, the
+/// crawler's refusal when its price does not pay the offer or the signed
+/// parts are unusable. The gateway and `PaywallLayer` both call this.
+pub fn payment(
+    headers: &HeaderMap,
+    scale: u8,
+    offered: &PaymentRequirements,
+    url: &str,
+) -> Result<Option<PaymentPayload>, CrawlerError> {
+    let Some(asked) = price_headers(headers)? else {
+        return Ok(None);
+    };
+    let offer = tally_core::parse_canonical_units(&offered.amount).ok_or(CrawlerError::InvalidContentPrice)?;
+    accepts(&asked, &offered.asset, scale, offer)?;
+    payment_payload(headers, &asked, offered, url).map(Some).ok_or(CrawlerError::InvalidSignature)
 }
 
 /// The facilitator payment of a pay-per-crawl request: the offer, and the

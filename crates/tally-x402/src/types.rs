@@ -245,6 +245,11 @@ impl Reason {
         }
     }
 
+    /// The reason with this wire code, if it is one of Tally's.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+
     /// The sentence that goes with the code (`invalidMessage`, `errorMessage`).
     pub fn message(self) -> &'static str {
         match self {
@@ -278,5 +283,15 @@ impl Reason {
             Reason::KeyRevoked => "the key that signed the commitment has been revoked",
             Reason::PayeeSuspended => "the payee is suspended",
         }
+    }
+}
+
+/// A facilitator's reason code as a resource server may echo it: a short
+/// identifier, or `unexpected_settle_error` for anything else (never a
+/// facilitator's free text in a header, a body or a metric label).
+pub fn echoable_reason(reason: Option<&str>) -> &str {
+    match reason {
+        Some(reason) if reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => reason,
+        _ => Reason::UnexpectedSettleError.as_str(),
     }
 }

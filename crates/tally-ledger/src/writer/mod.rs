@@ -475,9 +475,6 @@ impl WriterCore {
         }
         let started = Instant::now();
         let pending_ious: usize = commands.iter().map(Command::iou_count).sum();
-        // A group that wrote nothing (every command refused) decided no exposure;
-        // any other change since the last hand-over (a settlement step) is published now.
-        self.exposures.publish_changed(&mut self.state);
         self.absorb_reported();
         // Admin and settlement steps read what earlier groups wrote from
         // RocksDB, and a failed group means the state must be reloaded: both

@@ -190,3 +190,73 @@ fn serve_refuses_an_empty_token_and_a_plaintext_admin_api_off_loopback() {
     assert!(ready["admin_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");
     server.kill();
 }
+
+/// Unpacks `tests/fixtures/ledger-format-2.tar.gz` (see its README) into `dir`.
+fn unpack_format_2(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-format-2.tar.gz");
+    let status = Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir).status().expect("tar runs");
+    assert!(status.success(), "unpacking {}", fixture.display());
+    dir.join("ledger")
+}
+
+/// A ledger a released build wrote in format 2 (commit 44d3fea) is this
+/// build's data: it audits clean as it is, the query token it created still
+/// reads exactly its scope, and the epoch it left planned but unpaid (its
+/// outbox was unusable) is finished by the next start, exactly once.
+#[test]
+fn a_ledger_written_by_format_2_reads_audits_and_finishes_its_settlement() {
+    const RECORDS: u64 = 2_976;
+    const READER_TOKEN: &str = "tq_d2dc674ab7f2a0fa3f20c96d5fd98a85dd064cdac49e64582c7a8751708f769e";
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack_format_2(dir.path());
+
+    let info = tally_json(&["ledger", "info", "--json", "--data-dir", data_arg(&data)]);
+    assert_eq!(info["format"], 2, "{info}");
+    assert!(info["migrated_from_format"].is_null(), "born in format 2: {info}");
+    let report = tally_json(&["ledger", "verify", "--json", "--data-dir", data_arg(&data)]);
+    assert_eq!((report["clean"].as_bool(), report["records"].as_u64()), (Some(true), Some(RECORDS)), "{report}");
+
+    // The older build's outbox was a path under a regular file; this start's
+    // is a real directory, so the startup resume pays epoch 2.
+    let outbox = dir.path().join("outbox");
+    let config = dir.path().join("tally.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[settlement]\nfee_bps = 50\noutbox_dir = {outbox:?}\n[settlement.assets.USD]\nrail = \"iso20022\"\n\
+             payout_min = \"0.10\"\n[settlement.iso20022]\ndebtor_name = \"Tally Demo Operator\"\n\
+             debtor_iban = \"DE89370400440532013000\"\ndebtor_bic = \"COBADEFFXXX\"\n"
+        ),
+    )
+    .unwrap();
+    let (server, _) =
+        ServerProcess::start_opts(&data, &ServeOptions { config: Some(&config), ..ServeOptions::default() });
+    let url = format!("http://{}", server.addr);
+    let settled = poll(std::time::Duration::from_secs(30), || {
+        let reports = tally_json(&["settlements", "--json", "--server", &url, "--admin-token", TOKEN]);
+        let epoch_2 = reports.as_array()?.iter().find(|r| r["epoch"] == 2)?.clone();
+        (epoch_2["status"] == "submitted").then_some(epoch_2)
+    });
+    assert_eq!(settled["batches_open"], 0, "{settled}");
+    let files: Vec<_> =
+        std::fs::read_dir(&outbox).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).collect();
+    assert_eq!(files.len(), 1, "one payment file for epoch 2's one payout: {files:?}");
+    // A second resume pays nothing again.
+    let (ok, stdout, stderr) = run_tally(&["settle", "--resume", "--json", "--server", &url, "--admin-token", TOKEN]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let files_after = std::fs::read_dir(&outbox).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
+    assert_eq!(files_after, 1);
+
+    // The payee-scoped token the older build created reads that payee only.
+    let rows = tally_json(&["balance", "--json", "--server", &url, "--token", READER_TOKEN]);
+    let rows = rows["rows"].as_array().unwrap().clone();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["payee"] == "site-000.example"), "{rows:?}");
+    let (ok, _, _) =
+        run_tally(&["balance", "--json", "--server", &url, "--token", READER_TOKEN, "--payee", "site-001.example"]);
+    assert!(!ok, "another payee's rows are refused");
+    server.kill();
+
+    let report = tally_json(&["ledger", "verify", "--json", "--data-dir", data_arg(&data)]);
+    assert_eq!(report["clean"], true, "{report}");
+}

@@ -85,6 +85,26 @@ pub enum BillCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The aged list of open bills: what payers still owe, by age (0-30,
+    /// 31-60, 61-90, over 90 days since their epoch's plan).
+    Open {
+        /// Age the bills as of the end of this day (YYYY-MM-DD, UTC); default now.
+        #[arg(long, value_parser = parse_end_of_day_ms)]
+        as_of: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// The last millisecond of a UTC day given as `YYYY-MM-DD`.
+fn parse_end_of_day_ms(text: &str) -> Result<u64, String> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text, format).map_err(|e| format!("{text:?} is not a date YYYY-MM-DD: {e}"))?;
+    let next_day = date.next_day().ok_or_else(|| format!("{text:?} is the last day time can name"))?;
+    let start_ms = next_day.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(start_ms - 1).map_err(|_| format!("{text:?} is before 1970"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +396,7 @@ pub async fn bill(command: BillCommand) -> anyhow::Result<()> {
             println!("bill {bill_id} of epoch {epoch} recorded as paid");
             Ok(())
         }
+        BillCommand::Open { as_of, json, admin } => open_bills(as_of.unwrap_or(0), json, &admin).await,
     }
 }
 
@@ -527,4 +548,54 @@ pub async fn evm(command: EvmCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn open_bills(as_of_ms: u64, json: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let mut client = client::settlement(admin).await?;
+    let aged = client.open_bills(proto::OpenBillsRequest { as_of_ms }).await?.into_inner();
+    if json {
+        print_json(&json!({
+            "as_of_ms": aged.as_of_ms,
+            "open_count": aged.open_count,
+            "truncated": aged.truncated,
+            "bills": aged.bills.iter().map(|b| json!({
+                "bill": b.bill.as_ref().map(bill_json), "issued_at_ms": b.issued_at_ms,
+                "age_days": b.age_days, "bucket": b.bucket,
+            })).collect::<Vec<_>>(),
+            "totals": aged.totals.iter().map(|t| json!({
+                "asset": t.asset, "scale": t.scale, "bucket": t.bucket, "count": t.count, "amount": t.amount,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    let rows = aged
+        .bills
+        .iter()
+        .filter_map(|b| b.bill.as_ref().map(|bill| (b, bill)))
+        .map(|(b, bill)| {
+            vec![
+                bill.id.clone(),
+                bill.party.clone(),
+                bill.epoch.to_string(),
+                format!("{} {}", amount(&bill.amount, bill.scale), bill.asset),
+                b.age_days.to_string(),
+                b.bucket.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["bill", "party", "epoch", "amount", "days", "bucket"], &["amount", "days"], rows));
+    let totals = aged
+        .totals
+        .iter()
+        .map(|t| vec![t.asset.clone(), t.bucket.clone(), t.count.to_string(), amount(&t.amount, t.scale)])
+        .collect();
+    println!("{}", table(&["asset", "bucket", "bills", "open"], &["bills", "open"], totals));
+    if aged.truncated {
+        eprintln!(
+            "(listing truncated at {} of {} open bills; the totals cover them all)",
+            aged.bills.len(),
+            aged.open_count
+        );
+    }
+    Ok(())
 }

@@ -260,3 +260,51 @@ fn a_ledger_written_by_format_2_reads_audits_and_finishes_its_settlement() {
     let report = tally_json(&["ledger", "verify", "--json", "--data-dir", data_arg(&data)]);
     assert_eq!(report["clean"], true, "{report}");
 }
+
+/// The aged list of open bills over the format-2 fixture: both epochs'
+/// bills (each crawler billed for what it owed), aged from their plans
+/// (2 December 2026) to a day finance names; a collected bill leaves the
+/// list and its amount leaves the totals exactly.
+#[test]
+fn open_bills_are_aged_and_a_collected_one_leaves_the_list() {
+    /// Σ of both epochs' bills, micro-dollars (billed 1.992820 + 0.973833).
+    const BILLED: u128 = 2_966_653;
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack_format_2(dir.path());
+    let server = ServerProcess::start(&data);
+    let url = format!("http://{}", server.addr);
+    let open = |as_of: &str| {
+        tally_json(&["bill", "open", "--json", "--as-of", as_of, "--server", &url, "--admin-token", TOKEN])
+    };
+    let units = |value: &serde_json::Value| value.as_str().unwrap().parse::<u128>().unwrap();
+
+    let aged = open("2027-01-20");
+    assert_eq!((aged["open_count"].as_u64(), aged["truncated"].as_bool()), (Some(6), Some(false)), "{aged}");
+    let bills = aged["bills"].as_array().unwrap().clone();
+    assert_eq!(bills.len(), 6);
+    assert!(bills.iter().all(|b| b["bucket"] == "31-60" && b["age_days"] == 49), "{bills:?}");
+    assert_eq!(bills.iter().map(|b| units(&b["bill"]["amount"])).sum::<u128>(), BILLED);
+    let totals = aged["totals"].as_array().unwrap().clone();
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    assert_eq!((totals[0]["bucket"].as_str(), totals[0]["count"].as_u64()), (Some("31-60"), Some(6)));
+    assert_eq!(units(&totals[0]["amount"]), BILLED);
+    assert!(open("2027-06-01")["bills"].as_array().unwrap().iter().all(|b| b["bucket"] == "over-90"));
+    assert!(
+        open("2026-12-02")["bills"].as_array().unwrap().iter().all(|b| b["bucket"] == "0-30" && b["age_days"] == 0)
+    );
+
+    // Collect the oldest bill: it leaves the list, its amount the totals.
+    let oldest = &bills[0]["bill"];
+    let (epoch, id) = (oldest["epoch"].to_string(), oldest["id"].as_str().unwrap().to_owned());
+    let (ok, stdout, stderr) =
+        run_tally(&["bill", "paid", "--epoch", &epoch, &id, "--server", &url, "--admin-token", TOKEN]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let after = open("2027-01-20");
+    assert_eq!(after["open_count"], 5);
+    assert!(after["bills"].as_array().unwrap().iter().all(|b| b["bill"]["id"] != id.as_str()));
+    assert_eq!(units(&after["totals"][0]["amount"]), BILLED - units(&oldest["amount"]));
+    let (ok, _, stderr) =
+        run_tally(&["bill", "open", "--as-of", "2027-02-30", "--server", &url, "--admin-token", TOKEN]);
+    assert!(!ok && stderr.contains("YYYY-MM-DD"), "a date that is not one is refused: {stderr}");
+    server.kill();
+}

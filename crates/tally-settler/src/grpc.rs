@@ -379,6 +379,55 @@ impl Settlement for SettlementService {
         Ok(Response::new(proto::MarkBillPaidResponse {}))
     }
 
+    async fn open_bills(
+        &self,
+        request: Request<proto::OpenBillsRequest>,
+    ) -> Result<Response<proto::OpenBillsResponse>, Status> {
+        let as_of_ms = match request.into_inner().as_of_ms {
+            0 => tally_ledger::unix_now_ms(),
+            at => at,
+        };
+        let response = self
+            .read(move |ledger| {
+                let scales = scales(&ledger)?;
+                let aged = crate::aging::open_bills(&ledger, as_of_ms)?;
+                let bills = aged
+                    .listed
+                    .iter()
+                    .map(|b| {
+                        Ok(proto::AgedBill {
+                            bill: Some(bill_to_proto(&b.record.bill, b.record.paid_at_ms, &scales)?),
+                            issued_at_ms: b.issued_at_ms,
+                            age_days: b.age_days,
+                            bucket: b.bucket.label().to_owned(),
+                        })
+                    })
+                    .collect::<Result<_, SettleError>>()?;
+                let totals = aged
+                    .totals
+                    .iter()
+                    .map(|((asset, bucket), total)| {
+                        Ok(proto::AgingTotal {
+                            asset: asset.clone(),
+                            scale: scale_of(&scales, asset)?,
+                            bucket: bucket.label().to_owned(),
+                            count: total.count,
+                            amount: total.amount.to_string(),
+                        })
+                    })
+                    .collect::<Result<_, SettleError>>()?;
+                Ok(proto::OpenBillsResponse {
+                    as_of_ms: aged.as_of_ms,
+                    bills,
+                    totals,
+                    open_count: aged.open_count,
+                    truncated: aged.truncated,
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
     async fn statement(
         &self,
         request: Request<proto::StatementRequest>,

@@ -19,12 +19,14 @@
 //!   `pain.002` status reports in. Pure functions.
 //! - [`outbox`]: atomic, durable placement of bank files.
 //! - [`report`]: settlement reports and per-party statements.
+//! - [`aging`]: the aged list of open bills (receivables by age bucket).
 //! - [`schedule`]: when `tally serve` settles on its own.
 //! - [`failpoint`]: named crash and error points for the exactly-once tests.
 //! - [`grpc`]: the `Settlement` gRPC service the CLI talks to.
 //!
 //! Must never depend on: `tally-ingest` (a peer), or any HTTP framework.
 
+pub mod aging;
 pub mod bank;
 pub mod config;
 pub mod driver;

@@ -10,7 +10,8 @@
 pub const INTERVAL_MIN_S: u64 = 60;
 /// Longest interval allowed (a week).
 pub const INTERVAL_MAX_S: u64 = 7 * 24 * 3600;
-const DAY_MS: u64 = 24 * 3600 * 1000;
+/// One day, in milliseconds.
+pub const DAY_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {

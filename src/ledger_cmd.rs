@@ -8,6 +8,9 @@
 //! - `info` shows the ledger's identity: its id (mixed into every payment
 //!   id), format, the heads of both hash chains and the time mark.
 //! - `journal` lists the control-plane journal: who changed what, and when.
+//! - `tally audit log` shows the same entries as changes of value: each
+//!   write with what it replaced (`tally_ledger::history`), filtered to the
+//!   writes whose key names something (`--touching payee/site-a.example`).
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +73,69 @@ pub fn run(command: LedgerCommand) -> anyhow::Result<()> {
         LedgerCommand::Info { data_dir, json } => info(&data_dir, json),
         LedgerCommand::Journal { data_dir, from, limit, json } => journal(&data_dir, from, limit, json),
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Every change with its actor, time, and each value before and after.
+    Log {
+        #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The first journal entry considered.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many entries (at most 1,000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only writes whose key contains this text, e.g. `payee/site-a.example`.
+        #[arg(long)]
+        touching: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Log { data_dir, from, limit, touching, json } = command;
+    let ledger = open_read_only(&data_dir)?;
+    let query = tally_ledger::history::HistoryQuery { from_seq: from, limit, touching };
+    let entries = ledger.history(&query).context("reading the journal")?;
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "seq": e.seq,
+                    "at_ms": e.at_ms,
+                    "actor": e.actor.to_string(),
+                    "action": describe(&e.action),
+                    "changes_total": e.changes_total,
+                    "changes": e.changes.iter().map(|c| serde_json::json!({
+                        "cf": c.cf.name(), "key": c.key, "before": c.before, "after": c.after,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for e in &entries {
+        println!("#{}  {}  {}  {}", e.seq, e.at_ms, e.actor, describe(&e.action));
+        for c in &e.changes {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+            println!(
+                "    {} {}\n      before: {}\n      after:  {}",
+                c.cf.name(),
+                c.key,
+                show(&c.before),
+                show(&c.after)
+            );
+        }
+        if e.changes_total > e.changes.len() {
+            println!("    … and {} more writes", e.changes_total - e.changes.len());
+        }
+    }
+    Ok(())
 }
 
 fn verify(data_dir: &Path, skip_signatures: bool, json: bool) -> anyhow::Result<()> {

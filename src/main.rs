@@ -90,6 +90,9 @@ enum Command {
     /// Inspect the ledger on disk: verify, info, journal.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Who changed what, when, from what, to what (from the journal).
+    #[command(subcommand)]
+    Audit(ledger_cmd::AuditCommand),
     /// Simulate crawlers streaming pre-signed IOUs; print throughput and latency.
     Loadgen(loadgen::LoadgenArgs),
     /// Run everything on embedded defaults: engine, crawlers, balances.
@@ -147,6 +150,7 @@ fn main() -> std::process::ExitCode {
             Command::Bank(command) => settle::bank(command).await,
             Command::Evm(command) => settle::evm(command).await,
             Command::Ledger(command) => ledger_cmd::run(command),
+            Command::Audit(command) => ledger_cmd::audit_command(command),
             Command::Loadgen(args) => loadgen::run(args).await.map(|_| ()),
             Command::Demo(args) => demo::run(args).await,
             Command::Gate(args) => gate::run(args).await,

@@ -308,3 +308,56 @@ fn open_bills_are_aged_and_a_collected_one_leaves_the_list() {
     assert!(!ok && stderr.contains("YYYY-MM-DD"), "a date that is not one is refused: {stderr}");
     server.kill();
 }
+
+/// "Who changed this payee's bank account, and when, and from what?":
+/// `tally audit log` answers from the journal, each value before and after,
+/// with the actor of every change; and it shows a whole history in order.
+#[test]
+fn audit_log_shows_who_changed_a_payout_destination_from_what_to_what() {
+    const FIRST: &str = "iban:DE89370400440532013000";
+    const SECOND: &str = "iban:GB82WEST12345698765432";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let server = ServerProcess::start(&data);
+    let url = format!("http://{}", server.addr);
+    let admin = |args: &[&str]| {
+        let args: Vec<&str> = args.iter().copied().chain(["--server", &url, "--admin-token", TOKEN]).collect();
+        let (ok, stdout, stderr) = run_tally(&args);
+        assert!(ok, "tally {args:?}:\n{stdout}\n{stderr}");
+    };
+    admin(&["payee", "register", "shop.example", "--payout", FIRST]);
+    admin(&["payee", "register", "other.example"]);
+    admin(&["payee", "set-payout", "shop.example", SECOND]);
+    server.kill();
+
+    let log =
+        tally_json(&["audit", "log", "--json", "--touching", "payee/shop.example", "--data-dir", data_arg(&data)]);
+    let entries = log.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "the registration and the change, not the other payee: {log}");
+    let change = |entry: &serde_json::Value| entry["changes"][0].clone();
+    let (registered, changed) = (change(&entries[0]), change(&entries[1]));
+    assert_eq!(registered["key"], "payee/shop.example");
+    assert!(registered["before"].is_null(), "{registered}");
+    assert!(registered["after"].as_str().unwrap().contains(FIRST), "{registered}");
+    assert!(changed["before"].as_str().unwrap().contains(FIRST), "the value it replaced: {changed}");
+    assert!(changed["after"].as_str().unwrap().contains(SECOND), "{changed}");
+    assert!(!changed["after"].as_str().unwrap().contains(FIRST), "{changed}");
+    for entry in entries {
+        let actor = entry["actor"].as_str().unwrap();
+        assert!(actor.starts_with("admin-token@127.0.0.1"), "who did it: {actor}");
+        assert!(entry["at_ms"].as_u64().unwrap() > 0);
+    }
+    assert!(entries[1]["action"].as_str().unwrap().contains("SetPayeePayout"), "{log}");
+
+    // Unfiltered, the history is the journal in order, each entry with its writes.
+    let all = tally_json(&["audit", "log", "--json", "--data-dir", data_arg(&data)]);
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 4, "genesis, epoch 1, the engine's start, three admin changes: {all:?}");
+    for pair in all.windows(2) {
+        assert_eq!(pair[1]["seq"].as_u64(), pair[0]["seq"].as_u64().map(|s| s + 1));
+    }
+    let paged = tally_json(&["audit", "log", "--json", "--from", "2", "--limit", "1", "--data-dir", data_arg(&data)]);
+    assert_eq!((paged.as_array().unwrap().len(), paged[0]["seq"].as_u64()), (1, Some(2)));
+    let (ok, text, _) = run_tally(&["audit", "log", "--touching", "shop.example", "--data-dir", data_arg(&data)]);
+    assert!(ok && text.contains("before:") && text.contains(SECOND), "{text}");
+}

@@ -18,6 +18,8 @@
 //! - [`journal`] is the hash chain of every control-plane change, with who
 //!   made it; the accounts, epochs and settlement column families are its
 //!   materialised view.
+//! - [`history`] reads the journal as a history of values (who changed what,
+//!   from what, to what) for `tally audit log`.
 //! - [`tokens`] holds the query service's scoped tokens (stored hashed).
 //! - [`writer`] runs the **single writer**: one thread that takes commands
 //!   from a bounded queue, applies replay, account and credit checks against
@@ -48,6 +50,7 @@ pub mod directory;
 pub mod exposure;
 pub mod failpoint;
 pub mod format;
+pub mod history;
 pub mod journal;
 pub mod layout;
 pub mod settlement;

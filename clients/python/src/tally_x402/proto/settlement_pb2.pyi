@@ -593,6 +593,126 @@ class MarkBillPaidResponse(_message.Message):
 Global___MarkBillPaidResponse: _TypeAlias = MarkBillPaidResponse  # noqa: Y015
 
 @_typing.final
+class OpenBillsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_MS_FIELD_NUMBER: _builtins.int
+    as_of_ms: _builtins.int
+    """Age the bills as of this time (ms since the Unix epoch); 0: now."""
+    def __init__(
+        self,
+        *,
+        as_of_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ms", b"as_of_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenBillsRequest: _TypeAlias = OpenBillsRequest  # noqa: Y015
+
+@_typing.final
+class AgedBill(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    AGE_DAYS_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    issued_at_ms: _builtins.int
+    """When its epoch's plan was recorded."""
+    age_days: _builtins.int
+    """Whole days from issue to as_of_ms."""
+    bucket: _builtins.str
+    """0-30 | 31-60 | 61-90 | over-90"""
+    @_builtins.property
+    def bill(self) -> Global___Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: Global___Bill | None = ...,
+        issued_at_ms: _builtins.int = ...,
+        age_days: _builtins.int = ...,
+        bucket: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_days", b"age_days", "bill", b"bill", "bucket", b"bucket", "issued_at_ms", b"issued_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgedBill: _TypeAlias = AgedBill  # noqa: Y015
+
+@_typing.final
+class AgingTotal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    asset: _builtins.str
+    scale: _builtins.int
+    bucket: _builtins.str
+    count: _builtins.int
+    amount: _builtins.str
+    def __init__(
+        self,
+        *,
+        asset: _builtins.str = ...,
+        scale: _builtins.int = ...,
+        bucket: _builtins.str = ...,
+        count: _builtins.int = ...,
+        amount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "bucket", b"bucket", "count", b"count", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgingTotal: _TypeAlias = AgingTotal  # noqa: Y015
+
+@_typing.final
+class OpenBillsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_MS_FIELD_NUMBER: _builtins.int
+    BILLS_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    OPEN_COUNT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    as_of_ms: _builtins.int
+    open_count: _builtins.int
+    truncated: _builtins.bool
+    @_builtins.property
+    def bills(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgedBill]:
+        """Oldest first, at most 10,000."""
+
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgingTotal]:
+        """Every open bill, listed or not, by asset and bucket."""
+
+    def __init__(
+        self,
+        *,
+        as_of_ms: _builtins.int = ...,
+        bills: _abc.Iterable[Global___AgedBill] | None = ...,
+        totals: _abc.Iterable[Global___AgingTotal] | None = ...,
+        open_count: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ms", b"as_of_ms", "bills", b"bills", "open_count", b"open_count", "totals", b"totals", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenBillsResponse: _TypeAlias = OpenBillsResponse  # noqa: Y015
+
+@_typing.final
 class Carry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -64,6 +64,11 @@ class SettlementStub:
                 request_serializer=tally_dot_v1_dot_settlement__pb2.MarkBillPaidRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_settlement__pb2.MarkBillPaidResponse.FromString,
                 _registered_method=True)
+        self.OpenBills = channel.unary_unary(
+                '/tally.v1.Settlement/OpenBills',
+                request_serializer=tally_dot_v1_dot_settlement__pb2.OpenBillsRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_settlement__pb2.OpenBillsResponse.FromString,
+                _registered_method=True)
         self.Statement = channel.unary_unary(
                 '/tally.v1.Settlement/Statement',
                 request_serializer=tally_dot_v1_dot_settlement__pb2.StatementRequest.SerializeToString,
@@ -118,6 +123,13 @@ class SettlementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenBills(self, request, context):
+        """Every open bill of every planned epoch, aged as of a moment (receivables).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Statement(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -163,6 +175,11 @@ def add_SettlementServicer_to_server(servicer, server):
                     servicer.MarkBillPaid,
                     request_deserializer=tally_dot_v1_dot_settlement__pb2.MarkBillPaidRequest.FromString,
                     response_serializer=tally_dot_v1_dot_settlement__pb2.MarkBillPaidResponse.SerializeToString,
+            ),
+            'OpenBills': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBills,
+                    request_deserializer=tally_dot_v1_dot_settlement__pb2.OpenBillsRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_settlement__pb2.OpenBillsResponse.SerializeToString,
             ),
             'Statement': grpc.unary_unary_rpc_method_handler(
                     servicer.Statement,
@@ -337,6 +354,33 @@ class Settlement:
             '/tally.v1.Settlement/MarkBillPaid',
             tally_dot_v1_dot_settlement__pb2.MarkBillPaidRequest.SerializeToString,
             tally_dot_v1_dot_settlement__pb2.MarkBillPaidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Settlement/OpenBills',
+            tally_dot_v1_dot_settlement__pb2.OpenBillsRequest.SerializeToString,
+            tally_dot_v1_dot_settlement__pb2.OpenBillsResponse.FromString,
             options,
             channel_credentials,
             insecure,

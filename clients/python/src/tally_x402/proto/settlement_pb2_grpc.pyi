@@ -46,6 +46,8 @@ class SettlementStub:
     Payouts: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.PayoutsRequest, _settlement_pb2.PayoutsResponse]
     Bills: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.BillsRequest, _settlement_pb2.BillsResponse]
     MarkBillPaid: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkBillPaidRequest, _settlement_pb2.MarkBillPaidResponse]
+    OpenBills: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.OpenBillsRequest, _settlement_pb2.OpenBillsResponse]
+    """Every open bill of every planned epoch, aged as of a moment (receivables)."""
     Statement: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.StatementRequest, _settlement_pb2.StatementResponse]
     ImportBankStatus: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportBankStatusRequest, _settlement_pb2.ImportBankStatusResponse]
     """Applies a bank's pain.002 status report (the file's bytes)."""
@@ -63,6 +65,8 @@ class SettlementAsyncStub(SettlementStub):
     Payouts: _aio.UnaryUnaryMultiCallable[_settlement_pb2.PayoutsRequest, _settlement_pb2.PayoutsResponse]  # type: ignore[assignment]
     Bills: _aio.UnaryUnaryMultiCallable[_settlement_pb2.BillsRequest, _settlement_pb2.BillsResponse]  # type: ignore[assignment]
     MarkBillPaid: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkBillPaidRequest, _settlement_pb2.MarkBillPaidResponse]  # type: ignore[assignment]
+    OpenBills: _aio.UnaryUnaryMultiCallable[_settlement_pb2.OpenBillsRequest, _settlement_pb2.OpenBillsResponse]  # type: ignore[assignment]
+    """Every open bill of every planned epoch, aged as of a moment (receivables)."""
     Statement: _aio.UnaryUnaryMultiCallable[_settlement_pb2.StatementRequest, _settlement_pb2.StatementResponse]  # type: ignore[assignment]
     ImportBankStatus: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportBankStatusRequest, _settlement_pb2.ImportBankStatusResponse]  # type: ignore[assignment]
     """Applies a bank's pain.002 status report (the file's bytes)."""
@@ -113,6 +117,14 @@ class SettlementServicer(metaclass=_abc_1.ABCMeta):
         request: _settlement_pb2.MarkBillPaidRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.MarkBillPaidResponse, _abc.Awaitable[_settlement_pb2.MarkBillPaidResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenBills(
+        self,
+        request: _settlement_pb2.OpenBillsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.OpenBillsResponse, _abc.Awaitable[_settlement_pb2.OpenBillsResponse]]:
+        """Every open bill of every planned epoch, aged as of a moment (receivables)."""
 
     @_abc_1.abstractmethod
     def Statement(

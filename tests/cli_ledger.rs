@@ -358,6 +358,8 @@ fn audit_log_shows_who_changed_a_payout_destination_from_what_to_what() {
     }
     let paged = tally_json(&["audit", "log", "--json", "--from", "2", "--limit", "1", "--data-dir", data_arg(&data)]);
     assert_eq!((paged.as_array().unwrap().len(), paged[0]["seq"].as_u64()), (1, Some(2)));
-    let (ok, text, _) = run_tally(&["audit", "log", "--touching", "shop.example", "--data-dir", data_arg(&data)]);
-    assert!(ok && text.contains("before:") && text.contains(SECOND), "{text}");
+    let (ok, text, _) = run_tally(&["audit", "log", "--touching", "payee/", "--data-dir", data_arg(&data)]);
+    assert!(ok && text.contains("before:") && text.contains(SECOND) && text.contains("other.example"), "{text}");
+    let near = tally_json(&["audit", "log", "--json", "--touching", "payee/shop", "--data-dir", data_arg(&data)]);
+    assert!(near.as_array().unwrap().is_empty(), "a key is matched whole, never by a part of its name: {near}");
 }

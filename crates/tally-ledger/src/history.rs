@@ -26,8 +26,8 @@ use tally_core::{Actor, Asset, Payee, Payer};
 use crate::LedgerError;
 use crate::journal::{Action, EffectCf, JournalEntry};
 use crate::layout::{
-    ACCOUNT_ASSET_PREFIX, ACCOUNT_PAYEE_PREFIX, ACCOUNT_PAYER_PREFIX, ACCOUNT_QUERY_TOKEN_PREFIX, EpochRecord,
-    decode_bincode,
+    ACCOUNT_ASSET_PREFIX, ACCOUNT_KEY_PREFIX, ACCOUNT_PAYEE_PREFIX, ACCOUNT_PAYER_PREFIX, ACCOUNT_QUERY_TOKEN_PREFIX,
+    EpochRecord, decode_bincode,
 };
 use crate::store::Ledger;
 use crate::tokens::QueryToken;
@@ -48,8 +48,9 @@ pub struct HistoryQuery {
     pub from_seq: u64,
     /// Most entries shown (capped at [`HISTORY_ENTRIES_MAX`]).
     pub limit: usize,
-    /// Only writes whose key, as shown, contains this text (e.g.
-    /// `payee/site-a.example`), and only entries with such a write.
+    /// Only writes to this key as shown (e.g. `payee/site-a.example`), or
+    /// under it when it ends in `/` (`payee/`: every payee), and only
+    /// entries with such a write.
     pub touching: Option<String>,
 }
 
@@ -58,7 +59,8 @@ pub struct HistoryQuery {
 pub struct ValueChange {
     pub cf: EffectCf,
     pub key: String,
-    /// `None`: the key did not exist.
+    /// `None`: no earlier journal entry wrote the key (a migration's snapshot
+    /// entries journal what was already there).
     pub before: Option<String>,
     /// `None`: the key was deleted.
     pub after: Option<String>,
@@ -83,7 +85,11 @@ impl Ledger {
         let limit = query.limit.clamp(1, HISTORY_ENTRIES_MAX);
         let matches = |cf: EffectCf, key: &[u8]| match &query.touching {
             None => true,
-            Some(text) => render_key(cf, key).contains(text.as_str()),
+            // The key itself, or every key under a prefix ending in `/`.
+            Some(text) => {
+                let shown = render_key(cf, key);
+                shown == *text || (text.ends_with('/') && shown.starts_with(text.as_str()))
+            }
         };
 
         // Pass 1: pick the entries and the writes to show.
@@ -183,6 +189,12 @@ pub fn render_key(cf: EffectCf, key: &[u8]) -> String {
                 if rest.iter().all(printable) { String::from_utf8_lossy(rest).into_owned() } else { hex::encode(rest) };
             format!("{}/{epoch}/{rest}", key[0] as char)
         }
+        // A binary id after a text prefix (a public key, a token's digest) is
+        // hex from its first byte, so a printable first byte is never read as text.
+        EffectCf::Accounts if key.starts_with(ACCOUNT_KEY_PREFIX) || key.starts_with(ACCOUNT_QUERY_TOKEN_PREFIX) => {
+            let split = key.iter().position(|b| *b == b'/').map_or(0, |i| i + 1);
+            format!("{}{}", String::from_utf8_lossy(&key[..split]), hex::encode(&key[split..]))
+        }
         _ => {
             let text_len = key.iter().position(|b| !printable(b)).unwrap_or(key.len());
             let (text, rest) = key.split_at(text_len);
@@ -245,6 +257,7 @@ mod tests {
     fn keys_render_as_their_parts() {
         assert_eq!(render_key(EffectCf::Accounts, b"payee/site-a.example"), "payee/site-a.example");
         assert_eq!(render_key(EffectCf::Accounts, &[b'k', b'e', b'y', b'/', 0xAB, 0x01]), "key/ab01");
+        assert_eq!(render_key(EffectCf::Accounts, &[b'k', b'e', b'y', b'/', b'a', 0x01]), "key/6101");
         assert_eq!(render_key(EffectCf::Epochs, &7u64.to_be_bytes()), "epoch/7");
         let mut payout = vec![b'P'];
         payout.extend_from_slice(&3u64.to_be_bytes());

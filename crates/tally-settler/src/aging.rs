@@ -5,9 +5,10 @@
 //! open ones the way every receivables desk does: by age, in the customary
 //! buckets (0–30, 31–60, 61–90 and over 90 days), with a total per asset and
 //! bucket. Ages are whole days of 86,400,000 ms counted from issue to
-//! `as_of_ms` (a bill issued after `as_of_ms` is 0 days old), so the report
-//! is a pure function of the ledger and the date asked: the same question
-//! always gets the same answer, and tests can ask about any day.
+//! `as_of_ms`; a bill issued after `as_of_ms` is left out, and one collected
+//! after it counts as open, so the report is a pure function of the ledger
+//! and the moment asked: a past day's question keeps its answer, and tests
+//! can ask about any day.
 //!
 //! Amounts stay integers in each asset's smallest unit; totals use checked
 //! addition, and an overflow is an error, never a wrapped or saturated sum.
@@ -98,10 +99,13 @@ pub fn age_bills(
     let mut report = AgedBills { as_of_ms, ..AgedBills::default() };
     let mut open = Vec::new();
     for (record, issued_at_ms) in bills {
-        if record.paid_at_ms.is_some() {
+        // As of a moment: a bill issued later did not exist yet, and one
+        // collected later was still open, so a past day's report never changes.
+        let open_then = issued_at_ms <= as_of_ms && record.paid_at_ms.is_none_or(|paid| paid > as_of_ms);
+        if !open_then {
             continue;
         }
-        let age_days = as_of_ms.saturating_sub(issued_at_ms) / DAY_MS; // a time difference, never an amount
+        let age_days = (as_of_ms - issued_at_ms) / DAY_MS;
         let bucket = AgeBucket::of(age_days);
         let total = report.totals.entry((record.bill.asset.clone(), bucket)).or_default();
         total.count = total.count.checked_add(1).ok_or_else(|| overflow("bill count"))?;
@@ -177,9 +181,14 @@ mod tests {
         assert_eq!(report.listed.len(), 1);
         assert_eq!((report.listed[0].age_days, report.listed[0].bucket), (44, AgeBucket::Days31To60));
         assert_eq!(report.totals[&("USD".into(), AgeBucket::Days31To60)], BucketTotal { count: 1, amount: 5 });
-        // Issued after the date asked: 0 days old.
+        // Issued after the moment asked: not yet a bill then.
         let early = age_bills(vec![(bill(3, "USD", 1, false), issued)], issued - DAY_MS, 10).unwrap();
-        assert_eq!(early.listed[0].age_days, 0);
+        assert_eq!(early.open_count, 0);
+        // Collected after the moment asked: still open then.
+        let mut later = bill(4, "USD", 9, true);
+        later.paid_at_ms = Some(issued + 10 * DAY_MS);
+        let then = age_bills(vec![(later, issued)], issued + 5 * DAY_MS, 10).unwrap();
+        assert_eq!((then.open_count, then.listed[0].age_days), (1, 5));
     }
 
     #[test]
@@ -215,7 +224,13 @@ mod tests {
                 .collect();
             let report = age_bills(input.clone(), as_of_days * DAY_MS, usize::MAX).unwrap();
             for asset in assets {
-                let open: u128 = input.iter().filter(|(r, _)| r.paid_at_ms.is_none() && r.bill.asset == asset).map(|(r, _)| r.bill.amount).sum();
+                let as_of_ms = as_of_days * DAY_MS;
+                let open: u128 = input
+                    .iter()
+                    .filter(|(r, issued)| *issued <= as_of_ms && r.paid_at_ms.is_none_or(|paid| paid > as_of_ms))
+                    .filter(|(r, _)| r.bill.asset == asset)
+                    .map(|(r, _)| r.bill.amount)
+                    .sum();
                 let bucketed: u128 = AgeBucket::ALL.iter().filter_map(|b| report.totals.get(&(asset.to_owned(), *b))).map(|t| t.amount).sum();
                 prop_assert_eq!(open, bucketed);
             }

@@ -43,18 +43,23 @@ pub enum LedgerCommand {
         json: bool,
     },
     /// The journal of control-plane changes: who did what, when.
-    Journal {
-        #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// The first entry to show.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        /// At most this many entries.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
+    Journal(JournalRange),
+}
+
+/// Which journal entries to show, from which data directory (`ledger
+/// journal` and `audit log`).
+#[derive(clap::Args, Debug)]
+pub struct JournalRange {
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// The first entry to show.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// At most this many entries (`ledger journal`: 10,000; `audit log`: 1,000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 /// Entries `tally ledger journal` prints at most, whatever `--limit` says.
@@ -71,7 +76,7 @@ pub fn run(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
         LedgerCommand::Verify { data_dir, skip_signatures, json } => verify(&data_dir, skip_signatures, json),
         LedgerCommand::Info { data_dir, json } => info(&data_dir, json),
-        LedgerCommand::Journal { data_dir, from, limit, json } => journal(&data_dir, from, limit, json),
+        LedgerCommand::Journal(JournalRange { data_dir, from, limit, json }) => journal(&data_dir, from, limit, json),
     }
 }
 
@@ -79,24 +84,17 @@ pub fn run(command: LedgerCommand) -> anyhow::Result<()> {
 pub enum AuditCommand {
     /// Every change with its actor, time, and each value before and after.
     Log {
-        #[arg(long, env = "TALLY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-        /// The first journal entry considered.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        /// At most this many entries (at most 1,000).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Only writes whose key contains this text, e.g. `payee/site-a.example`.
+        #[command(flatten)]
+        range: JournalRange,
+        /// Only writes to this key, e.g. `payee/site-a.example`, or under a
+        /// prefix ending in `/` (`payee/`: every payee).
         #[arg(long)]
         touching: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
 pub fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::Log { data_dir, from, limit, touching, json } = command;
+    let AuditCommand::Log { range: JournalRange { data_dir, from, limit, json }, touching } = command;
     let ledger = open_read_only(&data_dir)?;
     let query = tally_ledger::history::HistoryQuery { from_seq: from, limit, touching };
     let entries = ledger.history(&query).context("reading the journal")?;

@@ -21,9 +21,9 @@ fn tally_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("tally {args:?} printed non-JSON ({e}): {stdout}"))
 }
 
-/// Unpacks `tests/fixtures/ledger-format-1.tar.gz` (see its README) into `dir`.
-fn unpack_format_1(dir: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-format-1.tar.gz");
+/// Unpacks `tests/fixtures/ledger-format-<format>.tar.gz` (see its README) into `dir`.
+fn unpack_format(dir: &Path, format: u32) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/ledger-format-{format}.tar.gz"));
     let status = Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir).status().expect("tar runs");
     assert!(status.success(), "unpacking {}", fixture.display());
     dir.join("ledger")
@@ -32,7 +32,7 @@ fn unpack_format_1(dir: &Path) -> PathBuf {
 #[test]
 fn a_format_1_ledger_is_refused_read_only_then_migrated_by_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let data = unpack_format_1(dir.path());
+    let data = unpack_format(dir.path(), 1);
 
     // Read-only tools never misread the old format: they say what to do.
     for command in [&["ledger", "verify"][..], &["ledger", "info"], &["ledger", "journal"]] {
@@ -191,14 +191,6 @@ fn serve_refuses_an_empty_token_and_a_plaintext_admin_api_off_loopback() {
     server.kill();
 }
 
-/// Unpacks `tests/fixtures/ledger-format-2.tar.gz` (see its README) into `dir`.
-fn unpack_format_2(dir: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-format-2.tar.gz");
-    let status = Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir).status().expect("tar runs");
-    assert!(status.success(), "unpacking {}", fixture.display());
-    dir.join("ledger")
-}
-
 /// A ledger a released build wrote in format 2 (commit 44d3fea) is this
 /// build's data: it audits clean as it is, the query token it created still
 /// reads exactly its scope, and the epoch it left planned but unpaid (its
@@ -208,7 +200,7 @@ fn a_ledger_written_by_format_2_reads_audits_and_finishes_its_settlement() {
     const RECORDS: u64 = 2_976;
     const READER_TOKEN: &str = "tq_d2dc674ab7f2a0fa3f20c96d5fd98a85dd064cdac49e64582c7a8751708f769e";
     let dir = tempfile::tempdir().unwrap();
-    let data = unpack_format_2(dir.path());
+    let data = unpack_format(dir.path(), 2);
 
     let info = tally_json(&["ledger", "info", "--json", "--data-dir", data_arg(&data)]);
     assert_eq!(info["format"], 2, "{info}");
@@ -270,7 +262,7 @@ fn open_bills_are_aged_and_a_collected_one_leaves_the_list() {
     /// Σ of both epochs' bills, micro-dollars (billed 1.992820 + 0.973833).
     const BILLED: u128 = 2_966_653;
     let dir = tempfile::tempdir().unwrap();
-    let data = unpack_format_2(dir.path());
+    let data = unpack_format(dir.path(), 2);
     let server = ServerProcess::start(&data);
     let url = format!("http://{}", server.addr);
     let open = |as_of: &str| {

@@ -124,7 +124,8 @@ impl AnvilNode {
         if node.chain_id != DEV_CHAIN_ID {
             return Err(EvmError::ChainIdMismatch { expected: DEV_CHAIN_ID, actual: node.chain_id });
         }
-        let accounts = read_accounts(&config_out);
+        // anvil may answer RPC before it has finished writing --config-out.
+        let accounts = node.wait_for_accounts(&config_out, deadline);
         let _ = std::fs::remove_file(&config_out);
         node.accounts = accounts?;
         Ok(node)
@@ -240,19 +241,43 @@ impl AnvilNode {
         }
     }
 
-    /// Polls `eth_chainId` with a short backoff until it answers or the deadline passes.
+    /// Polls `eth_chainId` until it answers or the deadline passes.
     fn wait_for_chain_id(&mut self, deadline: Instant) -> Result<u64, EvmError> {
+        let addr = self.addr;
+        self.poll_start_up(deadline, || {
+            eth_chain_id(addr).map_err(|e| EvmError::Anvil(format!("eth_chainId not answered in time: {e}")))
+        })
+    }
+
+    /// Polls the `--config-out` file until it holds the dev accounts (it is
+    /// written during start-up, possibly after the RPC answers) or the
+    /// deadline passes.
+    fn wait_for_accounts(
+        &mut self,
+        config_out: &std::path::Path,
+        deadline: Instant,
+    ) -> Result<Vec<DevAccount>, EvmError> {
+        self.poll_start_up(deadline, || read_accounts(config_out))
+    }
+
+    /// Retries `attempt` with a short backoff (5 ms doubling to 100 ms) until
+    /// it succeeds, anvil exits, or the deadline passes (then its last error).
+    fn poll_start_up<T>(
+        &mut self,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Result<T, EvmError>,
+    ) -> Result<T, EvmError> {
         let mut pause = Duration::from_millis(5);
         loop {
-            let last_error = match eth_chain_id(self.addr) {
-                Ok(id) => return Ok(id),
+            let last_error = match attempt() {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(EvmError::Anvil(format!("exited during start-up: {status}")));
             }
             if Instant::now() >= deadline {
-                return Err(EvmError::Anvil(format!("eth_chainId not answered in time: {last_error}")));
+                return Err(last_error);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(100));
